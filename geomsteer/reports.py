@@ -1,0 +1,358 @@
+"""The only code that writes result files and draws figures.
+
+A report directory is built in a temporary directory beside its destination and renamed into
+place when complete, so an interrupt leaves either the previous directory or nothing, never a
+half-written ``result.json``. An existing directory is replaced only with ``force=True``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from . import _atomic
+from .errors import OutputExistsError
+
+__all__ = ["check_output_dir", "package_versions", "write_hierarchy_report"]
+
+_PACKAGES = ["geomsteer", "numpy", "scipy", "scikit-learn", "torch", "transformers", "transformer-lens",
+             "sae-lens", "networkx", "safetensors", "matplotlib"]
+
+
+def check_output_dir(out: Path, force: bool) -> None:
+    """Refuse to touch an existing output directory unless ``force``."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise OutputExistsError(
+            f"output directory {str(out)!r} already exists: expected a new directory; "
+            "choose another --out, or pass --force to replace it"
+        )
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {str(out)!r} is a file, not a directory; choose another --out")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for p in _PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _fmt(x: Any, nd: int = 3) -> str:
+    if isinstance(x, (float, np.floating)):
+        return "nan" if not np.isfinite(x) else f"{x:.{nd}f}"
+    return str(x)
+
+
+# --------------------------------------------------------------------------------------------
+# Hierarchy
+
+
+def write_hierarchy_report(analyzer: Any, hierarchy: Any, out: Path, force: bool = False,
+                           command: Sequence[str] | None = None, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``result.json``, ``directions.safetensors``, ``report.md`` and ``figures/*.png`` to ``out``."""
+    check_output_dir(out, force)
+    res = analyzer.result()
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    doc = {
+        "geomsteer_result": "hierarchy",
+        "created": created,
+        "command": list(command) if command else None,
+        "model": analyzer.model_,
+        "n_categories": len(analyzer.names_),
+        "params": res.params,
+        "provenance": {**res.provenance, **(extra or {}), "packages": package_versions(),
+                       "platform": platform.platform()},
+        "metrics": res.metrics,
+        "categories": res.tables["categories"],
+    }
+    from .types import _jsonable
+
+    doc = _jsonable(doc)  # arrays to lists, NaN to null
+    with _atomic.staged_dir(Path(out), replace=force) as tmp:
+        (tmp / "figures").mkdir()
+        (tmp / "result.json").write_text(json.dumps(doc, indent=2) + "\n")
+        _write_directions(analyzer, hierarchy, tmp / "directions.safetensors")
+        figures = _hierarchy_figures(analyzer, hierarchy, tmp / "figures")
+        (tmp / "report.md").write_text(_hierarchy_markdown(doc, figures, analyzer))
+    return Path(out)
+
+
+def _write_directions(a: Any, h: Any, path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    sets = a.token_ids_
+    offsets = np.zeros(len(sets) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(s) for s in sets])
+    tensors = {
+        "directions": np.ascontiguousarray(a.directions_.vectors, dtype=np.float32),
+        "mean_directions": np.ascontiguousarray(a.mean_directions_.vectors, dtype=np.float32),
+        "whitening": np.ascontiguousarray(a.whitening_.W, dtype=np.float64),
+        "unembedding_mean": np.ascontiguousarray(a.whitening_.mean, dtype=np.float64),
+        "token_ids": np.concatenate(sets).astype(np.int64),
+        "token_offsets": offsets,
+    }
+    meta = {
+        "format": "geomsteer.hierarchy.directions/1",
+        "names": json.dumps(list(a.names_)),
+        "parents": json.dumps([h.parent(n) for n in a.names_]),
+        "model": str(a.model_),
+        "space": a.directions_.space,
+        "estimator": str(a.estimator),
+        "note": "directions[i] is category names[i] in the whitened space g(y) = (gamma(y) - unembedding_mean) "
+                "@ whitening; its tokens are token_ids[token_offsets[i]:token_offsets[i+1]]",
+    }
+    save_file(tensors, str(path), metadata=meta)
+
+
+def _label(name: str) -> str:
+    return name.split(".")[0].replace("_", " ")
+
+
+def _hierarchy_figures(a: Any, h: Any, fig_dir: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs: dict[str, str] = {}
+
+    # 1. Held-out projection, observed vs shuffled g.
+    p = a.projection_values_
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    data = [p["train"], p["test"], p["random"]]
+    labels = ["train tokens", "held-out tokens", "random tokens"]
+    sp = a.metrics_["projection"].get("shuffled_tokens")
+    if sp is not None and getattr(a, "shuffled_projection_values_", None) is not None:
+        data.append(a.shuffled_projection_values_["test"])
+        labels.append("held-out, shuffled g")
+    ax.boxplot([np.asarray(d)[np.isfinite(d)] for d in data], showfliers=False)
+    ax.set_xticks(range(1, len(labels) + 1), labels, rotation=10)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.axhline(1, color="grey", lw=0.5, ls=":")
+    ax.set_ylabel("mean  g(y)·ℓ / ‖ℓ‖²  per category")
+    ax.set_title("Projection onto category directions (70/30 split)")
+    fig.tight_layout()
+    fig.savefig(fig_dir / "projection.png", dpi=120)
+    plt.close(fig)
+    figs["projection"] = "figures/projection.png"
+
+    # 2. Orthogonality histograms against baselines.
+    vals = a.orthogonality_values_
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    bins = np.linspace(-1, 1, 81)
+    series = [("observed (LDA)", vals["lda"]["parent_child_values"], "black"),
+              ("random parent", vals["lda"]["random_parent_values"], "tab:red")]
+    for key, color in [("shuffled_tokens", "tab:blue"), ("random_categories", "tab:orange"),
+                       ("random_unembedding", "tab:green"), ("euclidean", "tab:purple")]:
+        if key in vals:
+            series.append((key.replace("_", " "), vals[key]["parent_child_values"], color))
+    for name, v, c in series:
+        v = np.asarray(v)[np.isfinite(v)]
+        axes[0].hist(v, bins=bins, histtype="step", density=True, label=name, color=c, lw=1.5 if c == "black" else 1)
+    axes[0].set_xlabel("cos(ℓ_parent, ℓ_child − ℓ_parent)")
+    axes[0].set_ylabel("density")
+    axes[0].set_title("Hierarchical orthogonality: parent vs child − parent")
+    axes[0].legend(fontsize=7)
+    for key, c in [("lda", "black"), ("shuffled_tokens", "tab:blue"), ("random_unembedding", "tab:green"),
+                   ("euclidean", "tab:purple")]:
+        if key in vals:
+            v = np.asarray(vals[key]["chain_values"])
+            axes[1].hist(v[np.isfinite(v)], bins=bins, histtype="step", density=True,
+                         label="observed (LDA)" if key == "lda" else key.replace("_", " "), color=c)
+    axes[1].set_xlabel("cos(ℓ_child − ℓ_parent, ℓ_parent − ℓ_grandparent)")
+    axes[1].set_title("Successive differences along the tree")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(fig_dir / "orthogonality.png", dpi=120)
+    plt.close(fig)
+    figs["orthogonality"] = "figures/orthogonality.png"
+
+    # 3. Cosine matrix ordered by the tree, beside 1 / (1 + tree distance).
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    im0 = axes[0].imshow(a.cosine_matrix_, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    axes[0].set_title("cos(ℓ_w, ℓ_z), categories in tree order")
+    fig.colorbar(im0, ax=axes[0], fraction=0.046)
+    im1 = axes[1].imshow(a.tree_similarity_, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    axes[1].set_title("1 / (1 + tree distance)")
+    fig.colorbar(im1, ax=axes[1], fraction=0.046)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    r = a.metrics_["cosine_vs_tree_distance"]["observed"]["pearson"]
+    fig.suptitle(f"Pearson correlation of the two (upper triangles): {_fmt(r)}")
+    fig.tight_layout()
+    fig.savefig(fig_dir / "heatmap.png", dpi=120)
+    plt.close(fig)
+    figs["heatmap"] = "figures/heatmap.png"
+
+    # 4. Park et al. Figure 2 style: animal / mammal / bird / plant in a 2-D plane.
+    path = _concept_plane(a, h, fig_dir, plt)
+    if path:
+        figs["concept_plane"] = path
+    return figs
+
+
+_PLANE = [("animal.n.01", "mammal.n.01"), ("animal.n.01", "bird.n.01"), ("organism.n.01", "animal.n.01")]
+_PLANE_GROUPS = ["mammal.n.01", "bird.n.01", "fish.n.01", "reptile.n.01", "plant.n.02", "animal.n.01"]
+
+
+def _concept_plane(a: Any, h: Any, fig_dir: Path, plt: Any) -> str | None:
+    idx = {n: i for i, n in enumerate(a.names_)}
+    pair = next(((x, y) for x, y in _PLANE if x in idx and y in idx), None)
+    if pair is None:
+        return None
+    L = a.directions_.vectors.astype(np.float64)
+    base, child = L[idx[pair[0]]], L[idx[pair[1]]]
+    e1 = base / np.linalg.norm(base)
+    diff = child - base
+    e2 = diff - (diff @ e1) * e1
+    if np.linalg.norm(e2) == 0:
+        return None
+    e2 /= np.linalg.norm(e2)
+    groups = [n for n in _PLANE_GROUPS if n in idx]
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    colors = plt.get_cmap("tab10")
+    shown: set[int] = set()
+    for k, n in enumerate(groups[::-1]):
+        toks = np.array([t for t in h.tokens(n) if t not in shown], dtype=np.int64)
+        if n != "animal.n.01":
+            shown.update(toks.tolist())
+        if not len(toks):
+            continue
+        G = a.embed_(toks)
+        ax.scatter(G @ e1, G @ e2, s=4, alpha=0.5, color=colors(k), label=f"{_label(n)} ({len(toks)})")
+    for n in groups:
+        v = L[idx[n]]
+        ax.annotate("", xy=(v @ e1, v @ e2), xytext=(0, 0), arrowprops=dict(arrowstyle="->", lw=1.8))
+        ax.text(v @ e1, v @ e2, " ℓ_" + _label(n), fontsize=9)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.set_xlabel(f"along ℓ_{_label(pair[0])}")
+    ax.set_ylabel(f"along ℓ_{_label(pair[1])} − ℓ_{_label(pair[0])} (orthogonalized)")
+    ax.set_title("Tokens and category vectors in the causal inner product")
+    ax.legend(fontsize=7, markerscale=3)
+    fig.tight_layout()
+    fig.savefig(fig_dir / "concept_plane.png", dpi=120)
+    plt.close(fig)
+    return "figures/concept_plane.png"
+
+
+def _hierarchy_markdown(doc: Mapping[str, Any], figs: Mapping[str, str], a: Any) -> str:
+    m = doc["metrics"]
+    prov = doc["provenance"]
+    cov = prov.get("hierarchy", {})
+    lines = [
+        f"# Hierarchical concept directions: {doc['model']}",
+        "",
+        f"Created {doc['created']} by geomsteer {prov['packages'].get('geomsteer', '?')}."
+        + (f" Command: `{' '.join(doc['command'])}`" if doc.get("command") else ""),
+        "",
+        "Method: Park, Choe, Jiang, Veitch (2024), *The Geometry of Categorical and Hierarchical Concepts "
+        "in Large Language Models* (arXiv 2406.01506): whitened unembedding (causal inner product), "
+        "LDA directions with Ledoit-Wolf shrinkage. Every statistic stands beside null baselines, since "
+        "orthogonality and simplices also appear for nonsense categories and random unembeddings.",
+        "",
+        "## Categories",
+        "",
+        f"- {doc['n_categories']} WordNet {'noun' if cov.get('pos') == 'n' else 'verb'} categories with more than "
+        f"{doc['params'].get('min_tokens', prov.get('min_tokens', '?'))} single tokens "
+        f"({cov.get('n_categories_over_min_tokens', '?')} before merging {cov.get('n_merged_by_chain_merging', '?')} "
+        "single-child chains).",
+        f"- Word-start marker `{cov.get('word_start', '?')}`; lemmas: {cov.get('n_lemmas', '?')}, "
+        f"multi-word {cov.get('n_lemmas_multiword', '?')}, single-word {cov.get('n_lemmas_single_word', '?')}, "
+        f"kept (some form is one token) {cov.get('n_lemmas_kept', '?')}, dropped as multi-token "
+        f"{cov.get('n_lemmas_dropped_multitoken', '?')}; distinct tokens {cov.get('n_distinct_tokens', '?')}.",
+        "",
+        "## Held-out projection",
+        "",
+        "Mean over categories of the normalized projection g(y)·ℓ/‖ℓ‖² onto a direction fit on 70% of the "
+        "category's tokens (train ≈ 1 by construction).",
+        "",
+        "| condition | train | held-out | random tokens |",
+        "|---|---|---|---|",
+    ]
+    for k, v in m["projection"].items():
+        lines.append(f"| {k.replace('_', ' ')} | {_fmt(v['train_mean'])} | {_fmt(v['test_mean'])} ± {_fmt(v['test_std'])} "
+                     f"| {_fmt(v['random_mean'])} ± {_fmt(v['random_std'])} |")
+    if "projection" in figs:
+        lines += ["", f"![projection]({figs['projection']})"]
+    lines += [
+        "",
+        "## Hierarchical orthogonality",
+        "",
+        "cos(ℓ_parent, ℓ_child − ℓ_parent) over all parent-child edges (Park et al. predict 0), and "
+        "cos(ℓ_child − ℓ_parent, ℓ_parent − ℓ_grandparent) along the tree.",
+        "",
+        "| condition | n | mean cos | mean abs cos | median abs cos | chain: mean abs cos |",
+        "|---|---|---|---|---|---|",
+    ]
+    chain = m["orthogonality_child_grandparent"]
+    for k, v in m["orthogonality_parent_child"].items():
+        c = chain.get(k, {})
+        lines.append(f"| {k.replace('_', ' ')} | {v['n']} | {_fmt(v['mean'])} | {_fmt(v['mean_abs'])} | "
+                     f"{_fmt(v['median_abs'])} | {_fmt(c.get('mean_abs', float('nan')))} |")
+    lines += [
+        "",
+        "Baselines: *random parent* pairs each child with an unrelated category; *shuffled tokens* permutes the "
+        "vocabulary (categories keep sizes and nesting, lose meaning); *random categories* draws independent token "
+        "sets of the same sizes; *random unembedding* is an i.i.d. Gaussian matrix of the model's shape; "
+        "*euclidean* skips the whitening.",
+    ]
+    if "orthogonality" in figs:
+        lines += ["", f"![orthogonality]({figs['orthogonality']})"]
+    s = m["simplex"]["observed"]
+    lines += [
+        "",
+        "## Sibling simplices",
+        "",
+        f"{s['n_parents']} parents with ≥ 3 children; affinely independent: {_fmt(s['fraction_affinely_independent'])}. "
+        f"Held-out child tokens inside the simplex after projection onto its affine span: "
+        f"{_fmt(s['fraction_test_inside'])} (random tokens: {_fmt(s['fraction_random_inside'])}). "
+        f"Held-out tokens nearest their own child's vertex: {_fmt(s['nearest_vertex_accuracy'])} "
+        f"(chance {_fmt(s['chance_accuracy'])}).",
+    ]
+    sb = m["simplex"].get("baselines", {}).get("shuffled_tokens")
+    if sb:
+        lines.append(f"With shuffled tokens: inside {_fmt(sb['fraction_test_inside'])}, nearest-vertex "
+                     f"{_fmt(sb['nearest_vertex_accuracy'])} (chance {_fmt(sb['chance_accuracy'])}).")
+    h = m["cosine_vs_tree_distance"]
+    lines += [
+        "",
+        "## Cosine similarity against tree distance",
+        "",
+        "| condition | Pearson | Spearman | mean cos |",
+        "|---|---|---|---|",
+    ]
+    for k, v in h.items():
+        lines.append(f"| {k.replace('_', ' ')} | {_fmt(v['pearson'])} | {_fmt(v['spearman'])} | {_fmt(v['mean_cos'])} |")
+    if "heatmap" in figs:
+        lines += ["", f"![heatmap]({figs['heatmap']})"]
+    if "concept_plane" in figs:
+        lines += ["", "## Animal, mammal, bird, plant", "", f"![concept plane]({figs['concept_plane']})"]
+    lines += [
+        "",
+        "## Files",
+        "",
+        "- `result.json`: every number above, per-category table, parameters and provenance.",
+        "- `directions.safetensors`: LDA and mean directions, the whitening matrix and mean, each category's "
+        "token ids (`token_ids`, `token_offsets`); category names in the metadata.",
+        "",
+        "## Provenance",
+        "",
+        "```json",
+        json.dumps({k: v for k, v in prov.items() if k != "hierarchy"}, indent=2),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,319 @@
+"""The shipped WordNet 3.0 hierarchy and its categories for any tokenizer.
+
+WordNet's noun and verb synsets (lemmas, hypernym edges, glosses, examples) ship in
+``data/wordnet/`` (built by ``data/wordnet/build.py`` from Debian's ``wordnet-base``), so
+nothing is downloaded and nltk is not needed at run time.
+
+:func:`build_hierarchy` turns WordNet into the categories of Park et al. (2024) for one
+tokenizer: a category is a synset together with all its hyponyms (recursively); its tokens are
+the single-token word forms of those lemmas (lowercase, Capitalized and plural for nouns; the
+regular and irregular conjugations for verbs), written with the tokenizer's word-start marker
+(SentencePiece ``▁``, byte-BPE ``Ġ``). Categories with more than ``min_tokens`` tokens are kept;
+a category's parent is its nearest kept ancestor; a kept category with exactly one kept child
+absorbs that child (single-child chain merging).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+from .types import ConceptHierarchy
+
+__all__ = ["WordNet", "load_wordnet", "data_dir", "detect_word_start", "word_forms", "build_hierarchy"]
+
+WORD_START_MARKERS = ("▁", "Ġ", " ")
+
+
+def data_dir() -> Path:
+    """Where the shipped WordNet files are: ``$GEOMSTEER_WORDNET_DIR`` or ``data/wordnet`` of the project."""
+    env = os.environ.get("GEOMSTEER_WORDNET_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "data" / "wordnet"
+
+
+@dataclass(frozen=True)
+class Synset:
+    name: str
+    pos: str
+    lexname: str
+    lemmas: tuple[str, ...]
+    hypernyms: tuple[str, ...]
+    instance_hypernyms: tuple[str, ...]
+    definition: str
+    examples: tuple[str, ...]
+
+
+class WordNet:
+    """Read-only WordNet: synsets by name, hypernym/hyponym edges, irregular inflections."""
+
+    def __init__(self, synsets: Mapping[str, Synset], exceptions: Mapping[tuple[str, str], tuple[str, ...]]):
+        self.synsets = dict(synsets)
+        # base form -> irregular inflected forms, per part of speech
+        self.exceptions = dict(exceptions)
+        self._hyponyms: dict[str, list[str]] = defaultdict(list)
+        for s in self.synsets.values():
+            for h in s.hypernyms:
+                self._hyponyms[h].append(s.name)
+
+    def __len__(self) -> int:
+        return len(self.synsets)
+
+    def __getitem__(self, name: str) -> Synset:
+        try:
+            return self.synsets[name]
+        except KeyError:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(self.synsets), n=5)
+            hint = f"; close matches: {', '.join(close)}" if close else ""
+            raise DataError(
+                f"unknown synset {name!r}: expected a WordNet 3.0 name such as 'animal.n.01'{hint}"
+            ) from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.synsets
+
+    def all(self, pos: str | None = None) -> list[Synset]:
+        return [s for s in self.synsets.values() if pos is None or s.pos == pos]
+
+    def hyponyms(self, name: str) -> list[str]:
+        return list(self._hyponyms.get(name, ()))
+
+    def irregular_forms(self, pos: str, base: str) -> tuple[str, ...]:
+        return self.exceptions.get((pos, base), ())
+
+
+@functools.lru_cache(maxsize=2)
+def load_wordnet(path: str | None = None) -> WordNet:
+    """Load the shipped WordNet (cached per process)."""
+    root = Path(path) if path else data_dir()
+    syn_file, exc_file = root / "synsets.tsv.gz", root / "exceptions.tsv.gz"
+    if not syn_file.is_file():
+        raise DataError(
+            f"WordNet data not found at {syn_file}: expected the files that data/wordnet/build.py writes; "
+            "reinstall geomsteer from its repository or set GEOMSTEER_WORDNET_DIR"
+        )
+    synsets: dict[str, Synset] = {}
+    with gzip.open(syn_file, "rt", encoding="utf-8") as f:
+        next(f)
+        for line in f:
+            name, pos, lexname, lemmas, hyper, inst, definition, examples = line.rstrip("\n").split("\t")
+            synsets[name] = Synset(
+                name, pos, lexname, tuple(lemmas.split("|")), tuple(filter(None, hyper.split("|"))),
+                tuple(filter(None, inst.split("|"))), definition, tuple(filter(None, examples.split("|"))),
+            )
+    exceptions: dict[tuple[str, str], list[str]] = defaultdict(list)
+    with gzip.open(exc_file, "rt", encoding="utf-8") as f:
+        next(f)
+        for line in f:
+            pos, inflected, base = line.rstrip("\n").split("\t")
+            exceptions[(pos, base)].append(inflected)
+    return WordNet(synsets, {k: tuple(v) for k, v in exceptions.items()})
+
+
+# --------------------------------------------------------------------------------------------
+# Word forms and tokenizers
+
+_VOWELS = set("aeiou")
+
+
+def _plural(w: str) -> str:
+    if w.endswith(("s", "x", "z", "ch", "sh")):
+        return w + "es"
+    if w.endswith("y") and len(w) > 1 and w[-2] not in _VOWELS:
+        return w[:-1] + "ies"
+    return w + "s"
+
+
+def _verb_forms(w: str) -> list[str]:
+    third = _plural(w)
+    if w.endswith("e") and not w.endswith(("ee", "ye", "oe")):
+        past, ing = w + "d", w[:-1] + "ing"
+    elif w.endswith("y") and len(w) > 1 and w[-2] not in _VOWELS:
+        past, ing = w[:-1] + "ied", w + "ing"
+    elif (len(w) >= 3 and w[-1] not in _VOWELS | set("wxy") and w[-2] in _VOWELS
+          and w[-3] not in _VOWELS and len(w) <= 4):
+        past, ing = w + w[-1] + "ed", w + w[-1] + "ing"  # stop -> stopped (short CVC words)
+    else:
+        past, ing = w + "ed", w + "ing"
+    return [third, past, ing]
+
+
+def word_forms(lemma: str, pos: str, wordnet: WordNet | None = None) -> list[str]:
+    """The surface forms a lemma is matched by: lowercase, Capitalized, and inflections.
+
+    Nouns add their plural (WordNet's irregular plural where it has one, else the regular
+    rule); verbs add the third person, past and -ing forms (irregular ones from WordNet's
+    exception list as well). Multi-word lemmas (with ``_``) have no single-word forms.
+    """
+    if "_" in lemma or not lemma:
+        return []
+    low = lemma.lower()
+    irregular = wordnet.irregular_forms(pos, low) if wordnet is not None else ()
+    if pos == "n":
+        inflected = list(irregular) if irregular else [_plural(low)]
+    elif pos == "v":
+        inflected = list(irregular) + _verb_forms(low)
+    else:
+        raise ConfigError(f"unknown part of speech {pos!r}: expected 'n' (noun) or 'v' (verb)")
+    forms: list[str] = []
+    for w in [lemma, low, *inflected]:
+        for f in (w, w[:1].upper() + w[1:]):
+            if f not in forms:
+                forms.append(f)
+    return forms
+
+
+def detect_word_start(vocab: Mapping[str, int]) -> str:
+    """The marker a tokenizer puts before a word that follows a space: ``▁``, ``Ġ`` or a space."""
+    counts = Counter(t[0] for t in vocab if t and t[0] in WORD_START_MARKERS)
+    if not counts:
+        raise DataError(
+            "could not detect the tokenizer's word-start convention: expected tokens that start with "
+            "'▁' (SentencePiece), 'Ġ' (byte-level BPE) or a space, found none"
+        )
+    return counts.most_common(1)[0][0]
+
+
+# --------------------------------------------------------------------------------------------
+# The hierarchy
+
+
+def build_hierarchy(
+    vocab: Mapping[str, int],
+    pos: str = "n",
+    min_tokens: int = 50,
+    tokenizer: str = "",
+    wordnet: WordNet | None = None,
+    merge_chains: bool = True,
+) -> ConceptHierarchy:
+    """WordNet categories whose single-token word forms number more than ``min_tokens``.
+
+    Parameters
+    ----------
+    vocab: token string -> id, as ``tokenizer.get_vocab()`` returns.
+    pos: ``"n"`` for nouns, ``"v"`` for verbs.
+    min_tokens: keep categories with strictly more tokens than this (Park et al. use 50).
+    """
+    import networkx as nx
+
+    if pos not in ("n", "v"):
+        raise ConfigError(f"unknown part of speech {pos!r}: expected 'n' (noun) or 'v' (verb)")
+    if not isinstance(min_tokens, (int, np.integer)) or min_tokens < 1:
+        raise ConfigError(f"min_tokens must be a positive integer, got {min_tokens!r}")
+    wn = wordnet or load_wordnet()
+    marker = detect_word_start(vocab)
+    synsets = wn.all(pos)
+
+    # Tokens of each lemma, and coverage of lemmas.
+    lemma_tokens: dict[str, frozenset[int]] = {}
+    n_multiword = n_single = n_kept = 0
+    for s in synsets:
+        for lemma in s.lemmas:
+            if lemma in lemma_tokens:
+                continue
+            forms = word_forms(lemma, pos, wn)
+            if not forms:
+                n_multiword += 1
+                lemma_tokens[lemma] = frozenset()
+                continue
+            n_single += 1
+            ids = frozenset(vocab[marker + f] for f in forms if marker + f in vocab)
+            n_kept += bool(ids)
+            lemma_tokens[lemma] = ids
+
+    # Tokens of each synset's closure (itself and all hyponyms), children before parents.
+    children = {s.name: [c for c in wn.hyponyms(s.name)] for s in synsets}
+    g_full = nx.DiGraph()
+    g_full.add_nodes_from(children)
+    g_full.add_edges_from((p, c) for p, cs in children.items() for c in cs)
+    closure: dict[str, frozenset[int]] = {}
+    for name in reversed(list(nx.topological_sort(g_full))):
+        own = set().union(*(lemma_tokens[l] for l in wn.synsets[name].lemmas))
+        for c in children[name]:
+            own |= closure[c]
+        closure[name] = frozenset(own)
+    kept = {n for n, t in closure.items() if len(t) > min_tokens}
+    if not kept:
+        largest = max((len(t) for t in closure.values()), default=0)
+        raise ConfigError(
+            f"--min-tokens {min_tokens} leaves no category: the largest {('noun', 'verb')[pos == 'v']} category "
+            f"has {largest} single tokens for this tokenizer; use a smaller --min-tokens (Park et al. use 50)"
+        )
+
+    # Parent = nearest kept ancestor (ties: the smaller category, then the name).
+    depth_full = {}
+    for name in nx.topological_sort(g_full):
+        preds = list(g_full.predecessors(name))
+        depth_full[name] = 0 if not preds else 1 + min(depth_full[p] for p in preds)
+
+    tree = nx.DiGraph()
+    for name in kept:
+        s = wn.synsets[name]
+        tree.add_node(name, tokens=np.array(sorted(closure[name]), dtype=np.int64),
+                      definition=s.definition, merged=[], lexname=s.lexname)
+    for name in kept:
+        frontier, seen, parent = [name], {name}, None
+        while frontier and parent is None:
+            nxt = []
+            for n in frontier:
+                nxt.extend(p for p in g_full.predecessors(n) if p not in seen)
+            seen.update(nxt)
+            hits = sorted({p for p in nxt if p in kept}, key=lambda p: (len(closure[p]), p))
+            parent = hits[0] if hits else None
+            frontier = nxt
+        if parent is not None:
+            tree.add_edge(parent, name)
+
+    if merge_chains:
+        # A kept category with exactly one kept child absorbs it: the child's token set is a subset
+        # of the parent's, so the pair carries one concept, not two.
+        changed = True
+        while changed:
+            changed = False
+            for node in sorted(tree.nodes, key=lambda n: (depth_full[n], n)):
+                if node in tree and tree.out_degree(node) == 1:
+                    (child,) = tree.successors(node)
+                    tree.nodes[node]["merged"] = tree.nodes[node]["merged"] + [child, *tree.nodes[child]["merged"]]
+                    for grandchild in list(tree.successors(child)):
+                        tree.add_edge(node, grandchild)
+                    tree.remove_node(child)
+                    changed = True
+
+    for r in [n for n in tree if tree.in_degree(n) == 0]:
+        for n, d in nx.single_source_shortest_path_length(tree, r).items():
+            tree.nodes[n]["depth"] = d
+
+    all_tokens = set().union(*(closure[n] for n in tree))
+    coverage = {
+        "pos": pos,
+        "word_start": marker,
+        "n_synsets": len(synsets),
+        "n_lemmas": len(lemma_tokens),
+        "n_lemmas_multiword": n_multiword,
+        "n_lemmas_single_word": n_single,
+        "n_lemmas_kept": n_kept,
+        "n_lemmas_dropped_multitoken": n_single - n_kept,
+        "n_categories_over_min_tokens": len(kept),
+        "n_categories": tree.number_of_nodes(),
+        "n_merged_by_chain_merging": len(kept) - tree.number_of_nodes(),
+        "n_edges": tree.number_of_edges(),
+        "n_distinct_tokens": len(all_tokens),
+    }
+    return ConceptHierarchy(tree, pos, tokenizer, marker, int(min_tokens), coverage)
+
+
+def lemma_names(names: Iterable[str], wordnet: WordNet | None = None) -> dict[str, str]:
+    """A short readable label (first lemma) for each synset name."""
+    wn = wordnet or load_wordnet()
+    return {n: wn.synsets[n].lemmas[0].replace("_", " ") if n in wn else n for n in names}
