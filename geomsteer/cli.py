@@ -19,9 +19,10 @@ EXIT_INTERRUPT = 130
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own usage errors: one line, exit 2
+    def error(self, message: str) -> None:  # argparse's own usage errors: usage, one line, exit 2
         self.print_usage(sys.stderr)
-        raise SystemExit(f"{self.prog}: error: {message}")
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
 
 
 def _positive_int(text: str) -> int:

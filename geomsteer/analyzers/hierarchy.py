@@ -121,7 +121,7 @@ def _shrinkage_from_stats(row_sq: np.ndarray, gram: np.ndarray, n: int, d: int) 
     return float(shrinkage), float(mu)
 
 
-def lda_direction(G: np.ndarray, rcond: float = 1e-12) -> np.ndarray:
+def lda_direction(G: np.ndarray, rcond: float = 1e-15) -> np.ndarray:
     """Park et al.'s LDA direction ``l = (u . mu) u``, ``u ∝ Sigma^+ mu``, without a d x d inverse.
 
     Sigma = a Xc^T Xc + b I with a = (1 - s) / n and b = s * trace(S) / d (Ledoit-Wolf). With
@@ -174,14 +174,24 @@ def lda_direction(G: np.ndarray, rcond: float = 1e-12) -> np.ndarray:
 
 
 def _pinv_solve(Xc, gram, small, a, b, mu, rcond):
-    """Sigma^+ mu from the eigenpairs of the smaller Gram matrix (the singular or near-singular case)."""
+    """Sigma^+ mu from the eigenpairs of the smaller Gram matrix (the singular or near-singular case).
+
+    Eigenvalues of Sigma below ``rcond`` times the largest are treated as zero, as a pseudo-inverse
+    does; with a vanishing shrinkage that drops the b * I part outside the span of the data.
+    """
     lam, Q = np.linalg.eigh(gram)
-    keep = lam > rcond * max(lam.max(), 0.0)
+    top = a * max(float(lam.max()), 0.0) + b
+    keep = a * lam + b > rcond * top
     lam, Q = lam[keep], Q[:, keep]
-    V = (Xc.T @ Q) / np.sqrt(lam) if small else Q  # right singular vectors of Xc, (d, r)
+    if small:
+        nz = lam > 0
+        V = (Xc.T @ Q[:, nz]) / np.sqrt(lam[nz])  # right singular vectors of Xc, (d, r)
+        lam = lam[nz]
+    else:
+        V = Q
     proj = V.T @ mu
     v = V @ (proj / (a * lam + b))
-    if b > 0:
+    if b > rcond * top:
         v += (mu - V @ proj) / b
     return v
 
@@ -416,7 +426,7 @@ class HierarchyAnalyzer:
 
         # Per-category table.
         pos = {n: i for i, n in enumerate(names)}
-        pc_cos = {c: v for (p, c), v in zip(edges, ortho["lda"]["parent_child_values"])}
+        pc_cos = {names[c]: float(v) for (_, c), v in zip(edges, ortho["lda"]["parent_child_values"])}
         table = []
         for i, n in enumerate(names):
             table.append({

@@ -1,0 +1,57 @@
+import os
+
+# Tests never reach the hub and never print progress bars.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["GEOMSTEER_QUIET"] = "1"
+
+import networkx as nx  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from geomsteer.types import ConceptHierarchy  # noqa: E402
+
+
+def make_hierarchy(edges, tokens, pos="n"):
+    """A ConceptHierarchy from parent->child edges and a {name: token ids} mapping."""
+    g = nx.DiGraph()
+    for name, toks in tokens.items():
+        g.add_node(name, tokens=np.array(sorted(set(toks)), dtype=np.int64), merged=[], definition="")
+    g.add_edges_from(edges)
+    for r in [n for n in g if g.in_degree(n) == 0]:
+        for n, d in nx.single_source_shortest_path_length(g, r).items():
+            g.nodes[n]["depth"] = d
+    return ConceptHierarchy(g, pos, "synthetic", "▁", 1, {"n_categories": len(tokens)})
+
+
+def planted(seed=0, d=48, n_leaf=60, vocab=3000, noise=0.3):
+    """A planted two-level hierarchy: each node has its own random direction and a token's
+    embedding is the sum of the directions on its path to the root, plus noise.
+
+    root -> A, B;  A -> A1, A2, A3;  B -> B1, B2, B3. Returns (gamma, hierarchy).
+    """
+    rng = np.random.default_rng(seed)
+    nodes = ["root", "A", "B", "A1", "A2", "A3", "B1", "B2", "B3"]
+    parent = {"A": "root", "B": "root", "A1": "A", "A2": "A", "A3": "A", "B1": "B", "B2": "B", "B3": "B"}
+    e = {n: rng.standard_normal(d) * (2.0 if n != "root" else 1.0) for n in nodes}
+    gamma = rng.standard_normal((vocab, d)) * noise * 3
+    ids = rng.permutation(vocab)
+    tokens = {n: [] for n in nodes}
+    k = 0
+    for leaf in ["A1", "A2", "A3", "B1", "B2", "B3"]:
+        leaf_ids = ids[k : k + n_leaf]
+        k += n_leaf
+        path = [leaf]
+        while path[-1] in parent:
+            path.append(parent[path[-1]])
+        gamma[leaf_ids] = sum(e[p] for p in path) + noise * rng.standard_normal((n_leaf, d))
+        for p in path:
+            tokens[p].extend(leaf_ids.tolist())
+    edges = [(p, c) for c, p in parent.items()]
+    return gamma.astype(np.float32), make_hierarchy(edges, tokens)
+
+
+@pytest.fixture(scope="session")
+def gemma_unembedding():
+    from geomsteer import models
+
+    return models.load_unembedding("gemma-3-270m")

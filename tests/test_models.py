@@ -1,0 +1,131 @@
+"""Model resolution, its error messages, the cache's integrity, and loading a real model."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from geomsteer import _atomic, models
+from geomsteer.errors import DataError, ModelNotFoundError, ModelUnavailableError
+
+KNOWN = ", ".join(models.MODELS)
+
+
+def test_unknown_model_lists_the_aliases():
+    msg = (f"unknown model 'gemma-7': expected a known alias ({KNOWN}), a local Hugging Face model directory "
+           "(with config.json) or a .gguf file; the offline models are gemma-3-270m, qwen2.5-0.5b")
+    with pytest.raises(ModelNotFoundError, match="^" + re.escape(msg) + "$"):
+        models.resolve("gemma-7")
+
+
+def test_uncached_hub_model_offline_fails_fast_and_names_the_offline_models(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    msg = ("model 'gemma-2b' (google/gemma-2b) is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+           "use an offline model (gemma-3-270m, qwen2.5-0.5b), a local model directory, or a .gguf file")
+    with pytest.raises(ModelUnavailableError, match="^" + re.escape(msg) + "$"):
+        models.resolve("gemma-2b")
+
+
+def test_missing_gguf_file(tmp_path):
+    path = tmp_path / "nope.gguf"
+    msg = f"GGUF file {str(path)!r} does not exist: expected the path of a .gguf model file; check the path"
+    with pytest.raises(ModelNotFoundError, match="^" + re.escape(msg) + "$"):
+        models.resolve(str(path))
+
+
+def test_file_that_is_not_gguf(tmp_path):
+    path = tmp_path / "model.gguf"
+    path.write_text("not a model")
+    msg = (f"{str(path)!r} is not a GGUF file: expected the 4-byte magic 'GGUF' at its start; "
+           "pass a GGUF model file (for example one written by llama.cpp's converter)")
+    with pytest.raises(DataError, match="^" + re.escape(msg) + "$"):
+        models.resolve(str(path))
+
+
+def test_directory_without_config(tmp_path):
+    msg = (f"directory {str(tmp_path)!r} is not a Hugging Face model directory: expected a config.json in it; "
+           "pass a directory written by save_pretrained, an alias, or a .gguf file")
+    with pytest.raises(ModelNotFoundError, match="^" + re.escape(msg) + "$"):
+        models.resolve(str(tmp_path))
+
+
+def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("GEOMSTEER_CACHE", str(tmp_path / "c"))
+    assert models.cache_dir() == tmp_path / "c"
+
+
+def _fake_entry(path, content=b"weights"):
+    path.mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(content)
+    files = {"model.safetensors": {"size": len(content), "sha256": _atomic.sha256_file(path / "model.safetensors")}}
+    (path / models.MANIFEST).write_text(json.dumps({"format": 1, "files": files}))
+
+
+def test_cache_entry_with_a_changed_file_is_not_used(tmp_path):
+    good, bad, partial = tmp_path / "good", tmp_path / "bad", tmp_path / "partial"
+    _fake_entry(good)
+    _fake_entry(bad)
+    (bad / "model.safetensors").write_bytes(b"weighTs")  # same size, different content
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")  # no manifest: an interrupted build
+    assert models._valid_cache(good)
+    assert not models._valid_cache(bad)
+    assert not models._valid_cache(partial)
+
+
+def test_cache_build_interrupted_leaves_nothing_behind(tmp_path, monkeypatch):
+    monkeypatch.setenv("GEOMSTEER_CACHE", str(tmp_path))
+
+    def make_gguf(dest):
+        (dest / "x.gguf").write_bytes(b"GGUF....")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        models._build_cache("toy", make_gguf, {})
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_staged_dir_replaces_only_when_complete(tmp_path):
+    out = tmp_path / "out"
+    with _atomic.staged_dir(out) as d:
+        (d / "a.txt").write_text("first")
+    with pytest.raises(RuntimeError):
+        with _atomic.staged_dir(out, replace=True) as d:
+            (d / "a.txt").write_text("second, half-written")
+            raise RuntimeError("boom")
+    assert (out / "a.txt").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with pytest.raises(FileExistsError):
+        with _atomic.staged_dir(out) as d:
+            pass
+
+
+@pytest.mark.real_model
+def test_gemma_unembedding(gemma_unembedding):
+    e = gemma_unembedding
+    assert e.gamma.shape == (262144, 640) and e.gamma.dtype == np.float32
+    assert np.isfinite(e.gamma).all()
+    assert e.vocab["▁cat"] < 262144 and e.id_to_token[e.vocab["▁cat"]] == "▁cat"
+    assert e.provenance["gguf_sha256"] == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+@pytest.mark.real_model
+def test_gemma_loads_into_transformer_lens_with_hf_residuals(gemma_unembedding):
+    import torch
+
+    r = models.resolve("gemma-3-270m")
+    tl = models.load_model(r)
+    assert (tl.cfg.d_model, tl.cfg.n_layers, tl.cfg.d_vocab) == (640, 18, 262144)
+    hf = models.load_hf_model(r)
+    tok = models.load_tokenizer(r)
+    ids = tok("The cat sat on the mat.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        _, cache = tl.run_with_cache(ids, stop_at_layer=7, names_filter="blocks.6.hook_resid_post")
+        hidden = hf(ids, output_hidden_states=True).hidden_states[7]
+    resid = cache["blocks.6.hook_resid_post"]
+    rel = (resid - hidden).norm() / hidden.norm()
+    assert rel < 1e-4
+    # The TransformerLens unembedding is the raw one load_unembedding reads.
+    np.testing.assert_allclose(tl.W_U.T.detach().numpy(), gemma_unembedding.gamma, atol=0)
