@@ -79,6 +79,7 @@ def _cmd_hierarchy(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .wordnet import build_hierarchy
 
     reports.check_output_dir(args.out, args.force)  # fail before any heavy work
+    models.check_device(args.device)
     t0 = time.perf_counter()
     resolved = models.resolve(args.model)
     emb = models.load_unembedding(resolved, dtype=args.dtype, device=args.device)

@@ -337,9 +337,28 @@ def load_hf_model(model: str | ResolvedModel, dtype: str = "float32", device: st
 
     r = model if isinstance(model, ResolvedModel) else resolve(model)
     torch_dtype = _torch_dtype(dtype)
+    check_device(device)
     _quiet_transformers()
     hf = AutoModelForCausalLM.from_pretrained(str(r.path), dtype=torch_dtype)
     return hf.to(device).eval()
+
+
+def check_device(device: str) -> str:
+    """Validate a torch device string against what this machine has."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}: expected a torch device such as 'cpu', 'cuda' or 'cuda:1'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} is not available: this machine has no CUDA device; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r} is not available: this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s); use an index below that")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} is not available on this machine; use --device cpu")
+    return device
 
 
 def _torch_dtype(dtype: str):
@@ -399,6 +418,7 @@ def load_model(model: str | ResolvedModel, device: str = "cpu", dtype: str = "fl
     use ``stop_at_layer`` / ``run_with_cache(names_filter=...)`` for residuals.
     """
     r = model if isinstance(model, ResolvedModel) else resolve(model)
+    check_device(device)
     tok = load_tokenizer(r)
     with step(f"Loading {r.name} into TransformerLens"):
         if r.tl_name is not None:

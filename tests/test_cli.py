@@ -185,3 +185,19 @@ def test_fast_lda_agrees_with_reference_on_gemma_categories(gemma_unembedding):
         G = wh(e.gamma[h.tokens(n)])
         a, b = lda_direction(G), lda_direction_reference(G)
         assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) >= 0.9999, n
+
+
+def test_unavailable_device(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the message under test is for machines without it")
+    assert cli.main(["hierarchy", "--model", "gemma-3-270m", "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == ("geomsteer: error: device 'cuda' is not available: this machine has no CUDA "
+                                       "device; use --device cpu\n")
+
+
+def test_unknown_device(tmp_path, capsys):
+    assert cli.main(["hierarchy", "--model", "gemma-3-270m", "--device", "gpu0", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == ("geomsteer: error: unknown device 'gpu0': expected a torch device such as "
+                                       "'cpu', 'cuda' or 'cuda:1'\n")
