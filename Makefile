@@ -39,7 +39,8 @@ test: $(VENV)/.installed-test
 	$(PY) -m pytest -ra tests
 
 benchmark: $(VENV)/.installed-test
-	$(PY) benchmarks/bench_hierarchy.py
+	$(PY) benchmarks/bench_hierarchy.py --e2e
+	$(PY) benchmarks/bench_similarity.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,459 @@
+"""Representational similarity metrics: pure functions of two matrices X (n, d1) and Y (n, d2).
+
+Row i of X and row i of Y describe the same sample (word, context) in two representations
+(two models, two layers). Every function accumulates in float64, validates its input with a
+message that says what is wrong and how to fix it, and documents its formula, its reference and
+its invariances. None prints or mutates its input.
+
+Linear CKA is computed from d x d cross-products in O(n d^2) time and O(d^2) memory and streams
+over batches (:class:`CKAAccumulator`); the other metrics build n x n matrices and are meant for
+n up to about 20,000.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import DataError
+
+__all__ = [
+    "CKAAccumulator",
+    "linear_cka",
+    "rbf_cka",
+    "mutual_knn",
+    "cknna",
+    "svcca",
+    "procrustes",
+    "rsa",
+    "cosine",
+    "knn_jaccard",
+    "feature_jaccard",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+
+
+def _as_matrix(X, name: str) -> np.ndarray:
+    A = np.asarray(X)
+    if A.ndim != 2:
+        raise DataError(f"expected {name} as a 2-D array (n samples, d features), got shape {A.shape}; "
+                        "reshape it, e.g. with X.reshape(n, -1)")
+    if not np.issubdtype(A.dtype, np.number) or np.issubdtype(A.dtype, np.complexfloating):
+        raise DataError(f"expected {name} to hold real numbers, got dtype {A.dtype}")
+    if not np.isfinite(A).all():
+        bad = int((~np.isfinite(A)).any(axis=1).sum())
+        raise DataError(f"{name} has NaN or infinite values in {bad} row(s): expected finite numbers; "
+                        "drop or impute those rows (in both X and Y) first")
+    return A
+
+
+def _pair(X, Y, min_n: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    A, B = _as_matrix(X, "X"), _as_matrix(Y, "Y")
+    if A.shape[0] != B.shape[0]:
+        raise DataError(f"X and Y must have the same number of rows (one per sample), got {A.shape[0]} and "
+                        f"{B.shape[0]}; align the samples of the two representations first")
+    if A.shape[0] < min_n:
+        raise DataError(f"{what} needs at least {min_n} samples, got {A.shape[0]}")
+    for M, name in ((A, "X"), (B, "Y")):
+        if np.ptp(M, axis=0).max() == 0:
+            raise DataError(f"{name} is constant (every column has a single value), so {what} is undefined; "
+                            "check that the representation was extracted correctly")
+    return A, B
+
+
+def _check_k(k: int, n: int, what: str) -> None:
+    if not isinstance(k, (int, np.integer)) or k < 1 or k >= n:
+        raise DataError(f"{what} needs 1 <= k < n (the number of samples), got k={k!r} with n={n}; "
+                        "use a smaller k or more samples")
+
+
+# --------------------------------------------------------------------------------------------
+# Linear CKA, streamed
+
+
+@dataclass
+class CKAAccumulator:
+    """Mergeable sufficient statistics for linear CKA (biased and debiased) of paired batches.
+
+    ``update(X, Y)`` adds a batch; ``merge(other)`` adds another accumulator's batches (the
+    result equals one pass over all rows); ``value(debiased)`` returns CKA. Memory is
+    O(d1^2 + d2^2 + d1 d2), independent of n. Rows are shifted by ``shift_x``/``shift_y`` before
+    accumulating (CKA is translation invariant): a shift near the data's mean keeps float64 sums
+    accurate for representations with a large mean. Accumulators merge only with equal shifts.
+    """
+
+    d1: int
+    d2: int
+    shift_x: np.ndarray | None = None
+    shift_y: np.ndarray | None = None
+    n: int = 0
+    sx: np.ndarray = field(init=False)
+    sy: np.ndarray = field(init=False)
+    xx: np.ndarray = field(init=False)
+    yy: np.ndarray = field(init=False)
+    xy: np.ndarray = field(init=False)
+    # For the debiased estimator: sums over rows of products of squared row norms.
+    a: float = 0.0  # sum |x_i|^2
+    b: float = 0.0  # sum |y_i|^2
+    ab: float = 0.0  # sum |x_i|^2 |y_i|^2
+    aa: float = 0.0  # sum |x_i|^4
+    bb: float = 0.0  # sum |y_i|^4
+    a_x: np.ndarray = field(init=False)  # sum |x_i|^2 x_i
+    a_y: np.ndarray = field(init=False)  # sum |x_i|^2 y_i
+    b_x: np.ndarray = field(init=False)  # sum |y_i|^2 x_i
+    b_y: np.ndarray = field(init=False)  # sum |y_i|^2 y_i
+
+    def __post_init__(self) -> None:
+        d1, d2 = self.d1, self.d2
+        self.shift_x = np.zeros(d1) if self.shift_x is None else np.asarray(self.shift_x, dtype=np.float64)
+        self.shift_y = np.zeros(d2) if self.shift_y is None else np.asarray(self.shift_y, dtype=np.float64)
+        self.sx, self.sy = np.zeros(d1), np.zeros(d2)
+        self.xx, self.yy, self.xy = np.zeros((d1, d1)), np.zeros((d2, d2)), np.zeros((d1, d2))
+        self.a_x, self.b_x = np.zeros(d1), np.zeros(d1)
+        self.a_y, self.b_y = np.zeros(d2), np.zeros(d2)
+
+    def update(self, X, Y) -> "CKAAccumulator":
+        A, B = _as_matrix(X, "X"), _as_matrix(Y, "Y")
+        if A.shape[0] != B.shape[0] or A.shape[1] != self.d1 or B.shape[1] != self.d2:
+            raise DataError(f"expected a batch of shapes (m, {self.d1}) and (m, {self.d2}), got {A.shape} and {B.shape}")
+        x = A.astype(np.float64) - self.shift_x
+        y = B.astype(np.float64) - self.shift_y
+        ra, rb = np.einsum("ij,ij->i", x, x), np.einsum("ij,ij->i", y, y)
+        self.n += len(x)
+        self.sx += x.sum(0)
+        self.sy += y.sum(0)
+        self.xx += x.T @ x
+        self.yy += y.T @ y
+        self.xy += x.T @ y
+        self.a += ra.sum()
+        self.b += rb.sum()
+        self.ab += ra @ rb
+        self.aa += ra @ ra
+        self.bb += rb @ rb
+        self.a_x += ra @ x
+        self.a_y += ra @ y
+        self.b_x += rb @ x
+        self.b_y += rb @ y
+        return self
+
+    def merge(self, other: "CKAAccumulator") -> "CKAAccumulator":
+        if (self.d1, self.d2) != (other.d1, other.d2):
+            raise DataError(f"cannot merge accumulators of shapes ({self.d1}, {self.d2}) and ({other.d1}, {other.d2})")
+        if not (np.array_equal(self.shift_x, other.shift_x) and np.array_equal(self.shift_y, other.shift_y)):
+            raise DataError("cannot merge accumulators with different shifts: create every shard's accumulator "
+                            "with the same shift_x and shift_y")
+        out = CKAAccumulator(self.d1, self.d2, self.shift_x, self.shift_y)
+        for name in ("n", "sx", "sy", "xx", "yy", "xy", "a", "b", "ab", "aa", "bb", "a_x", "a_y", "b_x", "b_y"):
+            setattr(out, name, getattr(self, name) + getattr(other, name))
+        return out
+
+    def _centered(self):
+        """Centred cross-products and the row-norm statistics of the centred rows."""
+        n = self.n
+        mx, my = self.sx / n, self.sy / n
+        cxx = self.xx - n * np.outer(mx, mx)
+        cyy = self.yy - n * np.outer(my, my)
+        cxy = self.xy - n * np.outer(mx, my)
+        # |x_i - mx|^2 = a_i - 2 x_i.mx + |mx|^2 =: a_i + p_i; sums of products over rows follow.
+        mxx, myy = mx @ mx, my @ my
+        ta = self.a - n * mxx  # sum of centred |x_i|^2 (= trace of centred K)
+        tb = self.b - n * myy
+        # sum_i (a_i - 2 x_i.mx + mxx) (b_i - 2 y_i.my + myy)
+        s_ab = (self.ab - 2 * self.a_y @ my + myy * self.a
+                - 2 * self.b_x @ mx + 4 * mx @ self.xy @ my - 2 * myy * (self.sx @ mx)
+                + mxx * self.b - 2 * mxx * (self.sy @ my) + n * mxx * myy)
+        s_aa = (self.aa - 4 * self.a_x @ mx + 2 * mxx * self.a
+                + 4 * mx @ self.xx @ mx - 4 * mxx * (self.sx @ mx) + n * mxx**2)
+        s_bb = (self.bb - 4 * self.b_y @ my + 2 * myy * self.b
+                + 4 * my @ self.yy @ my - 4 * myy * (self.sy @ my) + n * myy**2)
+        return cxx, cyy, cxy, ta, tb, s_ab, s_aa, s_bb
+
+    def value(self, debiased: bool = False) -> float:
+        """Linear CKA of everything accumulated so far."""
+        n = self.n
+        if n < (4 if debiased else 2):
+            raise DataError(f"{'debiased ' if debiased else ''}linear CKA needs at least {4 if debiased else 2} "
+                            f"samples, got {n}")
+        cxx, cyy, cxy, ta, tb, s_ab, s_aa, s_bb = self._centered()
+        hxy, hxx, hyy = np.sum(cxy * cxy), np.sum(cxx * cxx), np.sum(cyy * cyy)
+        if debiased:
+            hxy = _unbiased_hsic(hxy, s_ab, ta, tb, n)
+            hxx = _unbiased_hsic(hxx, s_aa, ta, ta, n)
+            hyy = _unbiased_hsic(hyy, s_bb, tb, tb, n)
+        denom = np.sqrt(hxx * hyy) if hxx > 0 and hyy > 0 else 0.0
+        if denom == 0:
+            raise DataError("linear CKA is undefined: one representation has no variance left after centring")
+        return float(hxy / denom)
+
+
+def _unbiased_hsic(tr_kl: float, diag_kl: float, tr_k: float, tr_l: float, n: int) -> float:
+    """n(n-3) times Song et al.'s unbiased HSIC, for centred linear kernels, from feature-space sums.
+
+    With K = X X^T, L = Y Y^T of column-centred X, Y (so K 1 = L 1 = 0), the estimator
+    [tr(K~L~) + 1'K~1 1'L~1 / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1], K~ = K with zero diagonal, is
+    ||X^T Y||_F^2 - n/(n-2) diag(K).diag(L) + tr(K) tr(L) / ((n-1)(n-2)). The common factor
+    1/(n(n-3)) cancels in CKA.
+    """
+    return tr_kl - n / (n - 2) * diag_kl + tr_k * tr_l / ((n - 1) * (n - 2))
+
+
+def linear_cka(X, Y, debiased: bool = False, batch_size: int = 8192) -> float:
+    """Linear centred kernel alignment (Kornblith et al. 2019).
+
+    CKA = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F) with column-centred Xc, Yc. With
+    ``debiased`` the three HSIC terms use the unbiased estimator of Song et al. (2012), which
+    removes the bias towards 1 at small n / large d (independent data give ~0, not a positive
+    value). Computed from d x d cross-products in batches of ``batch_size`` rows: O(n d^2) time,
+    O(d^2) memory beyond the inputs.
+
+    Invariant to orthogonal transforms and isotropic scaling of X or Y, to translations, and to
+    a permutation of samples applied to both; not invariant to general invertible linear maps.
+    Needs n >= 2 (n >= 4 debiased).
+    """
+    A, B = _pair(X, Y, 4 if debiased else 2, "debiased linear CKA" if debiased else "linear CKA")
+    shift_x = A[: min(len(A), batch_size)].mean(0, dtype=np.float64)
+    shift_y = B[: min(len(B), batch_size)].mean(0, dtype=np.float64)
+    acc = CKAAccumulator(A.shape[1], B.shape[1], shift_x, shift_y)
+    for i in range(0, len(A), batch_size):
+        acc.update(A[i : i + batch_size], B[i : i + batch_size])
+    return acc.value(debiased)
+
+
+# --------------------------------------------------------------------------------------------
+# Gram-matrix metrics
+
+
+def _self_gram(A: np.ndarray) -> np.ndarray:
+    """A @ A.T through a general matrix product: numpy sends ``A @ A.T`` to BLAS syrk, which in the
+    OpenBLAS build numpy ships crashed (segmentation fault) here for n = 20,000 on two threads."""
+    A = np.asarray(A, dtype=np.float64)
+    return A @ np.ascontiguousarray(A.T)
+
+
+def _center_gram(K: np.ndarray) -> np.ndarray:
+    m = K.mean(0)
+    return K - m[None, :] - m[:, None] + m.mean()
+
+
+def rbf_cka(X, Y, sigma: float = 0.8) -> float:
+    """CKA with Gaussian (RBF) kernels (Kornblith et al. 2019).
+
+    k(x, x') = exp(-||x - x'||^2 / (2 s^2)) with s = ``sigma`` times the median pairwise distance
+    (computed per representation). CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) with the biased
+    HSIC tr(K H L H). Invariant to orthogonal transforms, isotropic scaling (the bandwidth scales
+    with the data) and translation; builds n x n matrices.
+    """
+    A, B = _pair(X, Y, 3, "RBF CKA")
+    if not sigma > 0:
+        raise DataError(f"sigma must be positive (a fraction of the median distance), got {sigma!r}")
+
+    def gram(M):
+        M = M.astype(np.float64)
+        sq = np.einsum("ij,ij->i", M, M)
+        D = np.maximum(sq[:, None] + sq[None, :] - 2 * _self_gram(M), 0)
+        med = np.median(np.sqrt(D[np.triu_indices(len(M), 1)]))
+        return np.exp(-D / (2 * (sigma * med) ** 2))
+
+    K, L = _center_gram(gram(A)), _center_gram(gram(B))
+    return float(np.sum(K * L) / np.sqrt(np.sum(K * K) * np.sum(L * L)))
+
+
+def _knn(M: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
+    """Indices (n, k) of each row's k nearest neighbours by cosine similarity, self excluded."""
+    M = M.astype(np.float64)
+    norms = np.linalg.norm(M, axis=1, keepdims=True)
+    U = M / np.where(norms > 0, norms, 1)
+    out = np.empty((len(M), k), dtype=np.int64)
+    for i in range(0, len(M), block):
+        S = U[i : i + block] @ U.T
+        S[np.arange(len(S)), np.arange(i, i + len(S))] = -np.inf
+        part = np.argpartition(-S, k - 1, axis=1)[:, :k]
+        out[i : i + block] = part
+    return out
+
+
+def mutual_knn(X, Y, k: int = 10) -> float:
+    """Mutual k-nearest-neighbour alignment (Huh et al. 2024, the platonic representation hypothesis).
+
+    For each sample, the fraction of its k nearest neighbours (cosine similarity, self excluded)
+    in X that are also among its k nearest neighbours in Y; averaged over samples. In [0, 1];
+    about k / (n - 1) for unrelated representations. Invariant to orthogonal transforms and
+    scaling (of each row or of all); not to translation (cosine neighbourhoods move with the origin).
+    """
+    A, B = _pair(X, Y, 2, "mutual k-NN")
+    _check_k(k, len(A), "mutual k-NN")
+    na, nb = _knn(A, k), _knn(B, k)
+    hits = [len(np.intersect1d(r, s, assume_unique=True)) for r, s in zip(na, nb)]
+    return float(np.mean(hits) / k)
+
+
+def knn_jaccard(X, Y, k: int = 10) -> float:
+    """Mean Jaccard overlap |N_X(i) ∩ N_Y(i)| / |N_X(i) ∪ N_Y(i)| of the k-NN sets (cosine, self excluded).
+
+    In [0, 1]; 1 when the neighbourhoods agree. Same invariances as :func:`mutual_knn`.
+    """
+    A, B = _pair(X, Y, 2, "k-NN Jaccard")
+    _check_k(k, len(A), "k-NN Jaccard")
+    na, nb = _knn(A, k), _knn(B, k)
+    inter = np.array([len(np.intersect1d(r, s, assume_unique=True)) for r, s in zip(na, nb)])
+    return float(np.mean(inter / (2 * k - inter)))
+
+
+def cknna(X, Y, k: int = 10) -> float:
+    """Centred kernel nearest-neighbour alignment (Huh et al. 2024).
+
+    CKA restricted to local structure: with linear kernels K = X X^T, L = Y Y^T, keep only the
+    entries (i, j) where j is among the k nearest neighbours of i (by the kernel, self excluded)
+    in both representations, and compare the masked kernels with the unbiased HSIC:
+    CKNNA = HSIC(M∘K, M∘L) / sqrt(HSIC(M_X∘K, M_X∘K) HSIC(M_Y∘L, M_Y∘L)), where M is the mutual
+    mask and M_X, M_Y each representation's own mask. Invariant to orthogonal transforms and
+    isotropic scaling; builds n x n matrices.
+    """
+    A, B = _pair(X, Y, 4, "CKNNA")
+    _check_k(k, len(A), "CKNNA")
+    n = len(A)
+    K, L = _self_gram(A), _self_gram(B)
+
+    def mask(G):
+        H = G.copy()
+        np.fill_diagonal(H, -np.inf)
+        idx = np.argpartition(-H, k - 1, axis=1)[:, :k]
+        M = np.zeros_like(G, dtype=bool)
+        M[np.arange(n)[:, None], idx] = True
+        return M
+
+    MK, ML = mask(K), mask(L)
+    M = MK & ML
+    kl = _hsic_unbiased_gram(K * M, L * M)
+    kk = _hsic_unbiased_gram(K * MK, K * MK)
+    ll = _hsic_unbiased_gram(L * ML, L * ML)
+    if kk <= 0 or ll <= 0:
+        return float("nan")
+    return float(kl / np.sqrt(kk * ll))
+
+
+def _hsic_unbiased_gram(K: np.ndarray, L: np.ndarray) -> float:
+    """Song et al.'s unbiased HSIC from two n x n kernel matrices (diagonals ignored)."""
+    n = len(K)
+    K = K.copy()
+    L = L.copy()
+    np.fill_diagonal(K, 0)
+    np.fill_diagonal(L, 0)
+    one_k, one_l = K.sum(0), L.sum(0)
+    t = np.sum(K * L) + K.sum() * L.sum() / ((n - 1) * (n - 2)) - 2 / (n - 2) * one_k @ one_l
+    return float(t / (n * (n - 3)))
+
+
+# --------------------------------------------------------------------------------------------
+# Subspace and geometry metrics
+
+
+def svcca(X, Y, keep: float = 0.99) -> float:
+    """Singular vector CCA (Raghu et al. 2017): mean canonical correlation after SVD reduction.
+
+    Each centred representation keeps its top singular directions explaining ``keep`` of its
+    variance (or ``keep`` directions when ``keep`` >= 1); the canonical correlations between the
+    reduced representations are the singular values of Qx^T Qy (thin QR bases). In [0, 1].
+    Invariant to any invertible linear map within the kept subspaces, hence to orthogonal
+    transforms, scaling and translation. Needs more samples than kept directions.
+    """
+    A, B = _pair(X, Y, 3, "SVCCA")
+
+    def reduce(M):
+        Mc = M.astype(np.float64) - M.mean(0, dtype=np.float64)
+        U, s, _ = np.linalg.svd(Mc, full_matrices=False)
+        s2 = s**2
+        if keep >= 1:
+            r = int(min(keep, (s > s[0] * 1e-12).sum()))
+        else:
+            r = int(np.searchsorted(np.cumsum(s2) / s2.sum(), keep) + 1)
+        return U[:, :r]
+
+    Qa, Qb = reduce(A), reduce(B)
+    if max(Qa.shape[1], Qb.shape[1]) >= len(A):
+        raise DataError(f"SVCCA needs more samples ({len(A)}) than kept directions ({max(Qa.shape[1], Qb.shape[1])}); "
+                        "use more samples or a smaller keep")
+    rho = np.linalg.svd(Qa.T @ Qb, compute_uv=False)
+    return float(np.clip(rho[: min(Qa.shape[1], Qb.shape[1])], 0, 1).mean())
+
+
+def procrustes(X, Y) -> float:
+    """Orthogonal Procrustes distance (Schönemann 1966; as a shape metric, Williams et al. 2021).
+
+    With Xc, Yc column-centred and scaled to unit Frobenius norm (zero-padded to a common width),
+    d = min over orthogonal Q of ||Xc - Yc Q||_F = sqrt(2 - 2 ||Xc^T Yc||_*), ||.||_* the nuclear
+    norm. 0 for representations equal up to rotation, translation and scale; at most sqrt(2).
+    Symmetric; invariant to orthogonal transforms, isotropic scaling and translation.
+    """
+    A, B = _pair(X, Y, 2, "Procrustes distance")
+
+    def norm(M):
+        Mc = M.astype(np.float64) - M.mean(0, dtype=np.float64)
+        return Mc / np.linalg.norm(Mc)
+
+    nuc = np.linalg.svd(norm(A).T @ norm(B), compute_uv=False).sum()
+    return float(np.sqrt(max(0.0, 2.0 - 2.0 * nuc)))
+
+
+def rsa(X, Y, method: str = "spearman") -> float:
+    """Representational similarity analysis (Kriegeskorte et al. 2008).
+
+    Each representation's dissimilarity matrix is 1 - Pearson correlation between the samples'
+    vectors; the score is the Spearman (or Pearson) correlation of the two matrices' upper
+    triangles. Invariant to permutations of samples applied to both, and to any per-sample
+    affine change of a row (a correlation distance), hence to isotropic scaling; not to general
+    rotations of the feature space when rows are not centred. Rows must not be constant.
+    """
+    from scipy.stats import pearsonr, spearmanr
+
+    A, B = _pair(X, Y, 3, "RSA")
+    if method not in ("spearman", "pearson"):
+        raise DataError(f"unknown method {method!r}: expected 'spearman' or 'pearson'")
+    for M, name in ((A, "X"), (B, "Y")):
+        const = np.ptp(M, axis=1) == 0
+        if const.any():
+            raise DataError(f"{name} has {int(const.sum())} constant row(s) (e.g. row {int(np.argmax(const))}): the "
+                            "correlation distance is undefined for them; drop those samples from X and Y")
+    iu = np.triu_indices(len(A), 1)
+    da, db = (1 - np.corrcoef(A.astype(np.float64)))[iu], (1 - np.corrcoef(B.astype(np.float64)))[iu]
+    return float((spearmanr if method == "spearman" else pearsonr)(da, db)[0])
+
+
+def cosine(A, B) -> np.ndarray:
+    """Cosine similarity of matched directions: row i of A against row i of B (same width).
+
+    Returns an array of n cosines in [-1, 1]. Invariant to positive scaling of either row and to
+    one orthogonal transform applied to both.
+    """
+    P, Q = _as_matrix(A, "A").astype(np.float64), _as_matrix(B, "B").astype(np.float64)
+    if P.shape != Q.shape:
+        raise DataError(f"matched directions need equal shapes, got {P.shape} and {Q.shape}; "
+                        "map both into one space first")
+    na, nb = np.linalg.norm(P, axis=1), np.linalg.norm(Q, axis=1)
+    if (na == 0).any() or (nb == 0).any():
+        raise DataError("cosine is undefined for a zero vector; drop the zero rows first")
+    return np.einsum("ij,ij->i", P, Q) / (na * nb)
+
+
+def feature_jaccard(A, B, threshold: float = 0.0) -> np.ndarray:
+    """Jaccard overlap of the samples on which two features fire (activation > ``threshold``).
+
+    ``A`` (n, f1) and ``B`` (n, f2) are feature activations on the same n samples; the result is
+    the (f1, f2) matrix |S_a ∩ S_b| / |S_a ∪ S_b|, with 1-D inputs a single number. Invariant to
+    permutations of samples applied to both and to positive scaling of a feature (threshold 0).
+    A pair of features that never fire has no Jaccard index (NaN).
+    """
+    a1, b1 = np.ndim(A) == 1, np.ndim(B) == 1
+    P = _as_matrix(np.reshape(A, (-1, 1)) if a1 else A, "A") > threshold
+    Q = _as_matrix(np.reshape(B, (-1, 1)) if b1 else B, "B") > threshold
+    if P.shape[0] != Q.shape[0]:
+        raise DataError(f"A and B must have the same number of rows (samples), got {P.shape[0]} and {Q.shape[0]}")
+    inter = P.T.astype(np.float64) @ Q.astype(np.float64)
+    union = P.sum(0)[:, None] + Q.sum(0)[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        J = np.where(union > 0, inter / np.where(union > 0, union, 1), np.nan)
+    return J[0, 0] if a1 and b1 else J

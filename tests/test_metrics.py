@@ -1,0 +1,181 @@
+"""Similarity metrics: agreement with plain Gram-matrix formulas, invariances, known answers, errors."""
+
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import ortho_group
+
+from geomsteer import metrics as M
+from geomsteer.errors import DataError
+
+
+def gram_cka(X, Y, debiased=False):
+    """Kornblith et al.'s CKA written plainly with n x n kernels (biased or Song et al.'s unbiased HSIC)."""
+    X = X - X.mean(0)
+    Y = Y - Y.mean(0)
+    K, L = X @ X.T, Y @ Y.T
+    n = len(K)
+
+    def hsic(K, L):
+        if not debiased:
+            H = np.eye(n) - 1 / n
+            return np.trace(K @ H @ L @ H)
+        K, L = K.copy(), L.copy()
+        np.fill_diagonal(K, 0)
+        np.fill_diagonal(L, 0)
+        return (np.trace(K @ L) + K.sum() * L.sum() / ((n - 1) * (n - 2))
+                - 2 / (n - 2) * K.sum(0) @ L.sum(0)) / (n * (n - 3))
+
+    return hsic(K, L) / np.sqrt(hsic(K, K) * hsic(L, L))
+
+
+def data(seed, n=120, d1=20, d2=15, shared=5):
+    rng = np.random.default_rng(seed)
+    Z = rng.standard_normal((n, shared))
+    X = Z @ rng.standard_normal((shared, d1)) + 0.5 * rng.standard_normal((n, d1))
+    Y = Z @ rng.standard_normal((shared, d2)) + 0.5 * rng.standard_normal((n, d2))
+    return X, Y
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_streamed_cka_equals_gram_formula(debiased, offset):
+    X, Y = data(0)
+    X = X + offset  # a large mean (as in residual streams) must not cost precision
+    expected = gram_cka(X - offset, Y, debiased)
+    assert M.linear_cka(X, Y, debiased=debiased, batch_size=17) == pytest.approx(expected, abs=1e-9)
+
+
+def test_accumulator_merge_equals_one_pass():
+    X, Y = data(1, n=300)
+    one = M.CKAAccumulator(20, 15).update(X, Y)
+    parts = [M.CKAAccumulator(20, 15).update(X[i:j], Y[i:j]) for i, j in [(0, 50), (50, 51), (51, 300)]]
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    for debiased in (False, True):
+        assert merged.value(debiased) == pytest.approx(one.value(debiased), abs=1e-12)
+    with pytest.raises(DataError, match="cannot merge accumulators with different shifts"):
+        one.merge(M.CKAAccumulator(20, 15, shift_x=np.ones(20)))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), scale=st.floats(0.01, 100.0))
+def test_cka_invariances(seed, scale):
+    X, Y = data(seed, n=60, d1=8, d2=6, shared=3)
+    Q = ortho_group.rvs(8, random_state=seed)
+    perm = np.random.default_rng(seed).permutation(60)
+    for deb in (False, True):
+        base = M.linear_cka(X, Y, debiased=deb)
+        assert M.linear_cka(X @ Q, Y, debiased=deb) == pytest.approx(base, abs=1e-8)
+        assert M.linear_cka(scale * X + 3.0, Y, debiased=deb) == pytest.approx(base, abs=1e-8)
+        assert M.linear_cka(X[perm], Y[perm], debiased=deb) == pytest.approx(base, abs=1e-8)
+    assert M.linear_cka(X, X @ Q) == pytest.approx(1.0, abs=1e-10)
+
+
+def test_cka_changes_under_a_general_invertible_map():
+    X, Y = data(2)
+    A = np.diag(np.linspace(0.1, 10, 20)) + 0.3 * np.random.default_rng(0).standard_normal((20, 20))
+    assert abs(M.linear_cka(X @ A, Y) - M.linear_cka(X, Y)) > 0.01
+
+
+def test_debiased_cka_of_independent_data_is_near_zero_and_biased_is_not():
+    rng = np.random.default_rng(3)
+    X, Y = rng.standard_normal((200, 300)), rng.standard_normal((200, 300))
+    assert abs(M.linear_cka(X, Y, debiased=True)) < 0.02
+    assert M.linear_cka(X, Y) > 0.4  # the bias of the plain estimator when d >> n
+
+
+def test_rbf_cka_is_one_for_rotated_copies_and_lower_for_noise():
+    X, Y = data(4)
+    Q = ortho_group.rvs(20, random_state=4)
+    assert M.rbf_cka(X, 5 * X @ Q + 1) == pytest.approx(1.0, abs=1e-10)
+    rng = np.random.default_rng(4)
+    assert M.rbf_cka(X, rng.standard_normal((120, 20))) < 0.5
+
+
+def test_knn_metrics_known_answers_and_invariances():
+    X, Y = data(5)
+    Q = ortho_group.rvs(20, random_state=5)
+    assert M.mutual_knn(X, 2.0 * X @ Q, k=5) == 1.0
+    assert M.knn_jaccard(X, 2.0 * X @ Q, k=5) == 1.0
+    perm = np.random.default_rng(5).permutation(120)
+    assert M.mutual_knn(X[perm], Y[perm], k=5) == pytest.approx(M.mutual_knn(X, Y, k=5))
+    rng = np.random.default_rng(6)
+    R1, R2 = rng.standard_normal((400, 10)), rng.standard_normal((400, 10))
+    assert M.mutual_knn(R1, R2, k=10) < 0.1  # chance is k / (n - 1) = 0.025
+    j, m = M.knn_jaccard(X, Y, k=5), M.mutual_knn(X, Y, k=5)
+    assert j <= m  # |A∩B| / |A∪B| <= |A∩B| / k
+
+
+def test_cknna_is_one_for_identical_structure_and_lower_for_noise():
+    X, _ = data(7)
+    Q = ortho_group.rvs(20, random_state=7)
+    assert M.cknna(X, 3 * X @ Q, k=10) == pytest.approx(1.0, abs=1e-9)
+    rng = np.random.default_rng(7)
+    assert M.cknna(X, rng.standard_normal((120, 20)), k=10) < 0.5
+
+
+def test_svcca_invariant_to_invertible_maps_and_one_for_copies():
+    X, Y = data(8)
+    A = np.random.default_rng(8).standard_normal((20, 20)) + 5 * np.eye(20)
+    assert M.svcca(X, X @ A, keep=20) == pytest.approx(1.0, abs=1e-8)
+    assert M.svcca(X, Y) == pytest.approx(M.svcca(3 * X + 1, 2 * Y - 5), abs=1e-8)
+    assert M.svcca(X, Y, keep=20) == pytest.approx(M.svcca(X @ A, Y, keep=20), abs=1e-8)  # full rank: any invertible map
+    assert M.svcca(X, np.random.default_rng(8).standard_normal((120, 15)), keep=5) < 0.5
+    assert M.svcca(X, Y, keep=10) == pytest.approx(M.svcca(X @ ortho_group.rvs(20, random_state=1), Y, keep=10), abs=1e-8)
+
+
+def test_procrustes_zero_for_similar_shapes_and_symmetric():
+    X, Y = data(9, d2=20)
+    Q = ortho_group.rvs(20, random_state=9)
+    assert M.procrustes(X, 7 * X @ Q - 2) == pytest.approx(0.0, abs=1e-6)
+    assert M.procrustes(X, Y) == pytest.approx(M.procrustes(Y, X), abs=1e-12)
+    assert 0 < M.procrustes(X, Y) <= np.sqrt(2)
+
+
+def test_rsa_known_answer_and_invariances():
+    X, Y = data(10)
+    assert M.rsa(X, 3 * X) == pytest.approx(1.0)
+    perm = np.random.default_rng(10).permutation(120)
+    assert M.rsa(X[perm], Y[perm]) == pytest.approx(M.rsa(X, Y), abs=1e-12)
+    with pytest.raises(DataError, match=r"^X has 1 constant row\(s\) \(e.g. row 0\): the correlation distance is "
+                                        r"undefined for them; drop those samples from X and Y$"):
+        Z = X.copy()
+        Z[0] = 1.0
+        M.rsa(Z, Y)
+
+
+def test_cosine_and_feature_jaccard():
+    A = np.array([[1.0, 0.0], [1.0, 1.0]])
+    np.testing.assert_allclose(M.cosine(A, 2 * A), [1.0, 1.0])
+    np.testing.assert_allclose(M.cosine(A, np.array([[0.0, 1.0], [-1.0, -1.0]])), [0.0, -1.0])
+    a = np.array([0, 1, 2, 0, 3.0])
+    assert M.feature_jaccard(a, a) == 1.0
+    assert M.feature_jaccard(a, np.array([1, 1, 0, 0, 0.0])) == pytest.approx(1 / 4)
+    J = M.feature_jaccard(np.stack([a, a], 1), np.stack([a, np.zeros(5)], 1))
+    assert J[0, 0] == 1.0 and J[1, 1] == 0.0 and J.shape == (2, 2)
+    assert np.isnan(M.feature_jaccard(np.zeros(5), np.zeros(5)))
+
+
+def test_error_messages():
+    X, Y = data(11)
+    with pytest.raises(DataError, match=re.escape("X and Y must have the same number of rows (one per sample), got 120 "
+                                                  "and 119; align the samples of the two representations first")):
+        M.linear_cka(X, Y[:-1])
+    Xn = X.copy()
+    Xn[3, 2] = np.nan
+    with pytest.raises(DataError, match=re.escape("X has NaN or infinite values in 1 row(s): expected finite numbers; "
+                                                  "drop or impute those rows (in both X and Y) first")):
+        M.svcca(Xn, Y)
+    with pytest.raises(DataError, match=re.escape("debiased linear CKA needs at least 4 samples, got 3")):
+        M.linear_cka(X[:3], Y[:3], debiased=True)
+    with pytest.raises(DataError, match=re.escape("mutual k-NN needs 1 <= k < n (the number of samples), got k=120 "
+                                                  "with n=120; use a smaller k or more samples")):
+        M.mutual_knn(X, Y, k=120)
+    with pytest.raises(DataError, match=re.escape("Y is constant (every column has a single value), so linear CKA is "
+                                                  "undefined; check that the representation was extracted correctly")):
+        M.linear_cka(X, np.ones_like(Y))
+    with pytest.raises(DataError, match=re.escape("expected X as a 2-D array (n samples, d features), got shape (120,)")):
+        M.rsa(X[:, 0], Y)
