@@ -33,7 +33,6 @@ install: $(VENV)/.installed-offline
 # without --force.
 demo: $(VENV)/.installed-offline
 	$(VENV)/bin/geomsteer hierarchy --model gemma-3-270m --out $(DEMO_OUT) --force
-	@echo "Report: $(DEMO_OUT)/report.md"
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -ra tests

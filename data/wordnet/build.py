@@ -10,7 +10,8 @@ this script derives it from the table in WordNet's own ``lexnames(5WN)`` manual 
 
 Output (gzip with a fixed timestamp, so a rebuild from the same source is byte-identical):
 
-* ``synsets.tsv.gz``: one noun or verb synset a line, tab-separated, with a header:
+* ``synsets.tsv.gz``: one synset a line (nouns and verbs with their hypernyms; adjectives,
+  satellites and adverbs for their glosses), tab-separated, with a header:
   ``synset pos lexname lemmas hypernyms instance_hypernyms definition examples``.
   Lists inside a field are separated by ``|``; names are nltk's (``dog.n.01``).
 * ``exceptions.tsv.gz``: WordNet's irregular inflections (``noun.exc``, ``verb.exc``):
@@ -68,15 +69,15 @@ def build(source: Path, manpage: Path, out: Path) -> dict:
         wn = WordNetCorpusReader(str(corpus), None)
         counts = {}
         rows = ["synset\tpos\tlexname\tlemmas\thypernyms\tinstance_hypernyms\tdefinition\texamples"]
-        for pos in ("n", "v"):
-            synsets = sorted(wn.all_synsets(pos), key=lambda s: s.offset())
+        for pos in ("n", "v", "a", "r"):  # adjective satellites ("s") come with "a"
+            synsets = sorted(wn.all_synsets(pos), key=lambda s: (s.pos(), s.offset()))
             counts[pos] = len(synsets)
             for s in synsets:
                 rows.append("\t".join([
-                    s.name(), pos, s.lexname(),
+                    s.name(), s.pos(), s.lexname(),
                     "|".join(l.name() for l in s.lemmas()),
-                    "|".join(h.name() for h in s.hypernyms()),
-                    "|".join(h.name() for h in s.instance_hypernyms()),
+                    "|".join(sorted(h.name() for h in s.hypernyms())),
+                    "|".join(sorted(h.name() for h in s.instance_hypernyms())),
                     _clean(s.definition()),
                     "|".join(_clean(e) for e in s.examples()),
                 ]))
@@ -93,6 +94,8 @@ def build(source: Path, manpage: Path, out: Path) -> dict:
         "source": str(source),
         "n_noun_synsets": counts["n"],
         "n_verb_synsets": counts["v"],
+        "n_adjective_synsets": counts["a"],
+        "n_adverb_synsets": counts["r"],
         "n_exceptions": len(exc) - 1,
         "source_sha256": {n: hashlib.sha256((source / n).read_bytes()).hexdigest() for n in SOURCE_FILES},
     }
