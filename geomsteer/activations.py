@@ -1,0 +1,305 @@
+"""Activation extraction and the on-disk activation store.
+
+:func:`iter_activations` runs a TransformerLens model (``HookedTransformer`` or
+``TransformerBridge``) over documents in batches and yields the activations at one or several
+hooks from a single forward pass that stops right after the last hook it needs (no later
+layers, no logits). Documents are tokenized as the model expects (BOS prepended when the model
+prepends it), truncated to ``context_length``, right-padded; padding never reaches the output,
+and the BOS position is dropped unless ``keep_bos`` (its residual is an outlier that would
+dominate statistics).
+
+:func:`extract_to_store` writes them as safetensors shards with a manifest (model, hooks, dtype,
+tokenizer, BOS rule, context length, corpus, token counts, each shard's sha256). Shards and the
+manifest are written atomically; an interrupted extraction resumes after its last complete shard,
+and a shard whose checksum fails is reported and extracted again. :class:`ActivationStore` reads
+a store back and verifies it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from . import _atomic
+from ._progress import say
+from .errors import ConfigError, DataError
+
+__all__ = ["check_hooks", "tokenize", "iter_activations", "extract_to_store", "ActivationStore"]
+
+STORE_FORMAT = "geomsteer.activations/1"
+MANIFEST = "manifest.json"
+
+
+class _StopForward(Exception):
+    """Raised from the last needed hook to end the forward pass early."""
+
+
+def _layer_of(hook: str) -> int:
+    parts = hook.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else -1
+
+
+def check_hooks(model: Any, hooks: Sequence[str]) -> list[str]:
+    """Validate hook names against the model; the error lists valid names for its layer range."""
+    if isinstance(hooks, str):
+        hooks = [hooks]
+    if not hooks:
+        raise ConfigError("no hooks given: expected one or more TransformerLens hook names such as "
+                          "'blocks.6.hook_resid_post'")
+    valid = set(model.hook_dict)
+    bad = [h for h in hooks if h not in valid]
+    if bad:
+        n_layers = model.cfg.n_layers
+        kinds = sorted({h.split(".", 2)[2] for h in valid if h.startswith("blocks.0.") and h.count(".") == 2})
+        raise ConfigError(
+            f"unknown hook {bad[0]!r} for this model: it has layers 0..{n_layers - 1}; valid names are "
+            f"blocks.<layer>.<name> with <name> one of {', '.join(kinds)} (for example "
+            f"'blocks.{min(6, n_layers - 1)}.hook_resid_post'), or hook_embed"
+        )
+    return list(dict.fromkeys(hooks))
+
+
+def tokenize(model: Any, texts: Sequence[str], context_length: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Token ids (batch, pos) right-padded, a mask of real tokens, and whether BOS was prepended."""
+    tok = model.tokenizer
+    prepend = bool(getattr(model.cfg, "default_prepend_bos", True)) and tok.bos_token_id is not None
+    rows = []
+    for t in texts:
+        ids = tok(t, add_special_tokens=False)["input_ids"]
+        if prepend:
+            ids = [tok.bos_token_id] + ids
+        rows.append(ids[:context_length])
+    width = max(1, max(len(r) for r in rows))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids = np.full((len(rows), width), pad, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=bool)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+        mask[i, : len(r)] = True
+    return ids, mask, prepend
+
+
+def _forward(model: Any, ids: np.ndarray, mask: np.ndarray, hooks: Sequence[str]) -> dict[str, Any]:
+    import torch
+
+    last = max(hooks, key=_layer_of)
+    captured: dict[str, Any] = {}
+
+    def save(act, hook):
+        captured[hook.name] = act.detach()
+        if len(captured) == len(hooks) and hook.name == last:
+            raise _StopForward
+
+    tokens = torch.as_tensor(ids, device=getattr(model.cfg, "device", "cpu"))
+    attn = torch.as_tensor(mask, device=tokens.device).long()
+    with torch.no_grad(), model.hooks(fwd_hooks=[(h, save) for h in hooks]):
+        try:
+            model(tokens, attention_mask=attn, return_type=None)
+        except _StopForward:
+            pass
+    missing = [h for h in hooks if h not in captured]
+    if missing:
+        raise DataError(f"the forward pass never reached hook {missing[0]!r}; check the hook name")
+    return captured
+
+
+def iter_activations(model: Any, texts: Sequence[str], hooks: Sequence[str], batch_size: int = 16,
+                     context_length: int = 128, keep_bos: bool = False, dtype: str = "float32"
+                     ) -> Iterator[dict[str, np.ndarray]]:
+    """Yield, per batch of documents, ``{hook: (n_tokens, d), "token_ids", "doc_index", "position"}``.
+
+    ``doc_index`` counts documents from 0 in the order given; only real (unpadded) tokens appear.
+    """
+    hooks = check_hooks(model, hooks)
+    if batch_size < 1 or context_length < 1:
+        raise ConfigError(f"batch_size and context_length must be positive, got {batch_size} and {context_length}")
+    np_dtype = {"float32": np.float32, "float16": np.float16}.get(dtype)
+    if np_dtype is None:
+        raise ConfigError(f"unknown dtype {dtype!r}: expected float32 or float16")
+    for start in range(0, len(texts), batch_size):
+        batch = list(texts[start : start + batch_size])
+        ids, mask, prepended = tokenize(model, batch, context_length)
+        acts = _forward(model, ids, mask, hooks)
+        keep = mask.copy()
+        if prepended and not keep_bos:
+            keep[:, 0] = False
+        rows, cols = np.nonzero(keep)
+        out = {h: acts[h].float().cpu().numpy()[rows, cols].astype(np_dtype) for h in hooks}
+        out["token_ids"] = ids[rows, cols]
+        out["doc_index"] = (rows + start).astype(np.int64)
+        out["position"] = cols.astype(np.int64)
+        yield out
+
+
+# --------------------------------------------------------------------------------------------
+# The store
+
+
+def _config(model_name: str, model: Any, hooks: Sequence[str], context_length: int, keep_bos: bool, dtype: str,
+            corpus_name: str, corpus_provenance: dict, n_documents: int) -> dict:
+    tok = model.tokenizer
+    return {
+        "format": STORE_FORMAT,
+        "model": model_name,
+        "hooks": list(hooks),
+        "d": {h: int(model.cfg.d_model) for h in hooks},
+        "dtype": dtype,
+        "tokenizer": type(tok).__name__,
+        "vocab_size": int(len(tok)),
+        "prepend_bos": bool(getattr(model.cfg, "default_prepend_bos", True)) and tok.bos_token_id is not None,
+        "keep_bos": keep_bos,
+        "context_length": context_length,
+        "corpus": corpus_name,
+        "corpus_provenance": corpus_provenance,
+        "n_documents": n_documents,
+    }
+
+
+def extract_to_store(model: Any, texts: Sequence[str], hooks: Sequence[str], out: str | Path, *,
+                     model_name: str, corpus_name: str = "texts", corpus_provenance: dict | None = None,
+                     batch_size: int = 16, context_length: int = 128, max_tokens: int | None = None,
+                     shard_tokens: int = 65536, keep_bos: bool = False, dtype: str = "float32",
+                     progress: bool = True) -> "ActivationStore":
+    """Extract activations of ``texts`` into shards under ``out``, resuming a previous extraction."""
+    from safetensors.numpy import save_file
+
+    hooks = check_hooks(model, hooks)
+    out = Path(out)
+    cfg = _config(model_name, model, hooks, context_length, keep_bos, dtype, corpus_name,
+                  corpus_provenance or {}, len(texts))
+    manifest = _resume_manifest(out, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    done_docs = manifest["shards"][-1]["doc_end"] if manifest["shards"] else 0
+    n_tokens = sum(s["n_tokens"] for s in manifest["shards"])
+    if manifest.get("complete"):
+        return ActivationStore(out)
+    if done_docs and progress:
+        say(f"Resuming {out}: {len(manifest['shards'])} complete shard(s), {n_tokens:,} tokens")
+    buf: list[dict[str, np.ndarray]] = []
+    buf_tokens = 0
+    t0, tok0 = time.perf_counter(), n_tokens
+
+    def flush(doc_end: int) -> None:
+        nonlocal buf, buf_tokens
+        if not buf:
+            return
+        tensors = {k: np.ascontiguousarray(np.concatenate([b[k] for b in buf])) for k in buf[0]}
+        i = len(manifest["shards"])
+        name = f"shard-{i:05d}.safetensors"
+        tmp = out / f".{name}.tmp"
+        save_file(tensors, str(tmp), metadata={"format": STORE_FORMAT, "model": model_name})
+        sha = _atomic.sha256_file(tmp)
+        tmp.replace(out / name)
+        manifest["shards"].append({"file": name, "n_tokens": int(len(tensors["token_ids"])),
+                                   "doc_start": int(tensors["doc_index"].min()), "doc_end": int(doc_end),
+                                   "sha256": sha})
+        manifest["n_tokens"] = sum(s["n_tokens"] for s in manifest["shards"])
+        _atomic.write_text(out / MANIFEST, json.dumps(manifest, indent=2))
+        buf, buf_tokens = [], 0
+
+    remaining = texts[done_docs:]
+    step_docs = batch_size
+    for j, batch in enumerate(iter_activations(model, remaining, hooks, batch_size, context_length, keep_bos, dtype)):
+        batch["doc_index"] += done_docs
+        if max_tokens is not None and n_tokens + len(batch["token_ids"]) > max_tokens:
+            cut = max_tokens - n_tokens
+            batch = {k: v[:cut] for k, v in batch.items()}
+        buf.append(batch)
+        buf_tokens += len(batch["token_ids"])
+        n_tokens += len(batch["token_ids"])
+        doc_end = min(done_docs + (j + 1) * step_docs, len(texts))
+        if progress:
+            rate = (n_tokens - tok0) / max(time.perf_counter() - t0, 1e-9)
+            say(f"  {n_tokens:,} tokens, {doc_end:,}/{len(texts):,} documents, {rate:,.0f} tokens/s") if j % 50 == 0 else None
+        if max_tokens is not None and n_tokens >= max_tokens:
+            flush(doc_end)
+            break
+        if buf_tokens >= shard_tokens:
+            flush(doc_end)
+    else:
+        flush(len(texts))
+    manifest["complete"] = True
+    _atomic.write_text(out / MANIFEST, json.dumps(manifest, indent=2))
+    return ActivationStore(out)
+
+
+def _resume_manifest(out: Path, cfg: dict) -> dict:
+    path = out / MANIFEST
+    if not path.exists():
+        if out.exists() and any(out.iterdir()):
+            raise DataError(f"{str(out)!r} exists and is not an activation store (no {MANIFEST}); choose another directory")
+        return {**cfg, "shards": [], "n_tokens": 0, "complete": False}
+    old = json.loads(path.read_text())
+    diff = [k for k in cfg if k != "corpus_provenance" and old.get(k) != cfg[k]]
+    if diff:
+        k = diff[0]
+        raise DataError(f"{str(out)!r} holds activations of another configuration ({k}: {old.get(k)!r} there, "
+                        f"{cfg[k]!r} now); choose another directory or delete it")
+    good = []
+    for s in old["shards"]:
+        f = out / s["file"]
+        if not f.exists() or _atomic.sha256_file(f) != s["sha256"]:
+            say(f"shard {s['file']} in {out} is missing or corrupt (sha256 mismatch); extracting again from there")
+            break
+        good.append(s)
+    old["shards"] = good
+    old["complete"] = bool(old.get("complete")) and len(good) == len(json.loads(path.read_text())["shards"])
+    for stray in out.glob(".shard-*.tmp"):
+        stray.unlink()
+    return old
+
+
+@dataclass
+class ActivationStore:
+    """A directory of activation shards with their manifest."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        m = self.path / MANIFEST
+        if not m.is_file():
+            raise DataError(f"{str(self.path)!r} is not an activation store: expected a {MANIFEST} in it")
+        self.manifest = json.loads(m.read_text())
+        if self.manifest.get("format") != STORE_FORMAT:
+            raise DataError(f"{str(self.path)!r} has format {self.manifest.get('format')!r}, expected {STORE_FORMAT!r}")
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.manifest["n_tokens"])
+
+    @property
+    def hooks(self) -> list[str]:
+        return list(self.manifest["hooks"])
+
+    def verify(self) -> None:
+        """Raise a DataError naming the first shard whose sha256 does not match the manifest."""
+        for s in self.manifest["shards"]:
+            f = self.path / s["file"]
+            if not f.is_file():
+                raise DataError(f"shard {s['file']} of {str(self.path)!r} is missing; extract again to restore it")
+            if _atomic.sha256_file(f) != s["sha256"]:
+                raise DataError(f"shard {s['file']} of {str(self.path)!r} is corrupt (sha256 mismatch); extract "
+                                "again into the same directory to replace it")
+
+    def iter_shards(self, keys: Sequence[str] | None = None, verify: bool = True) -> Iterator[dict[str, np.ndarray]]:
+        from safetensors.numpy import load_file
+
+        for s in self.manifest["shards"]:
+            f = self.path / s["file"]
+            if verify and (not f.is_file() or _atomic.sha256_file(f) != s["sha256"]):
+                raise DataError(f"shard {s['file']} of {str(self.path)!r} is corrupt or missing (sha256 mismatch); "
+                                "extract again into the same directory to replace it")
+            data = load_file(str(f))
+            yield {k: data[k] for k in (keys or data)}
+
+    def load(self, hook: str) -> np.ndarray:
+        """All activations at ``hook`` as one (n_tokens, d) array."""
+        if hook not in self.hooks:
+            raise DataError(f"hook {hook!r} is not in this store: it holds {', '.join(self.hooks)}")
+        return np.concatenate([s[hook] for s in self.iter_shards([hook])])

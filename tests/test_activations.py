@@ -1,0 +1,163 @@
+"""Activation extraction and the shard store, on a tiny TransformerLens model with a real tokenizer."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from geomsteer import activations as A
+from geomsteer import models
+from geomsteer.errors import ConfigError, DataError
+
+TEXTS = ["The cat sat on the mat.", "A dog.", "Birds fly south in winter, and some never come back.",
+         "Plants need light.", "x", "Fish swim in the sea and in rivers.", "Trees grow slowly.",
+         "An elephant never forgets.", "The mouse ran.", "Rain falls."]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A 2-layer HookedTransformer with random weights and Gemma 3's tokenizer (no download)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    tok = models.load_tokenizer("gemma-3-270m")
+    cfg = HookedTransformerConfig(n_layers=2, d_model=16, d_head=4, n_heads=4, n_ctx=64, d_vocab=len(tok),
+                                  act_fn="relu", default_prepend_bos=True, seed=0)
+    m = HookedTransformer(cfg)
+    m.set_tokenizer(tok, default_padding_side="right")
+    m.eval()
+    return m
+
+
+def test_batched_extraction_equals_one_document_at_a_time(tiny):
+    hooks = ["blocks.1.hook_resid_post", "blocks.0.hook_resid_post"]
+    batched = list(A.iter_activations(tiny, TEXTS, hooks, batch_size=4, context_length=32))
+    single = list(A.iter_activations(tiny, TEXTS, hooks, batch_size=1, context_length=32))
+    cat = lambda parts, k: np.concatenate([p[k] for p in parts])  # noqa: E731
+    for k in hooks + ["token_ids", "doc_index", "position"]:
+        np.testing.assert_allclose(cat(batched, k), cat(single, k), rtol=1e-4, atol=1e-4)
+    tok = tiny.tokenizer
+    n_real = sum(len(tok(t, add_special_tokens=False)["input_ids"][:31]) for t in TEXTS)
+    assert len(cat(batched, "token_ids")) == n_real  # no pad, no BOS
+    assert tok.pad_token_id not in set(cat(batched, "token_ids").tolist()) or n_real == 0
+    assert cat(batched, "position").min() == 1
+
+
+def test_bos_kept_on_request_and_matches_a_plain_forward(tiny):
+    out = next(A.iter_activations(tiny, TEXTS[:3], ["blocks.0.hook_resid_post"], batch_size=3, keep_bos=True))
+    assert out["position"].min() == 0 and (out["token_ids"][out["position"] == 0] == tiny.tokenizer.bos_token_id).all()
+    ids = torch.tensor([[tiny.tokenizer.bos_token_id] + tiny.tokenizer(TEXTS[2], add_special_tokens=False)["input_ids"]])
+    _, cache = tiny.run_with_cache(ids, names_filter="blocks.0.hook_resid_post")
+    np.testing.assert_allclose(out["blocks.0.hook_resid_post"][out["doc_index"] == 2],
+                               cache["blocks.0.hook_resid_post"][0].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_forward_stops_after_the_last_needed_hook(tiny):
+    calls = []
+    handle = tiny.blocks[1].register_forward_hook(lambda *a: calls.append(1))
+    unembed = tiny.unembed.register_forward_hook(lambda *a: calls.append("logits"))
+    try:
+        list(A.iter_activations(tiny, TEXTS, ["blocks.0.hook_resid_post"], batch_size=5))
+    finally:
+        handle.remove()
+        unembed.remove()
+    assert calls == []
+    assert all(len(hp.fwd_hooks) == 0 for hp in tiny.hook_dict.values())  # hooks removed afterwards
+
+
+def test_unknown_hook_lists_the_valid_names(tiny):
+    with pytest.raises(ConfigError, match=r"^unknown hook 'blocks\.7\.hook_resid_post' for this model: it has layers "
+                                          r"0\.\.1; valid names are blocks\.<layer>\.<name> with <name> one of .*"
+                                          r"hook_resid_post.*\(for example 'blocks\.1\.hook_resid_post'\), or hook_embed$"):
+        A.check_hooks(tiny, ["blocks.7.hook_resid_post"])
+
+
+def test_store_round_trip_and_manifest(tiny, tmp_path):
+    hooks = ["blocks.0.hook_resid_post"]
+    store = A.extract_to_store(tiny, TEXTS, hooks, tmp_path / "s", model_name="tiny", batch_size=2,
+                               shard_tokens=20, progress=False)
+    m = store.manifest
+    assert m["complete"] and len(m["shards"]) >= 2 and m["model"] == "tiny" and m["prepend_bos"] is True
+    assert m["keep_bos"] is False and m["context_length"] == 128 and m["n_documents"] == len(TEXTS)
+    expected = np.concatenate([b[hooks[0]] for b in A.iter_activations(tiny, TEXTS, hooks, batch_size=2)])
+    np.testing.assert_allclose(store.load(hooks[0]), expected, rtol=1e-5, atol=1e-6)
+    assert store.n_tokens == len(expected)
+    store.verify()
+
+
+class _Interrupting(list):
+    """A list of texts that raises KeyboardInterrupt when documents past ``stop`` are read."""
+
+    def __init__(self, items, stop):
+        super().__init__(items)
+        self.stop = stop
+
+    def __getitem__(self, k):
+        if isinstance(k, slice) and (k.stop or 0) > self.stop and (k.start or 0) >= 4:
+            raise KeyboardInterrupt
+        out = super().__getitem__(k)
+        return _Interrupting(out, self.stop - (k.start or 0)) if isinstance(k, slice) else out
+
+
+def test_interrupted_extraction_resumes_without_redoing_shards(tiny, tmp_path):
+    hooks = ["blocks.1.hook_resid_post"]
+    out = tmp_path / "s"
+    with pytest.raises(KeyboardInterrupt):
+        A.extract_to_store(tiny, _Interrupting(TEXTS, 6), hooks, out, model_name="tiny", batch_size=2,
+                           shard_tokens=1, progress=False)
+    first = json.loads((out / "manifest.json").read_text())
+    assert not first["complete"] and len(first["shards"]) >= 1
+    mtimes = {s["file"]: (out / s["file"]).stat().st_mtime_ns for s in first["shards"]}
+    store = A.extract_to_store(tiny, TEXTS, hooks, out, model_name="tiny", batch_size=2, shard_tokens=1, progress=False)
+    assert store.manifest["complete"]
+    for f, t in mtimes.items():
+        assert (out / f).stat().st_mtime_ns == t  # finished shards were not redone
+    full = A.extract_to_store(tiny, TEXTS, hooks, tmp_path / "ref", model_name="tiny", batch_size=2,
+                              shard_tokens=1, progress=False)
+    np.testing.assert_allclose(store.load(hooks[0]), full.load(hooks[0]), rtol=1e-5, atol=1e-6)
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_corrupt_shard_is_detected_and_reextracted(tiny, tmp_path):
+    hooks = ["blocks.0.hook_resid_post"]
+    out = tmp_path / "s"
+    store = A.extract_to_store(tiny, TEXTS, hooks, out, model_name="tiny", batch_size=2, shard_tokens=10, progress=False)
+    good = store.load(hooks[0])
+    shard = out / store.manifest["shards"][1]["file"]
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=re.escape(f"shard {shard.name} of {str(out)!r} is corrupt (sha256 mismatch); "
+                                                  "extract again into the same directory to replace it")):
+        A.ActivationStore(out).verify()
+    repaired = A.extract_to_store(tiny, TEXTS, hooks, out, model_name="tiny", batch_size=2, shard_tokens=10,
+                                  progress=False)
+    repaired.verify()
+    np.testing.assert_allclose(repaired.load(hooks[0]), good)
+
+
+def test_store_of_another_configuration_is_refused(tiny, tmp_path):
+    out = tmp_path / "s"
+    A.extract_to_store(tiny, TEXTS[:2], ["blocks.0.hook_resid_post"], out, model_name="tiny", progress=False)
+    with pytest.raises(DataError, match=re.escape(f"{str(out)!r} holds activations of another configuration (hooks: "
+                                                  "['blocks.0.hook_resid_post'] there, ['blocks.1.hook_resid_post'] "
+                                                  "now); choose another directory or delete it")):
+        A.extract_to_store(tiny, TEXTS[:2], ["blocks.1.hook_resid_post"], out, model_name="tiny", progress=False)
+
+
+def test_max_tokens_caps_the_store(tiny, tmp_path):
+    store = A.extract_to_store(tiny, TEXTS, ["blocks.0.hook_resid_post"], tmp_path / "s", model_name="tiny",
+                               batch_size=3, max_tokens=25, progress=False)
+    assert store.n_tokens == 25 and store.load("blocks.0.hook_resid_post").shape == (25, 16)
+
+
+@pytest.mark.real_model
+def test_gemma_extraction_matches_a_plain_forward():
+    m = models.load_model("gemma-3-270m")
+    out = next(A.iter_activations(m, TEXTS[:4], ["blocks.6.hook_resid_post"], batch_size=4))
+    ids = torch.tensor([[m.tokenizer.bos_token_id] + m.tokenizer(TEXTS[1], add_special_tokens=False)["input_ids"]])
+    _, cache = m.run_with_cache(ids, names_filter="blocks.6.hook_resid_post", stop_at_layer=7)
+    ref = cache["blocks.6.hook_resid_post"][0, 1:].numpy()
+    got = out["blocks.6.hook_resid_post"][out["doc_index"] == 1]
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-5
