@@ -1,0 +1,206 @@
+"""Sparse autoencoders through SAELens: train on cached activations, save, load, measure.
+
+Training uses SAELens's own ``SAETrainer`` and training SAE classes (TopK by default; standard
+and JumpReLU available), fed from geomsteer's activation store. Activations are normalized to
+an expected norm of sqrt(d_in) during training (SAELens's ``expected_average_only_in``), and
+the factor is folded back into the weights, so the saved SAE reads raw activations. Saved SAEs
+are in SAELens's format and load with ``sae_lens.SAE.load_from_disk``.
+
+Quality metrics on held-out activations: L0, fraction of variance explained, and the fraction
+of features that never fire (dead); :func:`ce_loss_recovered` splices the SAE into the model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from . import _atomic
+from .errors import ConfigError, DataError
+
+__all__ = ["ARCHITECTURES", "train_sae", "save_sae", "load_sae", "encode", "sae_metrics", "ce_loss_recovered"]
+
+ARCHITECTURES = ("topk", "standard", "jumprelu")
+
+
+def _classes(architecture: str):
+    from sae_lens import (
+        JumpReLUTrainingSAE,
+        JumpReLUTrainingSAEConfig,
+        StandardTrainingSAE,
+        StandardTrainingSAEConfig,
+        TopKTrainingSAE,
+        TopKTrainingSAEConfig,
+    )
+
+    table = {"topk": (TopKTrainingSAE, TopKTrainingSAEConfig),
+             "standard": (StandardTrainingSAE, StandardTrainingSAEConfig),
+             "jumprelu": (JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig)}
+    if architecture not in table:
+        raise ConfigError(f"unknown SAE architecture {architecture!r}: expected one of {', '.join(ARCHITECTURES)}")
+    return table[architecture]
+
+
+def _batches(X: np.ndarray, batch_size: int, seed: int) -> Iterator[Any]:
+    """Shuffled minibatches of rows of X, epoch after epoch, as float32 torch tensors."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(len(X))
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            yield torch.from_numpy(np.ascontiguousarray(X[np.sort(order[i : i + batch_size])], dtype=np.float32))
+
+
+def train_sae(X: np.ndarray, d_sae: int = 4096, architecture: str = "topk", k: int = 32,
+              total_tokens: int | None = None, batch_size: int = 4096, lr: float = 3e-4, seed: int = 0,
+              l1_coefficient: float = 5.0, hook_name: str | None = None, model_name: str | None = None,
+              aux_loss_coefficient: float = 1.0 / 32, progress: bool = True) -> Any:
+    """Train an SAE on the rows of ``X`` (n, d_in) with SAELens; returns the trained ``TrainingSAE``.
+
+    ``total_tokens`` defaults to one pass over X. For TopK, ``k`` latents fire per token and the
+    auxiliary loss revives dead latents; ``l1_coefficient`` applies to the standard SAE and the
+    sparsity coefficient of JumpReLU.
+    """
+    import torch
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    X = np.asarray(X)
+    if X.ndim != 2 or not np.isfinite(X).all():
+        raise DataError(f"expected finite activations of shape (n, d_in), got an array of shape {X.shape}"
+                        + ("" if X.ndim != 2 else " with NaN or infinite values"))
+    n, d_in = X.shape
+    if n < batch_size:
+        raise ConfigError(f"training needs at least one batch: got {n} activations for a batch size of {batch_size}; "
+                          "extract more tokens or lower the batch size")
+    if d_sae < 1 or (architecture == "topk" and not 0 < k <= d_sae):
+        raise ConfigError(f"expected d_sae >= 1 and 0 < k <= d_sae, got d_sae={d_sae}, k={k}")
+    train_cls, cfg_cls = _classes(architecture)
+    torch.manual_seed(seed)
+    common = dict(d_in=d_in, d_sae=d_sae, normalize_activations="expected_average_only_in")
+    if architecture == "topk":
+        cfg = cfg_cls(k=k, aux_loss_coefficient=aux_loss_coefficient, **common)
+    elif architecture == "standard":
+        cfg = cfg_cls(l1_coefficient=l1_coefficient, **common)
+    else:
+        cfg = cfg_cls(l0_coefficient=l1_coefficient, **common)
+    cfg.metadata.hook_name = hook_name
+    cfg.metadata.model_name = model_name
+    sae = train_cls(cfg)
+    total = int(total_tokens or n)
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=total, train_batch_size_samples=batch_size, lr=lr, lr_end=lr / 10,
+        lr_warm_up_steps=max(1, total // batch_size // 20), lr_decay_steps=total // batch_size // 5, device="cpu",
+        n_batches_for_norm_estimate=min(100, max(1, n // batch_size)),
+        dead_feature_window=max(1, min(1000, total // batch_size // 4)),
+        feature_sampling_window=max(1, min(2000, total // batch_size // 2)),
+    )
+    trainer = SAETrainer(trainer_cfg, sae, _batches(X, batch_size, seed))
+    if not progress:
+        import os
+
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    return trainer.fit()
+
+
+def save_sae(sae: Any, out: str | Path, metrics: dict | None = None, extra: dict | None = None) -> Path:
+    """Save an SAE in SAELens's format (``SAE.load_from_disk`` reads it), with geomsteer's metrics beside it."""
+    out = Path(out)
+    with _atomic.staged_dir(out) as tmp:
+        if hasattr(sae, "save_inference_model"):
+            sae.save_inference_model(tmp)
+        else:
+            sae.save_model(tmp)
+        if metrics is not None or extra is not None:
+            (tmp / "geomsteer.json").write_text(json.dumps({"metrics": metrics or {}, **(extra or {})}, indent=2))
+    return out
+
+
+def load_sae(path: str | Path, d_in: int | None = None, hook_name: str | None = None) -> Any:
+    """Load a SAELens-format SAE from a directory; optionally check it fits ``d_in`` / ``hook_name``."""
+    from sae_lens import SAE
+
+    p = Path(path)
+    if not (p / "cfg.json").is_file():
+        raise DataError(f"{str(p)!r} is not an SAE directory: expected SAELens's cfg.json in it")
+    sae = SAE.load_from_disk(str(p), device="cpu")
+    if d_in is not None and sae.cfg.d_in != d_in:
+        raise DataError(f"the SAE at {str(p)!r} reads vectors of size {sae.cfg.d_in}, but the activations have size "
+                        f"{d_in}; use an SAE trained on this model and hook")
+    sae_hook = sae.cfg.metadata.get("hook_name") if hasattr(sae.cfg, "metadata") else None
+    if hook_name is not None and sae_hook and sae_hook != hook_name:
+        raise DataError(f"the SAE at {str(p)!r} was trained at hook {sae_hook!r}, not {hook_name!r}; use an SAE "
+                        "trained at this hook")
+    return sae
+
+
+def encode(sae: Any, X: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    """Feature activations (n, d_sae) of the rows of X."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(X), batch_size):
+            out.append(sae.encode(torch.as_tensor(np.asarray(X[i : i + batch_size], dtype=np.float32))).numpy())
+    return np.concatenate(out) if out else np.zeros((0, sae.cfg.d_sae), dtype=np.float32)
+
+
+def sae_metrics(sae: Any, X: np.ndarray, batch_size: int = 8192) -> dict[str, float]:
+    """L0, fraction of variance explained and dead-feature fraction on held-out activations X."""
+    import torch
+
+    X = np.asarray(X, dtype=np.float32)
+    l0 = 0.0
+    resid = 0.0
+    fired = np.zeros(sae.cfg.d_sae, dtype=bool)
+    mean = X.mean(0, dtype=np.float64)
+    total = float(((X - mean) ** 2).sum(dtype=np.float64))
+    with torch.no_grad():
+        for i in range(0, len(X), batch_size):
+            x = torch.as_tensor(X[i : i + batch_size])
+            f = sae.encode(x)
+            r = sae.decode(f)
+            active = (f > 0).numpy()
+            l0 += float(active.sum())
+            fired |= active.any(0)
+            resid += float(((r - x) ** 2).sum(dtype=torch.float64))
+    return {"l0": l0 / len(X), "fraction_variance_explained": 1.0 - resid / total,
+            "dead_fraction": float(1.0 - fired.mean()), "n_tokens": int(len(X))}
+
+
+def ce_loss_recovered(model: Any, sae: Any, hook: str, token_batches: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Cross-entropy with the SAE spliced in at ``hook``, against the clean model and zero-ablation.
+
+    recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean): 1 when splicing costs nothing, 0 when
+    it is as bad as zeroing the activation. Only real (unpadded) next-token predictions count.
+    """
+    import torch
+
+    def ce(fwd_hooks) -> float:
+        total, count = 0.0, 0
+        with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
+            for ids, mask in token_batches:
+                t = torch.as_tensor(ids)
+                m = torch.as_tensor(mask)
+                logits = model(t, attention_mask=m.long())
+                logp = torch.log_softmax(logits[:, :-1].float(), -1)
+                nll = -logp.gather(-1, t[:, 1:, None])[..., 0]
+                valid = m[:, 1:] & m[:, :-1]
+                total += float(nll[valid].sum())
+                count += int(valid.sum())
+        return total / max(count, 1)
+
+    def splice(act, hook):
+        shape = act.shape
+        return sae.decode(sae.encode(act.reshape(-1, shape[-1]))).reshape(shape).to(act.dtype)
+
+    clean = ce([])
+    spliced = ce([(hook, splice)])
+    zero = ce([(hook, lambda act, hook: torch.zeros_like(act))])
+    denom = zero - clean
+    return {"ce_clean": clean, "ce_sae": spliced, "ce_zero_ablation": zero,
+            "ce_loss_recovered": (zero - spliced) / denom if abs(denom) > 1e-12 else float("nan")}
