@@ -68,6 +68,34 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--no-baselines", action="store_true", help="skip the baseline runs (faster; not for reporting)")
 
     sub.add_parser("models", help="list the model aliases and where each comes from")
+
+    sae = sub.add_parser("sae", help="sparse autoencoders: train with SAELens on a model's activations")
+    sae_sub = sae.add_subparsers(dest="sae_command", required=True, parser_class=_Parser)
+    tr = sae_sub.add_parser(
+        "train",
+        help="extract activations (cached, resumable) and train an SAE with SAELens",
+        description=(
+            "Extract activations at --hook over the corpus (WordNet glosses by default; cached under "
+            "$GEOMSTEER_CACHE/activations and resumed if interrupted), train an SAE with SAELens, and "
+            "measure it on held-out text: L0, variance explained, cross-entropy loss recovered with the "
+            "SAE spliced in (zero-ablation baseline), dead features. --out gets the SAE in SAELens's format "
+            "(loadable with SAE.load_from_disk) and geomsteer.json with the metrics and provenance."
+        ),
+    )
+    tr.add_argument("--model", required=True, help="model alias, local Hugging Face directory, or .gguf file")
+    tr.add_argument("--hook", required=True, help="TransformerLens hook name, e.g. blocks.6.hook_resid_post")
+    tr.add_argument("--tokens", type=_positive_int, default=300_000, help="training tokens (default: 300000)")
+    tr.add_argument("--d-sae", type=_positive_int, default=4096, help="number of SAE latents (default: 4096)")
+    tr.add_argument("--architecture", choices=["topk", "standard", "jumprelu"], default="topk",
+                    help="SAELens training architecture (default: topk)")
+    tr.add_argument("--k", type=_positive_int, default=32, help="active latents per token for topk (default: 32)")
+    tr.add_argument("--corpus", nargs="+", metavar="FILE", help=".txt or .jsonl files (default: WordNet glosses)")
+    tr.add_argument("--batch-size", type=_positive_int, default=4096, help="training batch in tokens (default: 4096)")
+    tr.add_argument("--lr", type=float, default=3e-4, help="learning rate (default: 3e-4)")
+    tr.add_argument("--context-length", type=_positive_int, default=128, help="tokens per document (default: 128)")
+    tr.add_argument("--seed", type=int, default=0, help="seed for corpus order and training (default: 0)")
+    tr.add_argument("--out", type=Path, required=True, help="output directory (must not exist unless --force)")
+    tr.add_argument("--force", action="store_true", help="replace --out if it exists")
     return p
 
 
@@ -117,7 +145,22 @@ def _cmd_models(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"hierarchy": _cmd_hierarchy, "models": _cmd_models}
+def _cmd_sae(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .pipelines import train_sae_job
+
+    res = train_sae_job(args.model, args.hook, args.out, tokens=args.tokens, d_sae=args.d_sae,
+                        architecture=args.architecture, k=args.k, corpus_files=args.corpus, seed=args.seed,
+                        batch_size=args.batch_size, lr=args.lr, context_length=args.context_length,
+                        force=args.force, command=["geomsteer", *argv])
+    m = res["metrics"]
+    print(f"SAE ({args.architecture}, {args.d_sae} latents) at {args.hook}: L0 {m['l0']:.1f}, variance explained "
+          f"{m['fraction_variance_explained']:.3f}, CE loss recovered {m['ce_loss_recovered']:.3f}, "
+          f"dead {m['dead_fraction']:.1%}")
+    print(f"SAE: {args.out} (load with sae_lens.SAE.load_from_disk)")
+    return 0
+
+
+COMMANDS = {"hierarchy": _cmd_hierarchy, "models": _cmd_models, "sae": _cmd_sae}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

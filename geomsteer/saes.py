@@ -107,10 +107,14 @@ def train_sae(X: np.ndarray, d_sae: int = 4096, architecture: str = "topk", k: i
     return trainer.fit()
 
 
-def save_sae(sae: Any, out: str | Path, metrics: dict | None = None, extra: dict | None = None) -> Path:
-    """Save an SAE in SAELens's format (``SAE.load_from_disk`` reads it), with geomsteer's metrics beside it."""
+def save_sae(sae: Any, out: str | Path, metrics: dict | None = None, extra: dict | None = None,
+             replace: bool = False) -> Path:
+    """Save an SAE in SAELens's format (``SAE.load_from_disk`` reads it), with geomsteer's metrics beside it.
+
+    Written atomically; an existing ``out`` is replaced only with ``replace``.
+    """
     out = Path(out)
-    with _atomic.staged_dir(out) as tmp:
+    with _atomic.staged_dir(out, replace=replace) as tmp:
         if hasattr(sae, "save_inference_model"):
             sae.save_inference_model(tmp)
         else:

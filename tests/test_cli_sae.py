@@ -1,0 +1,61 @@
+"""`geomsteer sae train`: its errors, and a small real run on Gemma 3 270M."""
+
+import json
+
+import pytest
+
+from geomsteer import cli
+
+
+def test_tokens_smaller_than_a_batch(tmp_path, capsys):
+    code = cli.main(["sae", "train", "--model", "gemma-3-270m", "--hook", "blocks.6.hook_resid_post",
+                     "--tokens", "100", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert capsys.readouterr().err == ("geomsteer: error: --tokens 100 is smaller than one training batch (4096 tokens); "
+                                       "ask for more tokens or a smaller --batch-size\n")
+
+
+def test_existing_output_is_refused(tmp_path, capsys):
+    (tmp_path / "o").mkdir()
+    assert cli.main(["sae", "train", "--model", "gemma-3-270m", "--hook", "blocks.6.hook_resid_post",
+                     "--out", str(tmp_path / "o")]) == 2
+    assert "already exists: expected a new directory" in capsys.readouterr().err
+
+
+@pytest.mark.real_model
+def test_unknown_hook_lists_valid_names(tmp_path, capsys):
+    assert cli.main(["sae", "train", "--model", "gemma-3-270m", "--hook", "blocks.40.hook_resid_post",
+                     "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("geomsteer: error: unknown hook 'blocks.40.hook_resid_post' for this model: it has layers "
+                          "0..17; valid names are blocks.<layer>.<name> with <name> one of ")
+    assert "hook_resid_post" in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.real_model
+def test_empty_corpus_file(tmp_path, capsys):
+    f = tmp_path / "empty.txt"
+    f.write_text("\n")
+    assert cli.main(["sae", "train", "--model", "gemma-3-270m", "--hook", "blocks.6.hook_resid_post",
+                     "--corpus", str(f), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == (f"geomsteer: error: corpus file {str(f)!r} holds no text: expected at least one "
+                                       "non-empty line\n")
+
+
+@pytest.mark.real_model
+def test_small_real_training_run(tmp_path):
+    from sae_lens import SAE
+
+    out = tmp_path / "sae"
+    assert cli.main(["sae", "train", "--model", "gemma-3-270m", "--hook", "blocks.6.hook_resid_post",
+                     "--tokens", "4096", "--d-sae", "128", "--k", "8", "--batch-size", "512", "--out", str(out)]) == 0
+    info = json.loads((out / "geomsteer.json").read_text())
+    m = info["metrics"]
+    assert 0 < m["l0"] <= 8
+    for key in ("fraction_variance_explained", "dead_fraction", "ce_clean", "ce_sae", "ce_zero_ablation",
+                "ce_loss_recovered"):
+        assert key in m
+    assert m["ce_zero_ablation"] > m["ce_clean"]  # zeroing the residual at layer 6 hurts
+    assert info["hook"] == "blocks.6.hook_resid_post" and info["tokens"] == 4096
+    sae = SAE.load_from_disk(str(out), device="cpu")
+    assert (sae.cfg.d_in, sae.cfg.d_sae) == (640, 128)
