@@ -96,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0, help="seed for corpus order and training (default: 0)")
     tr.add_argument("--out", type=Path, required=True, help="output directory (must not exist unless --force)")
     tr.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+    ins = sae_sub.add_parser(
+        "inspect",
+        help="one feature: top-activating contexts, decoder logit lens, density, and an HTML card",
+        description=("Print a feature's top-activating held-out contexts (firing token in [brackets]), the tokens "
+                     "its decoder direction promotes and suppresses through the unembedding (logit lens), and how "
+                     "often it fires; write a self-contained HTML card (default DIR/cards/feature-N.html)."),
+    )
+    ins.add_argument("sae_dir", type=Path, metavar="DIR", help="an SAE directory written by 'geomsteer sae train'")
+    ins.add_argument("--feature", type=int, required=True, help="feature index")
+    ins.add_argument("--contexts", type=_positive_int, default=10, help="how many contexts (default: 10)")
+    ins.add_argument("--html", type=Path, default=None, help="where to write the card (default: DIR/cards/feature-N.html)")
     return p
 
 
@@ -146,7 +158,22 @@ def _cmd_models(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _cmd_sae(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .pipelines import train_sae_job
+    from .pipelines import inspect_feature_job, train_sae_job
+
+    if args.sae_command == "inspect":
+        card = inspect_feature_job(args.sae_dir, args.feature, args.contexts, args.html)
+        d = card["density"]
+        print(f"Feature {args.feature} of {args.sae_dir} ({card['model']}, {card['hook']}): fires on "
+              f"{d['fraction']:.3%} of {d['n_tokens']:,} held-out tokens, max activation {d['max']:.2f}")
+        print("Top contexts:")
+        for c in card["contexts"]:
+            text = "".join((f"[{t}]" if j == c["firing"] else t) for j, (t, _) in enumerate(c["tokens"]))
+            print(f"  {c['activation']:8.2f}  {text.replace('▁', ' ').replace('Ġ', ' ').strip()}")
+        for key, label in (("top", "Promoted"), ("bottom", "Suppressed")):
+            toks = ", ".join(repr(t.replace("▁", " ").replace("Ġ", " ")) for t, _ in card["logit_lens"][key])
+            print(f"{label} tokens (logit lens): {toks}")
+        print(f"Card: {card['card']}")
+        return 0
 
     res = train_sae_job(args.model, args.hook, args.out, tokens=args.tokens, d_sae=args.d_sae,
                         architecture=args.architecture, k=args.k, corpus_files=args.corpus, seed=args.seed,

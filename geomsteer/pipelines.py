@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from ._progress import say, step
 from .errors import ConfigError
 
-__all__ = ["train_sae_job"]
+__all__ = ["train_sae_job", "inspect_feature_job"]
 
 
 def _sorted_in_windows(texts: Sequence[str], window: int) -> list[str]:
@@ -93,3 +95,41 @@ def train_sae_job(model_name: str, hook: str, out: Path, *, tokens: int = 300_00
     say(f"  L0 {metrics['l0']:.1f}, variance explained {metrics['fraction_variance_explained']:.3f}, "
         f"CE loss recovered {metrics['ce_loss_recovered']:.3f}, dead {metrics['dead_fraction']:.1%}")
     return {"metrics": metrics, **extra}
+
+
+def inspect_feature_job(sae_dir: Path, feature: int, n_contexts: int = 10, out: Path | None = None) -> dict:
+    """Top contexts, logit lens and density of one feature of an SAE that ``geomsteer sae train`` wrote."""
+    from . import activations, models, reports, saes
+    from .errors import DataError
+
+    sae_dir = Path(sae_dir)
+    info_path = sae_dir / "geomsteer.json"
+    sae = saes.load_sae(sae_dir)
+    saes._check_feature(sae, feature)
+    if not info_path.is_file():
+        raise DataError(f"{str(sae_dir)!r} has no geomsteer.json: expected an SAE written by 'geomsteer sae train', "
+                        "which records the model, hook and held-out activations the card needs")
+    info = json.loads(info_path.read_text())
+    store = activations.ActivationStore(info["activation_stores"]["held_out"])
+    hook = info["hook"]
+    with step(f"Encoding {store.n_tokens:,} held-out tokens"):
+        parts = list(store.iter_shards([hook, "token_ids", "doc_index", "position"]))
+        cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        acts = saes.encode(sae, cat[hook])[:, feature]
+    emb = models.load_unembedding(info["model"])
+    id_to_tok = emb.id_to_token
+    lens = saes.logit_lens(sae, feature, emb.gamma)
+    ctx = saes.top_contexts(acts, cat["token_ids"], cat["doc_index"], cat["position"], n=n_contexts)
+    firing = acts > 0
+    card = {
+        "feature": feature, "sae": str(sae_dir), "model": info["model"], "hook": hook,
+        "density": {"fraction": float(firing.mean()), "n_tokens": int(len(acts)),
+                    "mean_when_firing": float(acts[firing].mean()) if firing.any() else 0.0,
+                    "max": float(acts.max())},
+        "contexts": [{**c, "tokens": [(id_to_tok[t], a) for t, a in c["tokens"]]} for c in ctx],
+        "logit_lens": {k: [(id_to_tok[t], s) for t, s in v] for k, v in lens.items()},
+        "provenance": {"sae_dir": str(sae_dir), "held_out_store": str(store.path), "trained": {
+            k: info.get(k) for k in ("model", "hook", "architecture", "d_sae", "k", "tokens", "seed")}},
+    }
+    path = reports.write_feature_card(out or sae_dir / "cards" / f"feature-{feature}.html", card)
+    return {**card, "card": str(path)}

@@ -208,3 +208,49 @@ def ce_loss_recovered(model: Any, sae: Any, hook: str, token_batches: list[tuple
     denom = zero - clean
     return {"ce_clean": clean, "ce_sae": spliced, "ce_zero_ablation": zero,
             "ce_loss_recovered": (zero - spliced) / denom if abs(denom) > 1e-12 else float("nan")}
+
+
+# --------------------------------------------------------------------------------------------
+# Feature analysis
+
+
+def logit_lens(sae: Any, feature: int, W_U: np.ndarray, k: int = 10) -> dict[str, list[tuple[int, float]]]:
+    """Top and bottom tokens of the feature's decoder direction read through the unembedding.
+
+    ``W_U`` is the unembedding (vocab, d_model); the score of token y is W_dec[feature] . W_U[y].
+    """
+    _check_feature(sae, feature)
+    w = sae.W_dec.detach().float().numpy()[feature]
+    scores = np.asarray(W_U, dtype=np.float32) @ w
+    top = np.argsort(-scores)[:k]
+    bottom = np.argsort(scores)[:k]
+    return {"top": [(int(i), float(scores[i])) for i in top], "bottom": [(int(i), float(scores[i])) for i in bottom]}
+
+
+def _check_feature(sae: Any, feature: int) -> None:
+    if not isinstance(feature, (int, np.integer)) or not 0 <= feature < sae.cfg.d_sae:
+        raise ConfigError(f"feature {feature!r} does not exist: this SAE has features 0..{sae.cfg.d_sae - 1}")
+
+
+def top_contexts(acts: np.ndarray, token_ids: np.ndarray, doc_index: np.ndarray, position: np.ndarray,
+                 n: int = 10, window: int = 8) -> list[dict]:
+    """The ``n`` tokens where a feature fires most, each with ``window`` tokens of context either side.
+
+    ``acts`` (n_tokens,) is the feature's activation on the rows of an activation store whose rows
+    carry ``token_ids``, ``doc_index`` and ``position``. Each context lists (token id, activation)
+    pairs in order, with the index of the firing token.
+    """
+    order = np.argsort(-acts)[:n]
+    out = []
+    key = doc_index.astype(np.int64) * (int(position.max()) + 1) + position
+    sort = np.argsort(key)
+    for i in order:
+        if acts[i] <= 0:
+            break
+        same = sort[(doc_index[sort] == doc_index[i])]
+        pos = position[same]
+        keep = same[(pos >= position[i] - window) & (pos <= position[i] + window)]
+        out.append({"activation": float(acts[i]), "doc_index": int(doc_index[i]), "position": int(position[i]),
+                    "tokens": [(int(token_ids[j]), float(acts[j])) for j in keep],
+                    "firing": int(np.nonzero(keep == i)[0][0])})
+    return out

@@ -42,13 +42,19 @@ def test_empty_corpus_file(tmp_path, capsys):
                                        "non-empty line\n")
 
 
-@pytest.mark.real_model
-def test_small_real_training_run(tmp_path):
-    from sae_lens import SAE
-
-    out = tmp_path / "sae"
+@pytest.fixture(scope="module")
+def small_sae(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sae") / "sae"
     assert cli.main(["sae", "train", "--model", "gemma-3-270m", "--hook", "blocks.6.hook_resid_post",
                      "--tokens", "4096", "--d-sae", "128", "--k", "8", "--batch-size", "512", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.real_model
+def test_small_real_training_run(small_sae):
+    from sae_lens import SAE
+
+    out = small_sae
     info = json.loads((out / "geomsteer.json").read_text())
     m = info["metrics"]
     assert 0 < m["l0"] <= 8
@@ -59,3 +65,21 @@ def test_small_real_training_run(tmp_path):
     assert info["hook"] == "blocks.6.hook_resid_post" and info["tokens"] == 4096
     sae = SAE.load_from_disk(str(out), device="cpu")
     assert (sae.cfg.d_in, sae.cfg.d_sae) == (640, 128)
+
+
+@pytest.mark.real_model
+def test_inspect_prints_contexts_and_writes_a_card(small_sae, capsys, tmp_path):
+    card = tmp_path / "card.html"
+    assert cli.main(["sae", "inspect", str(small_sae), "--feature", "0", "--contexts", "3", "--html", str(card)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"Feature 0 of {small_sae} (gemma-3-270m, blocks.6.hook_resid_post): fires on ")
+    assert "Promoted tokens (logit lens): " in out and "Suppressed tokens (logit lens): " in out
+    page = card.read_text()
+    assert page.startswith("<!doctype html>") and "<script" not in page and "http" not in page.split("<pre>")[0]
+    assert "Decoder logit lens" in page
+
+
+@pytest.mark.real_model
+def test_inspect_feature_out_of_range(small_sae, capsys):
+    assert cli.main(["sae", "inspect", str(small_sae), "--feature", "128"]) == 2
+    assert capsys.readouterr().err == "geomsteer: error: feature 128 does not exist: this SAE has features 0..127\n"

@@ -121,3 +121,30 @@ def test_ce_loss_recovered_is_one_for_a_perfect_sae_and_zero_for_ablation():
     logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, torch.as_tensor(ids)[:, 1:, None])[..., 0]
     valid = torch.as_tensor(mask[:, 1:] & mask[:, :-1])
     assert perfect["ce_clean"] == pytest.approx(float(-logp[valid].mean()), rel=1e-5)
+
+
+def test_top_contexts_known_answer():
+    # Two documents; the feature fires most on doc 1, position 3.
+    doc = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    pos = np.array([1, 2, 3, 1, 2, 3, 4, 5])
+    tok = np.arange(8) + 100
+    acts = np.array([0, 0.5, 0, 0, 0.1, 2.0, 0.3, 0], dtype=np.float32)
+    ctx = saes.top_contexts(acts, tok, doc, pos, n=5, window=1)
+    assert [c["activation"] for c in ctx] == [2.0, 0.5, pytest.approx(0.3), pytest.approx(0.1)]  # zeros never listed
+    assert ctx[0]["tokens"] == [(104, pytest.approx(0.1)), (105, 2.0), (106, pytest.approx(0.3))]
+    assert ctx[0]["firing"] == 1 and ctx[0]["doc_index"] == 1 and ctx[0]["position"] == 3
+
+
+def test_logit_lens_known_answer(trained):
+    import copy
+
+    import torch
+
+    sae = copy.deepcopy(trained[0])  # the fixture is shared: edit a copy
+    W_U = np.random.default_rng(0).standard_normal((50, 32)).astype(np.float32)
+    with torch.no_grad():
+        sae.W_dec[7] = torch.as_tensor(W_U[11] - W_U[23])
+    lens = saes.logit_lens(sae, 7, W_U, k=3)
+    assert lens["top"][0][0] == 11 and lens["bottom"][0][0] == 23
+    with pytest.raises(ConfigError, match=re.escape("feature 64 does not exist: this SAE has features 0..63")):
+        saes.logit_lens(sae, 64, W_U)
