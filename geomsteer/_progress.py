@@ -63,3 +63,32 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
 def say(message: str) -> None:
     if not _quiet():
         print(message, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def counter(description: str, total: int | None, unit: str = "tokens", enabled: bool = True) -> Iterator:
+    """A progress bar counting ``unit`` with its rate; yields ``advance(n)``. Prints a summary line."""
+    if _quiet() or not enabled:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    console = _console()
+    t0 = time.perf_counter()
+    done = [0]
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(),
+        TextColumn("{task.completed:,.0f}/{task.total:,.0f} " + unit),
+        TextColumn("{task.fields[rate]:,.0f} " + unit + "/s"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+        disable=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task(description, total=total, rate=0.0)
+
+        def advance(n: int) -> None:
+            done[0] += n
+            bar.update(task, advance=n, rate=done[0] / max(time.perf_counter() - t0, 1e-9))
+
+        yield advance
+    dt = time.perf_counter() - t0
+    console.print(f"[green]✓[/] {description}: {done[0]:,} {unit} in {dt:.1f} s ({done[0] / max(dt, 1e-9):,.0f} {unit}/s)")

@@ -18,7 +18,6 @@ a store back and verifies it.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -26,7 +25,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from . import _atomic
-from ._progress import say
+from ._progress import counter, say
 from .errors import ConfigError, DataError
 
 __all__ = ["check_hooks", "tokenize", "iter_activations", "extract_to_store", "ActivationStore"]
@@ -166,8 +165,6 @@ def extract_to_store(model: Any, texts: Sequence[str], hooks: Sequence[str], out
                      shard_tokens: int = 65536, keep_bos: bool = False, dtype: str = "float32",
                      progress: bool = True) -> "ActivationStore":
     """Extract activations of ``texts`` into shards under ``out``, resuming a previous extraction."""
-    from safetensors.numpy import save_file
-
     hooks = check_hooks(model, hooks)
     out = Path(out)
     cfg = _config(model_name, model, hooks, context_length, keep_bos, dtype, corpus_name,
@@ -180,9 +177,18 @@ def extract_to_store(model: Any, texts: Sequence[str], hooks: Sequence[str], out
         return ActivationStore(out)
     if done_docs and progress:
         say(f"Resuming {out}: {len(manifest['shards'])} complete shard(s), {n_tokens:,} tokens")
+    with counter(f"Extracting {', '.join(hooks)}", max_tokens, "tokens", enabled=progress) as advance:
+        _extract_loop(model, texts, hooks, out, manifest, model_name, done_docs, n_tokens, batch_size,
+                      context_length, max_tokens, shard_tokens, keep_bos, dtype, advance)
+    return ActivationStore(out)
+
+
+def _extract_loop(model, texts, hooks, out, manifest, model_name, done_docs, n_tokens, batch_size, context_length,
+                  max_tokens, shard_tokens, keep_bos, dtype, advance) -> None:
+    from safetensors.numpy import save_file
+
     buf: list[dict[str, np.ndarray]] = []
     buf_tokens = 0
-    t0, tok0 = time.perf_counter(), n_tokens
 
     def flush(doc_end: int) -> None:
         nonlocal buf, buf_tokens
@@ -213,9 +219,7 @@ def extract_to_store(model: Any, texts: Sequence[str], hooks: Sequence[str], out
         buf_tokens += len(batch["token_ids"])
         n_tokens += len(batch["token_ids"])
         doc_end = min(done_docs + (j + 1) * step_docs, len(texts))
-        if progress:
-            rate = (n_tokens - tok0) / max(time.perf_counter() - t0, 1e-9)
-            say(f"  {n_tokens:,} tokens, {doc_end:,}/{len(texts):,} documents, {rate:,.0f} tokens/s") if j % 50 == 0 else None
+        advance(len(batch["token_ids"]))
         if max_tokens is not None and n_tokens >= max_tokens:
             flush(doc_end)
             break
@@ -225,7 +229,6 @@ def extract_to_store(model: Any, texts: Sequence[str], hooks: Sequence[str], out
         flush(len(texts))
     manifest["complete"] = True
     _atomic.write_text(out / MANIFEST, json.dumps(manifest, indent=2))
-    return ActivationStore(out)
 
 
 def _resume_manifest(out: Path, cfg: dict) -> dict:

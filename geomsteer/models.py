@@ -379,6 +379,7 @@ class Unembedding:
     model: str
     tokenizer_name: str
     provenance: dict
+    final_norm_scale: np.ndarray | None = None  # elementwise scale of the final norm, when found
 
     @property
     def id_to_token(self) -> list[str]:
@@ -403,10 +404,38 @@ def load_unembedding(model: str | ResolvedModel, dtype: str = "float32", device:
         vocab = dict(tok.get_vocab())
         n = max(vocab.values()) + 1
         gamma = np.ascontiguousarray(W[: min(n, W.shape[0])])
+        scale = _final_norm_scale(hf)
         del hf
     prov = {**r.provenance, "d_model": int(gamma.shape[1]), "vocab_size": int(gamma.shape[0]),
             "tokenizer": type(tok).__name__}
-    return Unembedding(gamma, vocab, r.name, type(tok).__name__, prov)
+    return Unembedding(gamma, vocab, r.name, type(tok).__name__, prov, scale)
+
+
+def _final_norm_scale(hf: Any) -> np.ndarray | None:
+    """The elementwise scale of the final layer norm / RMS norm, measured by probing the module.
+
+    For a zero-mean, unit-RMS vector v without zeros, a LayerNorm or RMSNorm N gives
+    N(v) - N(-v) = 2 v * scale, so scale = (N(v) - N(-v)) / (2 v) whatever the parametrization
+    (Gemma's 1 + weight, Llama's weight, GPT-2's LayerNorm).
+    """
+    import torch
+
+    base = getattr(hf, "base_model", hf)
+    norm = next((getattr(base, n) for n in ("norm", "ln_f", "final_layer_norm", "final_layernorm")
+                 if isinstance(getattr(base, n, None), torch.nn.Module)), None)
+    if norm is None:
+        return None
+    d = hf.get_output_embeddings().weight.shape[1]
+    v = torch.where(torch.arange(d) % 2 == 0, 1.0, -1.0)
+    if d % 2:
+        v[-1] = 0.5  # keep the mean near zero; the formula below divides by v elementwise
+        v = v - v.mean()
+        v = v / v.pow(2).mean().sqrt()
+    p = next(norm.parameters(), None)
+    v = v.to(p.dtype if p is not None else torch.float32)
+    with torch.no_grad():
+        scale = (norm(v[None]) - norm(-v[None]))[0] / (2 * v)
+    return scale.float().numpy()
 
 
 def load_model(model: str | ResolvedModel, device: str = "cpu", dtype: str = "float32") -> Any:

@@ -112,13 +112,16 @@ def inspect_feature_job(sae_dir: Path, feature: int, n_contexts: int = 10, out: 
     info = json.loads(info_path.read_text())
     store = activations.ActivationStore(info["activation_stores"]["held_out"])
     hook = info["hook"]
+    if store.manifest["d"][hook] != sae.cfg.d_in:
+        raise DataError(f"the SAE reads vectors of size {sae.cfg.d_in} but the activations at {hook} have size "
+                        f"{store.manifest['d'][hook]}; use an SAE trained on this model and hook")
     with step(f"Encoding {store.n_tokens:,} held-out tokens"):
         parts = list(store.iter_shards([hook, "token_ids", "doc_index", "position"]))
         cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         acts = saes.encode(sae, cat[hook])[:, feature]
     emb = models.load_unembedding(info["model"])
     id_to_tok = emb.id_to_token
-    lens = saes.logit_lens(sae, feature, emb.gamma)
+    lens = saes.logit_lens(sae, feature, emb.gamma, norm_scale=emb.final_norm_scale)
     ctx = saes.top_contexts(acts, cat["token_ids"], cat["doc_index"], cat["position"], n=n_contexts)
     firing = acts > 0
     card = {

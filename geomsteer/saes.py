@@ -21,7 +21,8 @@ import numpy as np
 from . import _atomic
 from .errors import ConfigError, DataError
 
-__all__ = ["ARCHITECTURES", "train_sae", "save_sae", "load_sae", "encode", "sae_metrics", "ce_loss_recovered"]
+__all__ = ["ARCHITECTURES", "train_sae", "save_sae", "load_sae", "load_pretrained", "encode", "sae_metrics",
+           "ce_loss_recovered", "logit_lens", "top_contexts"]
 
 ARCHITECTURES = ("topk", "standard", "jumprelu")
 
@@ -142,6 +143,26 @@ def load_sae(path: str | Path, d_in: int | None = None, hook_name: str | None = 
     return sae
 
 
+def load_pretrained(release: str, sae_id: str) -> Any:
+    """A pretrained SAE from SAELens's registry by release and id (needs the hub or its local cache)."""
+    import os
+
+    from sae_lens import SAE
+
+    try:
+        return SAE.from_pretrained(release, sae_id, device="cpu")
+    except ValueError as e:  # SAELens's message for an unknown release or id
+        raise DataError(f"SAELens does not know SAE {sae_id!r} in release {release!r}: {e}") from None
+    except Exception as e:  # offline, or the files are not cached
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        why = "HF_HUB_OFFLINE is set" if offline else f"the hub could not be reached ({type(e).__name__})"
+        from .errors import ModelUnavailableError
+
+        raise ModelUnavailableError(
+            f"pretrained SAE {release}/{sae_id} is not in the local cache and {why}; train one with "
+            "'geomsteer sae train' or load a local SAELens directory") from None
+
+
 def encode(sae: Any, X: np.ndarray, batch_size: int = 8192) -> np.ndarray:
     """Feature activations (n, d_sae) of the rows of X."""
     import torch
@@ -214,13 +235,18 @@ def ce_loss_recovered(model: Any, sae: Any, hook: str, token_batches: list[tuple
 # Feature analysis
 
 
-def logit_lens(sae: Any, feature: int, W_U: np.ndarray, k: int = 10) -> dict[str, list[tuple[int, float]]]:
+def logit_lens(sae: Any, feature: int, W_U: np.ndarray, k: int = 10,
+               norm_scale: np.ndarray | None = None) -> dict[str, list[tuple[int, float]]]:
     """Top and bottom tokens of the feature's decoder direction read through the unembedding.
 
-    ``W_U`` is the unembedding (vocab, d_model); the score of token y is W_dec[feature] . W_U[y].
+    ``W_U`` is the unembedding (vocab, d_model); the score of token y is
+    (W_dec[feature] * norm_scale) . W_U[y], where ``norm_scale`` is the final norm's elementwise
+    scale (how the model reads its residual stream before unembedding; omitted when None).
     """
     _check_feature(sae, feature)
     w = sae.W_dec.detach().float().numpy()[feature]
+    if norm_scale is not None:
+        w = w * np.asarray(norm_scale, dtype=np.float32)
     scores = np.asarray(W_U, dtype=np.float32) @ w
     top = np.argsort(-scores)[:k]
     bottom = np.argsort(scores)[:k]

@@ -163,3 +163,29 @@ def test_gguf_file_is_dequantized_into_the_cache_once(tmp_path, monkeypatch, gem
     again = models.resolve(str(gguf))  # second time: the valid entry is reused
     assert again.path == r.path
     np.testing.assert_array_equal(models.load_unembedding(r).gamma, gemma_unembedding.gamma)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3"])
+def test_final_norm_scale_is_probed_exactly(arch):
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    if arch == "llama":
+        model = tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32,
+                                                   num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+        norm, expected = model.model.norm, lambda w: w
+    elif arch == "gpt2":
+        model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=40, n_embd=16, n_layer=1, n_head=2, n_positions=32))
+        norm, expected = model.transformer.ln_f, lambda w: w
+    else:
+        model = tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(vocab_size=40, hidden_size=16, intermediate_size=32,
+                                                         num_hidden_layers=1, num_attention_heads=2,
+                                                         num_key_value_heads=1, head_dim=8))
+        norm, expected = model.model.norm, lambda w: 1 + w  # Gemma scales by (1 + weight)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(16))
+        if getattr(norm, "bias", None) is not None:
+            norm.bias.copy_(torch.randn(16))  # a bias must not leak into the scale
+    scale = models._final_norm_scale(model)
+    np.testing.assert_allclose(scale, expected(norm.weight.detach()).numpy(), rtol=1e-4, atol=1e-5)

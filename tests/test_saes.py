@@ -148,3 +148,13 @@ def test_logit_lens_known_answer(trained):
     assert lens["top"][0][0] == 11 and lens["bottom"][0][0] == 23
     with pytest.raises(ConfigError, match=re.escape("feature 64 does not exist: this SAE has features 0..63")):
         saes.logit_lens(sae, 64, W_U)
+
+
+def test_pretrained_sae_offline_says_what_to_do(monkeypatch, tmp_path):
+    from geomsteer.errors import ModelUnavailableError
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelUnavailableError, match=re.escape(
+            "pretrained SAE gemma-scope-2b-pt-res-canonical/layer_6/width_16k/canonical is not in the local cache and "
+            "HF_HUB_OFFLINE is set; train one with 'geomsteer sae train' or load a local SAELens directory")):
+        saes.load_pretrained("gemma-scope-2b-pt-res-canonical", "layer_6/width_16k/canonical")
