@@ -63,24 +63,52 @@ def check_hooks(model: Any, hooks: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(hooks))
 
 
-def tokenize(model: Any, texts: Sequence[str], context_length: int) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Token ids (batch, pos) right-padded, a mask of real tokens, and whether BOS was prepended."""
+def _bos(model: Any) -> list[int]:
     tok = model.tokenizer
     prepend = bool(getattr(model.cfg, "default_prepend_bos", True)) and tok.bos_token_id is not None
-    rows = []
-    for t in texts:
-        ids = tok(t, add_special_tokens=False)["input_ids"]
-        if prepend:
-            ids = [tok.bos_token_id] + ids
-        rows.append(ids[:context_length])
-    width = max(1, max(len(r) for r in rows))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    ids = np.full((len(rows), width), pad, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=bool)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = r
-        mask[i, : len(r)] = True
-    return ids, mask, prepend
+    return [tok.bos_token_id] if prepend else []
+
+
+def tokenize(model: Any, texts: Sequence[str], context_length: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Token ids (batch, pos) right-padded, a mask of non-padding tokens, and whether BOS was prepended."""
+    docs = model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    ids, _, lengths, _ = _rows(model, docs, context_length, pack=False, n_rows=len(docs))
+    return ids, np.arange(ids.shape[1])[None, :] < lengths[:, None], bool(_bos(model))
+
+
+def _rows(model: Any, docs: Sequence[list[int]], context_length: int, pack: bool, n_rows: int
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Up to ``n_rows`` rows of token ids built from the tokenized documents at the front of ``docs``.
+
+    Returns ids (rows, width), the document of each token (-1 for BOS, separators and padding),
+    each row's length, and how many documents were used. Unpacked: one document a row. Packed:
+    whole documents fill each row, separated by a newline token; a document longer than a row is
+    truncated in a row of its own.
+    """
+    head = _bos(model)
+    sep = model.tokenizer("\n", add_special_tokens=False)["input_ids"][-1:] if pack else []
+    rows: list[list[int]] = []
+    owner: list[list[int]] = []
+    used = 0
+    while used < len(docs):
+        ids = list(docs[used][: context_length - len(head)])
+        if pack and rows and len(rows[-1]) + len(sep) + len(ids) <= context_length:
+            rows[-1] += sep + ids
+            owner[-1] += [-1] * len(sep) + [used] * len(ids)
+        elif len(rows) < n_rows:
+            rows.append(head + ids)
+            owner.append([-1] * len(head) + [used] * len(ids))
+        else:
+            break
+        used += 1
+    width = max(1, max((len(r) for r in rows), default=1))
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    ids_arr = np.full((len(rows), width), pad, dtype=np.int64)
+    doc_arr = np.full((len(rows), width), -1, dtype=np.int64)
+    for i, (r, o) in enumerate(zip(rows, owner)):
+        ids_arr[i, : len(r)] = r
+        doc_arr[i, : len(o)] = o
+    return ids_arr, doc_arr, np.array([len(r) for r in rows], dtype=np.int64), used
 
 
 def _forward(model: Any, ids: np.ndarray, mask: np.ndarray, hooks: Sequence[str]) -> dict[str, Any]:
@@ -108,30 +136,50 @@ def _forward(model: Any, ids: np.ndarray, mask: np.ndarray, hooks: Sequence[str]
 
 
 def iter_activations(model: Any, texts: Sequence[str], hooks: Sequence[str], batch_size: int = 16,
-                     context_length: int = 128, keep_bos: bool = False, dtype: str = "float32"
-                     ) -> Iterator[dict[str, np.ndarray]]:
-    """Yield, per batch of documents, ``{hook: (n_tokens, d), "token_ids", "doc_index", "position"}``.
+                     context_length: int = 128, keep_bos: bool = False, dtype: str = "float32",
+                     pack: bool = False) -> Iterator[dict[str, Any]]:
+    """Yield, per batch, ``{hook: (n_tokens, d), "token_ids", "doc_index", "position", "docs_done"}``.
 
-    ``doc_index`` counts documents from 0 in the order given; only real (unpadded) tokens appear.
+    Only real tokens appear (no padding; no BOS unless ``keep_bos``; no packing separators).
+    ``doc_index`` counts documents from 0 in the order given, ``position`` is the token's place in
+    its row, and ``docs_done`` (an int) how many documents the batches so far have consumed. With
+    ``pack``, rows of ``batch_size`` hold as many whole documents as fit in ``context_length``
+    tokens (fewer, wider forward passes for short documents; tokens then also see the documents
+    before them in their row, as in SAELens's packed training data).
     """
     hooks = check_hooks(model, hooks)
-    if batch_size < 1 or context_length < 1:
-        raise ConfigError(f"batch_size and context_length must be positive, got {batch_size} and {context_length}")
+    if batch_size < 1 or context_length < 2:
+        raise ConfigError(f"batch_size must be positive and context_length at least 2, got {batch_size} and "
+                          f"{context_length}")
     np_dtype = {"float32": np.float32, "float16": np.float16}.get(dtype)
     if np_dtype is None:
         raise ConfigError(f"unknown dtype {dtype!r}: expected float32 or float16")
-    for start in range(0, len(texts), batch_size):
-        batch = list(texts[start : start + batch_size])
-        ids, mask, prepended = tokenize(model, batch, context_length)
-        acts = _forward(model, ids, mask, hooks)
-        keep = mask.copy()
-        if prepended and not keep_bos:
-            keep[:, 0] = False
+    head = _bos(model)
+    tokenized: list[list[int]] = []  # documents tokenized ahead, in chunks (fast tokenizers batch well)
+    offset = start = 0
+    while start < len(texts):
+        need = batch_size * (context_length if pack else 1)
+        if len(tokenized) - (start - offset) < need and offset + len(tokenized) < len(texts):
+            tokenized = tokenized[start - offset :]
+            offset = start
+            chunk = list(texts[offset + len(tokenized) : offset + len(tokenized) + max(need, 1024)])
+            tokenized += model.tokenizer(chunk, add_special_tokens=False)["input_ids"]
+        ids, doc, lengths, used = _rows(model, tokenized[start - offset :], context_length, pack, batch_size)
+        acts = _forward(model, ids, np.arange(ids.shape[1])[None, :] < lengths[:, None], hooks)
+        keep = doc >= 0
+        if head and keep_bos:
+            keep[:, 0] = True
         rows, cols = np.nonzero(keep)
-        out = {h: acts[h].float().cpu().numpy()[rows, cols].astype(np_dtype) for h in hooks}
+        out: dict[str, Any] = {h: acts[h].float().cpu().numpy()[rows, cols].astype(np_dtype) for h in hooks}
         out["token_ids"] = ids[rows, cols]
-        out["doc_index"] = (rows + start).astype(np.int64)
+        d = doc[rows, cols]
+        if head and keep_bos:  # a row's BOS counts with the row's first document
+            first = np.array([r[r >= 0][0] if (r >= 0).any() else 0 for r in doc])
+            d = np.where(d < 0, first[rows], d)
+        out["doc_index"] = (d + start).astype(np.int64)
         out["position"] = cols.astype(np.int64)
+        start += used
+        out["docs_done"] = start
         yield out
 
 
@@ -163,12 +211,13 @@ def extract_to_store(model: Any, texts: Sequence[str], hooks: Sequence[str], out
                      model_name: str, corpus_name: str = "texts", corpus_provenance: dict | None = None,
                      batch_size: int = 16, context_length: int = 128, max_tokens: int | None = None,
                      shard_tokens: int = 65536, keep_bos: bool = False, dtype: str = "float32",
-                     progress: bool = True) -> "ActivationStore":
+                     pack: bool = False, progress: bool = True) -> "ActivationStore":
     """Extract activations of ``texts`` into shards under ``out``, resuming a previous extraction."""
     hooks = check_hooks(model, hooks)
     out = Path(out)
     cfg = _config(model_name, model, hooks, context_length, keep_bos, dtype, corpus_name,
                   corpus_provenance or {}, len(texts))
+    cfg["packed"] = pack
     manifest = _resume_manifest(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
     done_docs = manifest["shards"][-1]["doc_end"] if manifest["shards"] else 0
@@ -179,12 +228,12 @@ def extract_to_store(model: Any, texts: Sequence[str], hooks: Sequence[str], out
         say(f"Resuming {out}: {len(manifest['shards'])} complete shard(s), {n_tokens:,} tokens")
     with counter(f"Extracting {', '.join(hooks)}", max_tokens, "tokens", enabled=progress) as advance:
         _extract_loop(model, texts, hooks, out, manifest, model_name, done_docs, n_tokens, batch_size,
-                      context_length, max_tokens, shard_tokens, keep_bos, dtype, advance)
+                      context_length, max_tokens, shard_tokens, keep_bos, dtype, pack, advance)
     return ActivationStore(out)
 
 
 def _extract_loop(model, texts, hooks, out, manifest, model_name, done_docs, n_tokens, batch_size, context_length,
-                  max_tokens, shard_tokens, keep_bos, dtype, advance) -> None:
+                  max_tokens, shard_tokens, keep_bos, dtype, pack, advance) -> None:
     from safetensors.numpy import save_file
 
     buf: list[dict[str, np.ndarray]] = []
@@ -209,16 +258,15 @@ def _extract_loop(model, texts, hooks, out, manifest, model_name, done_docs, n_t
         buf, buf_tokens = [], 0
 
     remaining = texts[done_docs:]
-    step_docs = batch_size
-    for j, batch in enumerate(iter_activations(model, remaining, hooks, batch_size, context_length, keep_bos, dtype)):
+    for batch in iter_activations(model, remaining, hooks, batch_size, context_length, keep_bos, dtype, pack):
         batch["doc_index"] += done_docs
+        doc_end = done_docs + batch.pop("docs_done")
         if max_tokens is not None and n_tokens + len(batch["token_ids"]) > max_tokens:
             cut = max_tokens - n_tokens
             batch = {k: v[:cut] for k, v in batch.items()}
         buf.append(batch)
         buf_tokens += len(batch["token_ids"])
         n_tokens += len(batch["token_ids"])
-        doc_end = min(done_docs + (j + 1) * step_docs, len(texts))
         advance(len(batch["token_ids"]))
         if max_tokens is not None and n_tokens >= max_tokens:
             flush(doc_end)

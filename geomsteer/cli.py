@@ -90,9 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="SAELens training architecture (default: topk)")
     tr.add_argument("--k", type=_positive_int, default=32, help="active latents per token for topk (default: 32)")
     tr.add_argument("--corpus", nargs="+", metavar="FILE", help=".txt or .jsonl files (default: WordNet glosses)")
-    tr.add_argument("--batch-size", type=_positive_int, default=4096, help="training batch in tokens (default: 4096)")
-    tr.add_argument("--lr", type=float, default=3e-4, help="learning rate (default: 3e-4)")
+    tr.add_argument("--batch-size", type=_positive_int, default=1024, help="training batch in tokens (default: 1024)")
+    tr.add_argument("--lr", type=float, default=2e-3, help="learning rate (default: 2e-3)")
+    tr.add_argument("--epochs", type=_positive_int, default=2, help="passes over the training tokens (default: 2)")
     tr.add_argument("--context-length", type=_positive_int, default=128, help="tokens per document (default: 128)")
+    tr.add_argument("--no-pack", action="store_true",
+                    help="one document per context (default: pack whole short documents into each context)")
     tr.add_argument("--seed", type=int, default=0, help="seed for corpus order and training (default: 0)")
     tr.add_argument("--out", type=Path, required=True, help="output directory (must not exist unless --force)")
     tr.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -178,7 +181,7 @@ def _cmd_sae(args: argparse.Namespace, argv: Sequence[str]) -> int:
     res = train_sae_job(args.model, args.hook, args.out, tokens=args.tokens, d_sae=args.d_sae,
                         architecture=args.architecture, k=args.k, corpus_files=args.corpus, seed=args.seed,
                         batch_size=args.batch_size, lr=args.lr, context_length=args.context_length,
-                        force=args.force, command=["geomsteer", *argv])
+                        pack=not args.no_pack, epochs=args.epochs, force=args.force, command=["geomsteer", *argv])
     m = res["metrics"]
     print(f"SAE ({args.architecture}, {args.d_sae} latents) at {args.hook}: L0 {m['l0']:.1f}, variance explained "
           f"{m['fraction_variance_explained']:.3f}, CE loss recovered {m['ce_loss_recovered']:.3f}, "

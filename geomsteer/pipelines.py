@@ -30,8 +30,9 @@ def _sorted_in_windows(texts: Sequence[str], window: int) -> list[str]:
 
 def train_sae_job(model_name: str, hook: str, out: Path, *, tokens: int = 300_000, d_sae: int = 4096,
                   architecture: str = "topk", k: int = 32, corpus_files: Sequence[str] | None = None,
-                  seed: int = 0, batch_size: int = 4096, lr: float = 3e-4, context_length: int = 128,
-                  extract_batch: int = 32, eval_tokens: int = 20_000, ce_documents: int = 96,
+                  seed: int = 0, batch_size: int = 1024, lr: float = 2e-3, context_length: int = 128,
+                  extract_batch: int = 16, eval_tokens: int = 20_000, ce_documents: int = 96, pack: bool = True,
+                  epochs: int = 2,
                   force: bool = False, command: Sequence[str] | None = None) -> dict:
     """Extract activations (cached, resumable), train an SAE with SAELens, measure it on held-out text."""
     from . import activations, corpus, models, reports, saes
@@ -48,34 +49,35 @@ def train_sae_job(model_name: str, hook: str, out: Path, *, tokens: int = 300_00
         docs = corpus.text_files(corpus_files) if corpus_files else corpus.wordnet_glosses()
         train_docs, eval_docs = docs.split(0.1)
         train_texts = _sorted_in_windows(train_docs.shuffled(seed).texts, 64 * extract_batch)
-        eval_texts = _sorted_in_windows(eval_docs.shuffled(seed).texts, 64 * extract_batch)
+        eval_shuffled = eval_docs.shuffled(seed).texts  # the CE sample must not be biased towards short texts
+        eval_texts = _sorted_in_windows(eval_shuffled, 64 * extract_batch)
     key = hashlib.sha256(json.dumps([resolved.provenance.get("gguf_sha256", model_name), hook, docs.name,
-                                     docs.provenance, seed, context_length], sort_keys=True, default=str)
+                                     docs.provenance, seed, context_length, pack], sort_keys=True, default=str)
                          .encode()).hexdigest()[:16]
     root = models.cache_dir() / "activations" / key
     with step(f"Extracting {tokens:,} training tokens at {hook} (cached in {root})"):
         train_store = activations.extract_to_store(
             model, train_texts, [hook], root / f"train-{tokens}", model_name=model_name, corpus_name=docs.name,
             corpus_provenance=docs.provenance, batch_size=extract_batch, context_length=context_length,
-            max_tokens=tokens)
+            max_tokens=tokens, pack=pack)
     with step(f"Extracting {eval_tokens:,} held-out tokens"):
         eval_store = activations.extract_to_store(
             model, eval_texts, [hook], root / f"heldout-{eval_tokens}", model_name=model_name,
             corpus_name=docs.name, corpus_provenance=docs.provenance, batch_size=extract_batch,
-            context_length=context_length, max_tokens=eval_tokens)
+            context_length=context_length, max_tokens=eval_tokens, pack=pack)
     X = train_store.load(hook)
     t_extract = time.perf_counter() - t0
-    with step(f"Training a {architecture} SAE (d_sae {d_sae}) on {len(X):,} tokens with SAELens"):
+    with step(f"Training a {architecture} SAE (d_sae {d_sae}) on {len(X):,} tokens x {epochs} epochs with SAELens"):
         t1 = time.perf_counter()
-        sae = saes.train_sae(X, d_sae=d_sae, architecture=architecture, k=k, total_tokens=len(X),
+        sae = saes.train_sae(X, d_sae=d_sae, architecture=architecture, k=k, total_tokens=epochs * len(X),
                              batch_size=batch_size, lr=lr, seed=seed, hook_name=hook, model_name=model_name)
         t_train = time.perf_counter() - t1
     del X
     with step("Measuring the SAE on held-out text"):
         metrics = saes.sae_metrics(sae, eval_store.load(hook))
         batches = []
-        for i in range(0, min(ce_documents, len(eval_texts)), 16):
-            ids, mask, _ = activations.tokenize(model, eval_texts[i : i + 16], context_length)
+        for i in range(0, min(ce_documents, len(eval_shuffled)), 16):
+            ids, mask, _ = activations.tokenize(model, eval_shuffled[i : i + 16], context_length)
             batches.append((ids, mask))
         metrics.update(saes.ce_loss_recovered(model, sae, hook, batches))
     extra = {
@@ -83,7 +85,8 @@ def train_sae_job(model_name: str, hook: str, out: Path, *, tokens: int = 300_00
         "command": list(command) if command else None,
         "model": model_name, "hook": hook, "architecture": architecture, "d_sae": d_sae,
         "k": k if architecture == "topk" else None, "tokens": int(train_store.n_tokens), "seed": seed,
-        "lr": lr, "batch_size": batch_size, "context_length": context_length,
+        "lr": lr, "batch_size": batch_size, "epochs": epochs, "context_length": context_length, "packed": pack,
+        "ce_documents": ce_documents,
         "corpus": {"name": docs.name, **docs.provenance},
         "activation_stores": {"train": str(train_store.path), "held_out": str(eval_store.path)},
         "model_provenance": resolved.provenance,

@@ -57,9 +57,9 @@ def _batches(X: np.ndarray, batch_size: int, seed: int) -> Iterator[Any]:
 
 
 def train_sae(X: np.ndarray, d_sae: int = 4096, architecture: str = "topk", k: int = 32,
-              total_tokens: int | None = None, batch_size: int = 4096, lr: float = 3e-4, seed: int = 0,
+              total_tokens: int | None = None, batch_size: int = 1024, lr: float = 2e-3, seed: int = 0,
               l1_coefficient: float = 5.0, hook_name: str | None = None, model_name: str | None = None,
-              aux_loss_coefficient: float = 1.0 / 32, progress: bool = True) -> Any:
+              aux_loss_coefficient: float = 1.0, progress: bool = True) -> Any:
     """Train an SAE on the rows of ``X`` (n, d_in) with SAELens; returns the trained ``TrainingSAE``.
 
     ``total_tokens`` defaults to one pass over X. For TopK, ``k`` latents fire per token and the
@@ -100,6 +100,13 @@ def train_sae(X: np.ndarray, d_sae: int = 4096, architecture: str = "topk", k: i
         dead_feature_window=max(1, min(1000, total // batch_size // 4)),
         feature_sampling_window=max(1, min(2000, total // batch_size // 2)),
     )
+    # Start the decoder bias at the (normalized) mean activation: residual streams carry a large
+    # mean, and with b_dec at zero every token's pre-activations are dominated by it, so the same few
+    # latents win and the rest die. SAELens scales inputs by sqrt(d_in) / E|x| during training.
+    with torch.no_grad():
+        sample = X[np.random.default_rng(seed).choice(n, size=min(n, 50_000), replace=False)].astype(np.float64)
+        scale = np.sqrt(d_in) / np.linalg.norm(sample, axis=1).mean()
+        sae.b_dec.copy_(torch.as_tensor(sample.mean(0) * scale, dtype=sae.b_dec.dtype))
     trainer = SAETrainer(trainer_cfg, sae, _batches(X, batch_size, seed))
     if not progress:
         import os

@@ -11,7 +11,7 @@ def test_tokens_smaller_than_a_batch(tmp_path, capsys):
     code = cli.main(["sae", "train", "--model", "gemma-3-270m", "--hook", "blocks.6.hook_resid_post",
                      "--tokens", "100", "--out", str(tmp_path / "o")])
     assert code == 2
-    assert capsys.readouterr().err == ("geomsteer: error: --tokens 100 is smaller than one training batch (4096 tokens); "
+    assert capsys.readouterr().err == ("geomsteer: error: --tokens 100 is smaller than one training batch (1024 tokens); "
                                        "ask for more tokens or a smaller --batch-size\n")
 
 

@@ -66,7 +66,7 @@ def test_sae_of_the_wrong_width_is_refused(trained, tmp_path):
 def test_training_input_errors():
     X = np.zeros((100, 8), dtype=np.float32)
     with pytest.raises(ConfigError, match=re.escape("training needs at least one batch: got 100 activations for a batch "
-                                                    "size of 4096; extract more tokens or lower the batch size")):
+                                                    "size of 1024; extract more tokens or lower the batch size")):
         saes.train_sae(X)
     with pytest.raises(ConfigError, match=re.escape("unknown SAE architecture 'gated': expected one of topk, standard, "
                                                     "jumprelu")):
