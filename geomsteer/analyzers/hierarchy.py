@@ -115,6 +115,8 @@ def _shrinkage_from_stats(row_sq: np.ndarray, gram: np.ndarray, n: int, d: int) 
     delta_ = float(np.sum(gram * gram)) / n**2
     beta_ = float(np.sum(row_sq**2))
     beta = (beta_ / n - delta_) / (d * n)
+    if abs(beta_ / n - delta_) <= 1e-12 * max(beta_ / n, delta_):
+        beta = 0.0  # a difference at rounding level is an exact zero (n = 2 gives exactly 0), not a shrinkage
     delta = (delta_ - 2.0 * mu * trace + d * mu**2) / d
     beta = min(beta, delta)
     shrinkage = 0.0 if beta == 0 else beta / delta
