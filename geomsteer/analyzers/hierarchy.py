@@ -139,20 +139,22 @@ def lda_direction(G: np.ndarray, rcond: float = 1e-15) -> np.ndarray:
     if X.ndim != 2 or X.shape[0] < 2:
         raise DataError(f"expected a category's (n, d) token matrix with n >= 2, got shape {X.shape}")
     n, d = X.shape
-    # Centred quantities are formed from X without allocating X - mu (a large copy per category).
     mu = X.mean(axis=0)
-    mm = float(mu @ mu)
-    Xmu = X @ mu
-    row_sq = np.einsum("ij,ij->i", X, X) - 2.0 * Xmu + mm  # ||x_k - mu||^2
     small = n <= d
     if small:
-        gram = X @ X.T
-        gram -= Xmu[:, None]
-        gram -= Xmu[None, :]
-        gram += mm  # = Xc Xc^T
+        Xc = X - mu  # at most d x d numbers
+        gram = Xc @ Xc.T
+        row_sq = np.einsum("ij,ij->i", Xc, Xc)
     else:
-        gram = X.T @ X
-        gram -= n * np.outer(mu, mu)  # = Xc^T Xc
+        # Centre chunk by chunk in one reused buffer: exact centring without a full copy of X.
+        gram = np.zeros((d, d))
+        row_sq = np.empty(n)
+        buf = np.empty((min(n, 4096), d))
+        for i in range(0, n, len(buf)):
+            c = buf[: min(len(buf), n - i)]
+            np.subtract(X[i : i + len(c)], mu, out=c)
+            gram += c.T @ c
+            row_sq[i : i + len(c)] = np.einsum("ij,ij->i", c, c)
     s, m = _shrinkage_from_stats(row_sq, gram, n, d)
     a, b = (1.0 - s) / n, s * m
     if a <= 0 and b > 0:  # full shrinkage: Sigma is a multiple of the identity
@@ -161,8 +163,8 @@ def lda_direction(G: np.ndarray, rcond: float = 1e-15) -> np.ndarray:
         try:
             if small:
                 gram.flat[:: n + 1] += b / a
-                w = cho_solve(cho_factor(gram, check_finite=False), Xmu - mm, check_finite=False)
-                v = (mu - (X.T @ w - mu * w.sum())) / b  # (mu - Xc^T w) / b
+                w = cho_solve(cho_factor(gram, check_finite=False), Xc @ mu, check_finite=False)
+                v = (mu - Xc.T @ w) / b
             else:
                 gram *= a
                 gram.flat[:: d + 1] += b
@@ -170,8 +172,11 @@ def lda_direction(G: np.ndarray, rcond: float = 1e-15) -> np.ndarray:
             return _scale(v, mu)
         except LinAlgError:
             pass
-    Xc = X - mu
-    gram = Xc @ Xc.T if small else Xc.T @ Xc
+    if small:
+        gram = Xc @ Xc.T  # the solve above may have modified it in place
+    else:
+        Xc = X - mu
+        gram = Xc.T @ Xc
     return _scale(_pinv_solve(Xc, gram, small, a, b, mu, rcond), mu)
 
 
