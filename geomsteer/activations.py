@@ -30,7 +30,7 @@ from .errors import ConfigError, DataError
 
 __all__ = ["check_hooks", "tokenize", "iter_activations", "extract_to_store", "ActivationStore"]
 
-STORE_FORMAT = "geomsteer.activations/1"
+STORE_FORMAT = "geomsteer.activations/2"
 MANIFEST = "manifest.json"
 
 
@@ -211,13 +211,17 @@ def extract_to_store(model: Any, texts: Sequence[str], hooks: Sequence[str], out
                      model_name: str, corpus_name: str = "texts", corpus_provenance: dict | None = None,
                      batch_size: int = 16, context_length: int = 128, max_tokens: int | None = None,
                      shard_tokens: int = 65536, keep_bos: bool = False, dtype: str = "float32",
-                     pack: bool = False, progress: bool = True) -> "ActivationStore":
-    """Extract activations of ``texts`` into shards under ``out``, resuming a previous extraction."""
+                     pack: bool = False, seed: int | None = None, progress: bool = True) -> "ActivationStore":
+    """Extract activations of ``texts`` into shards under ``out``, resuming a previous extraction.
+
+    ``seed`` is recorded in the manifest (the seed that ordered ``texts``, if any).
+    """
     hooks = check_hooks(model, hooks)
     out = Path(out)
     cfg = _config(model_name, model, hooks, context_length, keep_bos, dtype, corpus_name,
                   corpus_provenance or {}, len(texts))
     cfg["packed"] = pack
+    cfg["seed"] = seed
     manifest = _resume_manifest(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
     done_docs = manifest["shards"][-1]["doc_end"] if manifest["shards"] else 0

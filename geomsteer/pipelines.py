@@ -51,7 +51,8 @@ def train_sae_job(model_name: str, hook: str, out: Path, *, tokens: int = 300_00
         train_texts = _sorted_in_windows(train_docs.shuffled(seed).texts, 64 * extract_batch)
         eval_shuffled = eval_docs.shuffled(seed).texts  # the CE sample must not be biased towards short texts
         eval_texts = _sorted_in_windows(eval_shuffled, 64 * extract_batch)
-    key = hashlib.sha256(json.dumps([resolved.provenance.get("gguf_sha256", model_name), hook, docs.name,
+    key = hashlib.sha256(json.dumps([activations.STORE_FORMAT, resolved.provenance.get("gguf_sha256", model_name),
+                                     hook, docs.name,
                                      docs.provenance, seed, context_length, pack], sort_keys=True, default=str)
                          .encode()).hexdigest()[:16]
     root = models.cache_dir() / "activations" / key
@@ -59,12 +60,12 @@ def train_sae_job(model_name: str, hook: str, out: Path, *, tokens: int = 300_00
         train_store = activations.extract_to_store(
             model, train_texts, [hook], root / f"train-{tokens}", model_name=model_name, corpus_name=docs.name,
             corpus_provenance=docs.provenance, batch_size=extract_batch, context_length=context_length,
-            max_tokens=tokens, pack=pack)
+            max_tokens=tokens, pack=pack, seed=seed)
     with step(f"Extracting {eval_tokens:,} held-out tokens"):
         eval_store = activations.extract_to_store(
             model, eval_texts, [hook], root / f"heldout-{eval_tokens}", model_name=model_name,
             corpus_name=docs.name, corpus_provenance=docs.provenance, batch_size=extract_batch,
-            context_length=context_length, max_tokens=eval_tokens, pack=pack)
+            context_length=context_length, max_tokens=eval_tokens, pack=pack, seed=seed)
     X = train_store.load(hook)
     t_extract = time.perf_counter() - t0
     with step(f"Training a {architecture} SAE (d_sae {d_sae}) on {len(X):,} tokens x {epochs} epochs with SAELens"):

@@ -24,7 +24,8 @@ def planted_dictionary(seed=0, d_in=32, n_feat=64, n=60000, active=3):
 @pytest.fixture(scope="module")
 def trained():
     X, D = planted_dictionary()
-    sae = saes.train_sae(X[:50000], d_sae=64, k=3, total_tokens=300_000, batch_size=512, lr=3e-3, progress=False)
+    # Twice as many latents as planted directions: an overcomplete TopK SAE finds each of them.
+    sae = saes.train_sae(X[:50000], d_sae=128, k=3, total_tokens=300_000, batch_size=512, lr=3e-3, progress=False)
     return sae, X[50000:], D
 
 
@@ -32,12 +33,13 @@ def test_topk_sae_recovers_a_planted_dictionary(trained):
     sae, held_out, D = trained
     m = saes.sae_metrics(sae, held_out)
     assert m["l0"] == pytest.approx(3.0)
-    assert m["fraction_variance_explained"] > 0.85
-    assert m["dead_fraction"] < 0.2
+    assert m["fraction_variance_explained"] > 0.9
+    assert (1 - m["dead_fraction"]) * 128 >= 0.9 * 64  # at least ~one live latent per planted direction
     W = sae.W_dec.detach().numpy()
     W = W / np.linalg.norm(W, axis=1, keepdims=True)
     best = (D @ W.T).max(axis=1)
-    assert (best > 0.9).mean() >= 0.75  # most planted directions have a decoder row within ~25 degrees
+    assert (best > 0.9).mean() >= 0.9  # planted directions have a decoder row within ~25 degrees
+    assert np.median(best) > 0.99
 
 
 def test_saved_sae_loads_with_saelens_and_encodes_the_same(trained, tmp_path):
@@ -146,8 +148,8 @@ def test_logit_lens_known_answer(trained):
         sae.W_dec[7] = torch.as_tensor(W_U[11] - W_U[23])
     lens = saes.logit_lens(sae, 7, W_U, k=3)
     assert lens["top"][0][0] == 11 and lens["bottom"][0][0] == 23
-    with pytest.raises(ConfigError, match=re.escape("feature 64 does not exist: this SAE has features 0..63")):
-        saes.logit_lens(sae, 64, W_U)
+    with pytest.raises(ConfigError, match=re.escape("feature 128 does not exist: this SAE has features 0..127")):
+        saes.logit_lens(sae, 128, W_U)
 
 
 def test_pretrained_sae_offline_says_what_to_do(monkeypatch, tmp_path):
