@@ -39,6 +39,7 @@ test: $(VENV)/.installed-test
 
 benchmark: $(VENV)/.installed-test
 	$(PY) benchmarks/bench_hierarchy.py --e2e
+	$(PY) benchmarks/bench_activations.py
 	$(PY) benchmarks/bench_similarity.py
 
 clean-venv:
