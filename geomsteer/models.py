@@ -332,7 +332,6 @@ def load_tokenizer(model: str | ResolvedModel):
 
 def load_hf_model(model: str | ResolvedModel, dtype: str = "float32", device: str = "cpu"):
     """The Hugging Face causal LM, loaded from the resolved local directory."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     r = model if isinstance(model, ResolvedModel) else resolve(model)

@@ -20,6 +20,7 @@ a d x d matrix. :func:`lda_direction_reference` is the published formula written
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -333,7 +334,7 @@ class HierarchyAnalyzer:
 
     # -- fitting --------------------------------------------------------------------------
     def fit(self, unembedding: Directions | np.ndarray, hierarchy: ConceptHierarchy) -> "HierarchyAnalyzer":
-        from .._progress import step, track
+        from .._progress import step
 
         if isinstance(unembedding, Directions):
             gamma, model, prov = np.asarray(unembedding.vectors), unembedding.model, dict(unembedding.provenance)
@@ -354,7 +355,7 @@ class HierarchyAnalyzer:
             return _map_categories(lambda i: fn(embed(sets[i])), len(sets), n_jobs,
                                    None if quiet else label, sizes=[len(x) for x in sets])
 
-        with step("Whitening the unembedding (causal inner product)") if not quiet else _null():
+        with step("Whitening the unembedding (causal inner product)") if not quiet else contextlib.nullcontext():
             wh = fit_whitening(gamma, self.eig_floor)
         used = np.unique(np.concatenate(token_sets))
         pool = rng.choice(V, size=min(self.n_random_tokens, V), replace=False)
@@ -515,14 +516,6 @@ def _map_categories(fn: Callable[[int], np.ndarray], n: int, n_jobs: int, label:
     return np.stack(out)  # type: ignore[arg-type]
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 class _RowCache:
     """Whitened rows for a fixed set of token ids, looked up by id."""
 
@@ -649,10 +642,9 @@ def _simplices(h: ConceptHierarchy, names, g, L_train, splits, pool) -> dict[str
         D = (Lk[1:] - Lk[0]).T  # (d, m-1)
         sv = np.linalg.svd(D, compute_uv=False)
         independent = bool(sv.min() > 1e-8 * sv.max()) if sv.size else False
-        test = np.unique(np.concatenate([splits[i][1] for i in k]))
         rnd = np.setdiff1d(pool, h.tokens(p))
 
-        def barycentric(ids: np.ndarray) -> np.ndarray:
+        def barycentric(ids: np.ndarray, Lk: np.ndarray = Lk, D: np.ndarray = D) -> np.ndarray:
             X = g(ids) - Lk[0]  # (n, d)
             lam_rest, *_ = np.linalg.lstsq(D, X.T, rcond=None)  # (m-1, n)
             return np.vstack([1.0 - lam_rest.sum(axis=0), lam_rest])  # (m, n), columns sum to 1
