@@ -28,13 +28,13 @@ _PACKAGES = ["geomsteer", "numpy", "scipy", "scikit-learn", "torch", "transforme
 def check_output_dir(out: Path, force: bool) -> None:
     """Refuse to touch an existing output directory unless ``force``."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {str(out)!r} is a file, not a directory; choose another --out")
     if out.exists() and not force:
         raise OutputExistsError(
             f"output directory {str(out)!r} already exists: expected a new directory; "
             "choose another --out, or pass --force to replace it"
         )
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"--out {str(out)!r} is a file, not a directory; choose another --out")
 
 
 def package_versions() -> dict[str, str]:

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from . import _atomic
+from . import _atomic, _progress
 from .errors import ConfigError, DataError
 
 __all__ = ["ARCHITECTURES", "train_sae", "save_sae", "load_sae", "load_pretrained", "encode", "sae_metrics",
@@ -108,11 +108,19 @@ def train_sae(X: np.ndarray, d_sae: int = 4096, architecture: str = "topk", k: i
         scale = np.sqrt(d_in) / np.linalg.norm(sample, axis=1).mean()
         sae.b_dec.copy_(torch.as_tensor(sample.mean(0) * scale, dtype=sae.b_dec.dtype))
     trainer = SAETrainer(trainer_cfg, sae, _batches(X, batch_size, seed))
-    if not progress:
-        import os
+    if progress and not _progress._quiet():
+        return trainer.fit()
+    # SAETrainer draws its own tqdm bar and takes no switch for it: silence it for this call only.
+    import functools
 
-        os.environ.setdefault("TQDM_DISABLE", "1")
-    return trainer.fit()
+    from sae_lens.training import sae_trainer
+    from tqdm.auto import tqdm
+
+    sae_trainer.tqdm = functools.partial(tqdm, disable=True)
+    try:
+        return trainer.fit()
+    finally:
+        sae_trainer.tqdm = tqdm
 
 
 def save_sae(sae: Any, out: str | Path, metrics: dict | None = None, extra: dict | None = None,

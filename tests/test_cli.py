@@ -201,3 +201,11 @@ def test_unknown_device(tmp_path, capsys):
     assert cli.main(["hierarchy", "--model", "gemma-3-270m", "--device", "gpu0", "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err == ("geomsteer: error: unknown device 'gpu0': expected a torch device such as "
                                        "'cpu', 'cuda' or 'cuda:1'\n")
+
+
+def test_output_path_that_is_a_file(tmp_path, capsys):
+    f = tmp_path / "o"
+    f.write_text("not a directory")
+    assert cli.main(["hierarchy", "--model", "gemma-7", "--out", str(f), "--force"]) == 2
+    assert capsys.readouterr().err == f"geomsteer: error: --out {str(f)!r} is a file, not a directory; choose another --out\n"
+    assert f.read_text() == "not a directory"

@@ -160,3 +160,16 @@ def test_pretrained_sae_offline_says_what_to_do(monkeypatch, tmp_path):
             "pretrained SAE gemma-scope-2b-pt-res-canonical/layer_6/width_16k/canonical is not in the local cache and "
             "HF_HUB_OFFLINE is set; train one with 'geomsteer sae train' or load a local SAELens directory")):
         saes.load_pretrained("gemma-scope-2b-pt-res-canonical", "layer_6/width_16k/canonical")
+
+
+def test_quiet_training_leaves_no_global_state_behind():
+    import os
+
+    from sae_lens.training import sae_trainer
+    from tqdm.auto import tqdm
+
+    env = dict(os.environ)
+    X, _ = planted_dictionary(n=3000)
+    saes.train_sae(X, d_sae=16, k=2, total_tokens=3000, batch_size=500, progress=False)
+    assert dict(os.environ) == env
+    assert sae_trainer.tqdm is tqdm
