@@ -28,7 +28,7 @@ from . import _atomic
 from ._progress import counter, say
 from .errors import ConfigError, DataError
 
-__all__ = ["check_hooks", "tokenize", "iter_activations", "extract_to_store", "ActivationStore"]
+__all__ = ["check_hooks", "tokenize", "iter_activations", "unit_activations", "text_words", "word_activations_in_text", "extract_to_store", "ActivationStore"]
 
 STORE_FORMAT = "geomsteer.activations/2"
 MANIFEST = "manifest.json"
@@ -64,9 +64,14 @@ def check_hooks(model: Any, hooks: Sequence[str]) -> list[str]:
 
 
 def _bos(model: Any) -> list[int]:
+    """The token every context starts with: the tokenizer's BOS whenever it has one.
+
+    Also for models that do not prepend it by default (Qwen2.5's tokenizer names
+    ``<|endoftext|>`` as BOS): without it a context's first real token becomes the attention sink,
+    whose residual has a huge norm whatever the token, and it would enter the activations.
+    """
     tok = model.tokenizer
-    prepend = bool(getattr(model.cfg, "default_prepend_bos", True)) and tok.bos_token_id is not None
-    return [tok.bos_token_id] if prepend else []
+    return [tok.bos_token_id] if tok.bos_token_id is not None else []
 
 
 def tokenize(model: Any, texts: Sequence[str], context_length: int) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -117,14 +122,19 @@ def _forward(model: Any, ids: np.ndarray, mask: np.ndarray, hooks: Sequence[str]
     last = max(hooks, key=_layer_of)
     captured: dict[str, Any] = {}
 
-    def save(act, hook):
-        captured[hook.name] = act.detach()
-        if len(captured) == len(hooks) and hook.name == last:
-            raise _StopForward
+    def saver(name: str):
+        # keyed by the name asked for: a TransformerBridge calls its hooks by their canonical names
+        # (blocks.N.hook_out for blocks.N.hook_resid_post)
+        def save(act, hook):
+            captured[name] = act.detach()
+            if len(captured) == len(hooks) and name == last:
+                raise _StopForward
+
+        return save
 
     tokens = torch.as_tensor(ids, device=getattr(model.cfg, "device", "cpu"))
     attn = torch.as_tensor(mask, device=tokens.device).long()
-    with torch.no_grad(), model.hooks(fwd_hooks=[(h, save) for h in hooks]):
+    with torch.no_grad(), model.hooks(fwd_hooks=[(h, saver(h)) for h in hooks]):
         try:
             model(tokens, attention_mask=attn, return_type=None)
         except _StopForward:
@@ -184,6 +194,142 @@ def iter_activations(model: Any, texts: Sequence[str], hooks: Sequence[str], bat
 
 
 # --------------------------------------------------------------------------------------------
+# One vector per unit (word or sentence), for comparing models with different tokenizers
+
+RULES = ("last", "mean")
+
+
+def unit_activations(model: Any, units: Sequence[str], hooks: Sequence[str], rule: str = "last",
+                     prefix: str = "", max_tokens: int = 3, batch_size: int = 64,
+                     progress: bool = True, description: str = "Reading units") -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """One vector per unit (a word, or a sentence) at each hook, whatever the tokenizer.
+
+    Each unit is read as ``BOS + prefix + " " + unit``; its representation at a hook is the
+    residual at the unit's last token (``rule="last"``) or the mean over its tokens
+    (``rule="mean"``). A unit that the tokenizer splits into more than ``max_tokens`` tokens, or
+    into none, or that contains the unknown token, is not represented (for words, a long split
+    means the model sees fragments rather than a word).
+
+    Returns ``({hook: (n_kept, d) float32}, kept (n,) bool, n_tokens (n,) int)``; rows follow the
+    order of the kept units.
+    """
+    hooks = check_hooks(model, hooks)
+    if rule not in RULES:
+        raise ConfigError(f"unknown position rule {rule!r}: expected one of {', '.join(RULES)}")
+    if max_tokens < 1:
+        raise ConfigError(f"max_tokens must be at least 1, got {max_tokens}")
+    tok = model.tokenizer
+    head = _bos(model) + (tok(prefix, add_special_tokens=False)["input_ids"] if prefix else [])
+    pieces = tok([" " + u for u in units], add_special_tokens=False)["input_ids"] if len(units) else []
+    unk = tok.unk_token_id
+    n_tok = np.array([len(p) for p in pieces], dtype=np.int64)
+    kept = (n_tok >= 1) & (n_tok <= max_tokens)
+    if unk is not None:
+        kept &= np.array([unk not in p for p in pieces], dtype=bool)
+    order = np.flatnonzero(kept)
+    order = order[np.argsort(n_tok[order], kind="stable")]  # similar lengths share a batch
+    row_of = np.empty(len(units), dtype=np.int64)
+    row_of[order] = np.arange(len(order))
+    d = int(model.cfg.d_model)
+    out = {h: np.empty((len(order), d), dtype=np.float32) for h in hooks}
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    start = len(head)
+    with counter(description, len(order), "units", enabled=progress) as advance:
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            lengths = n_tok[idx]
+            width = start + int(lengths.max())
+            ids = np.full((len(idx), width), pad, dtype=np.int64)
+            for r, i in enumerate(idx):
+                ids[r, : start + lengths[r]] = head + list(pieces[i])
+            mask = np.arange(width)[None, :] < (start + lengths)[:, None]
+            acts = _forward(model, ids, mask, hooks)
+            for h in hooks:
+                a = acts[h].float().cpu().numpy()
+                if rule == "last":
+                    v = a[np.arange(len(idx)), start + lengths - 1]
+                else:
+                    span = (np.arange(width)[None, :] >= start) & mask
+                    v = (a * span[:, :, None]).sum(1) / lengths[:, None]
+                out[h][b : b + len(idx)] = v
+            advance(len(idx))
+    # back to the order of the units
+    inv = row_of[np.flatnonzero(kept)]
+    return {h: X[inv] for h, X in out.items()}, kept, n_tok
+
+
+_WORD = None
+
+
+def text_words(text: str) -> list[tuple[int, int]]:
+    """Character spans of the words (runs of letters and digits) of ``text``."""
+    import re
+
+    global _WORD
+    if _WORD is None:
+        _WORD = re.compile(r"[^\W_]+")
+    return [m.span() for m in _WORD.finditer(text)]
+
+
+def word_activations_in_text(model: Any, texts: Sequence[str], hooks: Sequence[str], batch_size: int = 16,
+                             context_length: int = 128, progress: bool = True,
+                             description: str = "Reading words in context") -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The residual at the last token of every word of every text, so that two tokenizers align.
+
+    Words are the runs of letters and digits of each text (:func:`text_words`), numbered in order
+    over all texts. A word's representation is the token that holds its last character. Returns
+    ``({hook: (n_words, d) float32}, represented (n_words,) bool)``: a word is not represented
+    when its text was truncated before it (``context_length``) or when the token holding its end
+    also holds the next word's end (one token for two words). Rows of unrepresented words are 0.
+    """
+    hooks = check_hooks(model, hooks)
+    tok = model.tokenizer
+    head = _bos(model)
+    spans = [text_words(t) for t in texts]
+    n_words = sum(len(s) for s in spans)
+    first = np.concatenate([[0], np.cumsum([len(s) for s in spans])]).astype(np.int64)
+    d = int(model.cfg.d_model)
+    out = {h: np.zeros((n_words, d), dtype=np.float32) for h in hooks}
+    ok = np.zeros(n_words, dtype=bool)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    with counter(description, len(texts), "texts", enabled=progress) as advance:
+        for b in range(0, len(texts), batch_size):
+            chunk = list(texts[b : b + batch_size])
+            enc = tok(chunk, add_special_tokens=False, return_offsets_mapping=True)
+            rows, where = [], []  # where: (row, position, global word index)
+            for r, (ids, offs) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
+                ids = list(head) + list(ids)[: context_length - len(head)]
+                offs = np.asarray(offs[: len(ids) - len(head)], dtype=np.int64).reshape(-1, 2)
+                rows.append(ids)
+                ends = offs[:, 1]
+                starts = offs[:, 0]
+                prev = -1
+                for w, (_, e) in enumerate(spans[b + r]):
+                    # the token holding character e - 1
+                    t = int(np.searchsorted(ends, e, side="left"))
+                    if t >= len(offs) or not (starts[t] <= e - 1 < ends[t]):
+                        continue
+                    if t == prev:  # this token also ended the previous word: ambiguous for both
+                        where = [x for x in where if x[2] != first[b + r] + w - 1]
+                        continue
+                    prev = t
+                    where.append((r, len(head) + t, int(first[b + r] + w)))
+            width = max(len(x) for x in rows)
+            ids_arr = np.full((len(rows), width), pad, dtype=np.int64)
+            for r, x in enumerate(rows):
+                ids_arr[r, : len(x)] = x
+            mask = np.arange(width)[None, :] < np.array([len(x) for x in rows])[:, None]
+            acts = _forward(model, ids_arr, mask, hooks)
+            if where:
+                rr, pp, ww = (np.array(v) for v in zip(*where))
+                for h in hooks:
+                    out[h][ww] = acts[h].float().cpu().numpy()[rr, pp]
+                ok[ww] = True
+            advance(len(chunk))
+    return out, ok
+
+
+# --------------------------------------------------------------------------------------------
 # The store
 
 
@@ -198,7 +344,7 @@ def _config(model_name: str, model: Any, hooks: Sequence[str], context_length: i
         "dtype": dtype,
         "tokenizer": type(tok).__name__,
         "vocab_size": int(len(tok)),
-        "prepend_bos": bool(getattr(model.cfg, "default_prepend_bos", True)) and tok.bos_token_id is not None,
+        "prepend_bos": bool(_bos(model)),
         "keep_bos": keep_bos,
         "context_length": context_length,
         "corpus": corpus_name,

@@ -69,6 +69,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the model aliases and where each comes from")
 
+    sm = sub.add_parser(
+        "similarity",
+        help="cross-model similarity of word representations, layer x layer, with null baselines",
+        description=(
+            "Read the same WordNet nouns through two models (aligned at the word level, whatever the "
+            "tokenizers), then scan every layer pair with debiased linear CKA and mutual k-NN, each cell "
+            "beside a shuffled-pairing baseline and the same layers of the re-randomized model (every "
+            "weight tensor's entries shuffled). The best-aligned pairs get every metric (CKA, RBF CKA, "
+            "mutual k-NN, CKNNA, k-NN Jaccard, SVCCA, Procrustes, RSA) with permutation distributions, and "
+            "each WordNet group is compared on its own. With --sae, SAE features of the two models are "
+            "matched by activation correlation on shared text (greedy and Hungarian) and the paired "
+            "decoders compared with SVCCA and RSA beside random pairings. Writes result.json, report.md, "
+            "figures/ and a self-contained interactive report.html into --out."
+        ),
+    )
+    sm.add_argument("--models", nargs="+", required=True, metavar="MODEL",
+                    help="exactly two model aliases (see 'geomsteer models'), e.g. gemma-3-270m qwen2.5-0.5b")
+    sm.add_argument("--words", type=_positive_int, default=4000,
+                    help="how many WordNet nouns to sample, balanced over semantic groups (default: 4000)")
+    sm.add_argument("--rule", choices=["last", "mean"], default="last",
+                    help="a word's representation: its last token or the mean of its tokens (default: last)")
+    sm.add_argument("--prefix", default="", help="text read before each word (default: none, just BOS)")
+    sm.add_argument("--max-tokens", type=_positive_int, default=3,
+                    help="drop a word that a model splits into more tokens than this (default: 3)")
+    sm.add_argument("--layers", default="all",
+                    help="residual layers to scan in each model: all, every:K, or a list such as 0,6,12 (default: all)")
+    sm.add_argument("--k", type=_positive_int, default=10, help="neighbours for the k-NN metrics (default: 10)")
+    sm.add_argument("--permutations", type=_positive_int, default=20,
+                    help="shuffled pairings per detailed comparison (default: 20; scans use one per cell)")
+    sm.add_argument("--no-random-model", action="store_true",
+                    help="skip the re-randomized-model baseline (faster; not for reporting)")
+    sm.add_argument("--sae", nargs="+", default=None, metavar="DIR",
+                    help="one SAE directory per model, in the order of --models, to match features across models")
+    sm.add_argument("--texts", type=_positive_int, default=2000,
+                    help="held-out WordNet glosses read for SAE feature matching (default: 2000)")
+    sm.add_argument("--seed", type=int, default=0, help="seed for the word sample, shuffles and re-randomization")
+    sm.add_argument("--out", type=Path, required=True, help="output directory (must not exist unless --force)")
+    sm.add_argument("--force", action="store_true", help="replace --out if it exists")
+
     sae = sub.add_parser("sae", help="sparse autoencoders: train with SAELens on a model's activations")
     sae_sub = sae.add_subparsers(dest="sae_command", required=True, parser_class=_Parser)
     tr = sae_sub.add_parser(
@@ -190,7 +229,30 @@ def _cmd_sae(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"hierarchy": _cmd_hierarchy, "models": _cmd_models, "sae": _cmd_sae}
+def _cmd_similarity(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .pipelines import similarity_job
+
+    res = similarity_job(args.models, args.out, n_words=args.words, rule=args.rule, prefix=args.prefix,
+                         max_tokens=args.max_tokens, layers=args.layers, k=args.k, n_permutations=args.permutations,
+                         random_baseline=not args.no_random_model, sae_dirs=args.sae, feature_texts=args.texts,
+                         seed=args.seed, force=args.force, command=["geomsteer", *argv])
+    a, m = res["analyzer"], res["matcher"]
+    w = res["provenance"]["words"]
+    print(f"{w['used']:,} words aligned ({w['dropped_from_both']:,} dropped); best-aligned layer pairs by debiased CKA:")
+    for bp in a.best_pairs_:
+        c = bp["linear_cka_debiased"]
+        rnd = c.get("random_model")
+        print(f"  {bp['layer_a']} x {bp['layer_b']}: {c['score']:.3f} (shuffled {c['permutation']['mean']:.3f}"
+              + (f", re-randomized model {rnd:.3f}" if rnd is not None else "") + ")")
+    if m is not None:
+        h = m.matching_["hungarian"]
+        print(f"SAE features: Hungarian mean correlation {h['mean_correlation']:.3f} "
+              f"(samples shuffled {h['shuffled_samples_mean_correlation']:.3f})")
+    print(f"Report: {Path(args.out) / 'report.md'} and {Path(args.out) / 'report.html'}")
+    return 0
+
+
+COMMANDS = {"hierarchy": _cmd_hierarchy, "models": _cmd_models, "sae": _cmd_sae, "similarity": _cmd_similarity}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,6 +30,11 @@ __all__ = [
     "cosine",
     "knn_jaccard",
     "feature_jaccard",
+    "linear_cka_matrix",
+    "knn_indices",
+    "mutual_knn_matrix",
+    "feature_correlation",
+    "match_features",
 ]
 
 
@@ -457,3 +462,165 @@ def feature_jaccard(A, B, threshold: float = 0.0) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         J = np.where(union > 0, inter / np.where(union > 0, union, 1), np.nan)
     return J[0, 0] if a1 and b1 else J
+
+
+# --------------------------------------------------------------------------------------------
+# Many pairs at once: layer x layer scans
+
+
+@dataclass(frozen=True)
+class _Centred:
+    """A representation prepared for many CKA pairs: centred rows, squared row norms, self-HSIC."""
+
+    Xc: np.ndarray
+    r: np.ndarray
+    h_biased: float
+    h_debiased: float
+
+
+def _prepare(X, name: str) -> _Centred:
+    A = _as_matrix(X, name).astype(np.float64)
+    Xc = A - A.mean(0)
+    r = np.einsum("ij,ij->i", Xc, Xc)
+    g = Xc.T @ Xc
+    hb = float(np.sum(g * g))
+    return _Centred(Xc, r, hb, _unbiased_hsic(hb, float(r @ r), float(r.sum()), float(r.sum()), len(A)))
+
+
+def linear_cka_matrix(As, Bs, debiased: bool = False, permutation=None) -> np.ndarray:
+    """Linear CKA of every pair (As[i], Bs[j]): entry (i, j) equals ``linear_cka(As[i], Bs[j], debiased)``.
+
+    ``As`` and ``Bs`` are sequences of (n, d) arrays over the same n samples (the layers of two
+    models). Each representation is centred once, so a scan costs one d_i x d_j cross-product
+    per pair. ``permutation`` (an index array of length n) re-pairs the samples of every B
+    (row p[k] of B goes with row k of A): the shuffled-pairing null, for which CKA measures
+    only what survives without correspondence (debiased: about 0).
+    """
+    As, Bs = list(As), list(Bs)
+    if not As or not Bs:
+        raise DataError("linear_cka_matrix needs at least one representation on each side")
+    n = len(np.asarray(As[0]))
+    for M in As + Bs:
+        if len(np.asarray(M)) != n:
+            raise DataError(f"every representation must have the same number of rows (one per sample), got {n} and "
+                            f"{len(np.asarray(M))}; align the samples first")
+    min_n = 4 if debiased else 2
+    if n < min_n:
+        raise DataError(f"{'debiased ' if debiased else ''}linear CKA needs at least {min_n} samples, got {n}")
+    pa = [_prepare(M, f"As[{i}]") for i, M in enumerate(As)]
+    pb = [_prepare(M, f"Bs[{j}]") for j, M in enumerate(Bs)]
+    if permutation is not None:
+        perm = np.asarray(permutation)
+        if sorted(perm.tolist()) != list(range(n)):
+            raise DataError(f"permutation must be a rearrangement of 0..{n - 1}")
+        pb = [_Centred(p.Xc[perm], p.r[perm], p.h_biased, p.h_debiased) for p in pb]
+    out = np.empty((len(pa), len(pb)))
+    for i, a in enumerate(pa):
+        for j, b in enumerate(pb):
+            c = a.Xc.T @ b.Xc
+            h = float(np.sum(c * c))
+            if debiased:
+                h = _unbiased_hsic(h, float(a.r @ b.r), float(a.r.sum()), float(b.r.sum()), n)
+                denom = a.h_debiased * b.h_debiased
+            else:
+                denom = a.h_biased * b.h_biased
+            if denom <= 0:
+                raise DataError(f"linear CKA is undefined for pair ({i}, {j}): a representation has no variance")
+            out[i, j] = h / np.sqrt(denom)
+    return out
+
+
+def knn_indices(X, k: int = 10) -> np.ndarray:
+    """Indices (n, k) of each sample's k nearest neighbours by cosine similarity, self excluded."""
+    A = _as_matrix(X, "X")
+    _check_k(k, len(A), "k-NN")
+    return _knn(A, k)
+
+
+def _overlap(na: np.ndarray, nb: np.ndarray) -> np.ndarray:
+    return (na[:, :, None] == nb[:, None, :]).sum((1, 2))
+
+
+def mutual_knn_matrix(neighbours_a, neighbours_b, permutation=None) -> np.ndarray:
+    """Mutual k-NN alignment of every pair of precomputed neighbour sets (from :func:`knn_indices`).
+
+    Entry (i, j) equals ``mutual_knn(A_i, B_j, k)``. ``permutation`` re-pairs the samples of
+    every B as in :func:`linear_cka_matrix` (the shuffled-pairing null: about k / (n - 1)).
+    """
+    na_list, nb_list = [np.asarray(a) for a in neighbours_a], [np.asarray(b) for b in neighbours_b]
+    shapes = {a.shape for a in na_list + nb_list}
+    if len(shapes) != 1:
+        raise DataError(f"neighbour sets must all have the same shape (n, k), got {sorted(shapes)}")
+    if permutation is not None:
+        perm = np.asarray(permutation)
+        inv = np.empty_like(perm)
+        inv[perm] = np.arange(len(perm))
+        nb_list = [inv[b[perm]] for b in nb_list]
+    k = na_list[0].shape[1]
+    return np.array([[_overlap(a, b).mean() / k for b in nb_list] for a in na_list])
+
+
+# --------------------------------------------------------------------------------------------
+# SAE feature matching
+
+
+def feature_correlation(A, B, batch_size: int = 8192) -> np.ndarray:
+    """Pearson correlation (f1, f2) between the features of A (n, f1) and B (n, f2) over the samples.
+
+    Accumulated in float64 over row batches. A feature that is constant on these samples (dead)
+    has no correlation: its row or column is NaN.
+    """
+    P, Q = _as_matrix(A, "A"), _as_matrix(B, "B")
+    if len(P) != len(Q):
+        raise DataError(f"A and B must have the same number of rows (samples), got {len(P)} and {len(Q)}")
+    if len(P) < 2:
+        raise DataError(f"feature correlation needs at least 2 samples, got {len(P)}")
+    n = len(P)
+    sa, sb = np.zeros(P.shape[1]), np.zeros(Q.shape[1])
+    qa, qb = np.zeros(P.shape[1]), np.zeros(Q.shape[1])
+    ab = np.zeros((P.shape[1], Q.shape[1]))
+    for i in range(0, n, batch_size):
+        x, y = P[i : i + batch_size].astype(np.float64), Q[i : i + batch_size].astype(np.float64)
+        sa += x.sum(0)
+        sb += y.sum(0)
+        qa += np.einsum("ij,ij->j", x, x)
+        qb += np.einsum("ij,ij->j", y, y)
+        ab += x.T @ y
+    cov = ab / n - np.outer(sa / n, sb / n)
+    va, vb = qa / n - (sa / n) ** 2, qb / n - (sb / n) ** 2
+    tiny = 1e-12
+    sd_a = np.where(va > tiny * max(va.max(), tiny), np.sqrt(np.maximum(va, 0)), np.nan)
+    sd_b = np.where(vb > tiny * max(vb.max(), tiny), np.sqrt(np.maximum(vb, 0)), np.nan)
+    return np.clip(cov / np.outer(sd_a, sd_b), -1, 1)
+
+
+def match_features(C, method: str = "hungarian") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pair features by correlation C (f1, f2), NaN rows/columns (dead features) left out.
+
+    ``"greedy"``: every feature of A takes its most correlated feature of B (several may take
+    the same one). ``"hungarian"``: a one-to-one pairing that maximises the summed correlation
+    (scipy's linear_sum_assignment). Returns (index in A, index in B, correlation), sorted by
+    decreasing correlation.
+    """
+    M = np.asarray(C, dtype=np.float64)
+    if M.ndim != 2:
+        raise DataError(f"expected a 2-D correlation matrix, got shape {M.shape}")
+    rows = np.flatnonzero(~np.isnan(M).all(1))
+    cols = np.flatnonzero(~np.isnan(M).all(0))
+    if not len(rows) or not len(cols):
+        raise DataError("no live features to match: every feature of one SAE is constant on these samples; "
+                        "use more text or check the SAEs")
+    S = np.nan_to_num(M[np.ix_(rows, cols)], nan=-1.0)
+    if method == "greedy":
+        j = S.argmax(1)
+        ia, ib = rows, cols[j]
+    elif method == "hungarian":
+        from scipy.optimize import linear_sum_assignment
+
+        r, c = linear_sum_assignment(S, maximize=True)
+        ia, ib = rows[r], cols[c]
+    else:
+        raise DataError(f"unknown matching method {method!r}: expected 'greedy' or 'hungarian'")
+    corr = M[ia, ib]
+    order = np.argsort(-corr, kind="stable")
+    return ia[order], ib[order], corr[order]

@@ -463,3 +463,23 @@ def load_model(model: str | ResolvedModel, device: str = "cpu", dtype: str = "fl
             tl = TransformerBridge.boot_transformers(str(r.path), device=device, dtype=_torch_dtype(dtype), tokenizer=tok)
     tl.eval()
     return tl
+
+
+def rerandomize(model: Any, seed: int = 0) -> Any:
+    """Shuffle the entries of every weight tensor of ``model`` in place; returns the model.
+
+    The re-randomized-model baseline: the same architecture, tokenizer and per-tensor weight
+    distributions (so every layer keeps its scale: embeddings, norm gains and projections stay in
+    the numeric range the architecture expects), with every learned structure destroyed. Tied
+    tensors are shuffled once.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for _, p in model.named_parameters():  # named_parameters lists a shared tensor once
+            flat = p.data.reshape(-1)
+            perm = torch.randperm(flat.numel(), generator=gen)
+            p.data.copy_(flat[perm].reshape(p.shape))
+            del perm
+    return model

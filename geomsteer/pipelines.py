@@ -17,7 +17,7 @@ import numpy as np
 from ._progress import say, step
 from .errors import ConfigError
 
-__all__ = ["train_sae_job", "inspect_feature_job"]
+__all__ = ["train_sae_job", "inspect_feature_job", "similarity_job", "parse_layers"]
 
 
 def _sorted_in_windows(texts: Sequence[str], window: int) -> list[str]:
@@ -140,3 +140,174 @@ def inspect_feature_job(sae_dir: Path, feature: int, n_contexts: int = 10, out: 
     }
     path = reports.write_feature_card(out or sae_dir / "cards" / f"feature-{feature}.html", card)
     return {**card, "card": str(path)}
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-model similarity
+
+
+def _balanced_sample(word_group: dict[str, str], n: int, seed: int) -> list[str]:
+    """Up to ``n`` words, as many from each group as the smallest groups allow (seeded)."""
+    rng = np.random.default_rng(seed)
+    by: dict[str, list[str]] = {}
+    for w, g in sorted(word_group.items()):
+        by.setdefault(g, []).append(w)
+    sizes = sorted(len(v) for v in by.values())
+    cap, left, groups_left = 0, n, len(sizes)
+    for s in sizes:  # the largest cap such that sum(min(size, cap)) <= n
+        if s * groups_left <= left:
+            left -= s
+            groups_left -= 1
+            cap = s
+        else:
+            cap = left // groups_left
+            break
+    out: list[str] = []
+    for g in sorted(by):
+        ws = by[g]
+        take = min(len(ws), cap)
+        out += [ws[i] for i in sorted(rng.choice(len(ws), take, replace=False))]
+    return out
+
+
+def parse_layers(spec: str, n_layers: int, model_name: str) -> list[int]:
+    """``all``, ``every:K`` (0, K, 2K, ... and the last layer) or a comma list such as ``0,6,12``."""
+    spec = spec.strip()
+    if spec == "all":
+        return list(range(n_layers))
+    if spec.startswith("every:"):
+        try:
+            step_ = int(spec[6:])
+        except ValueError:
+            step_ = 0
+        if step_ < 1:
+            raise ConfigError(f"--layers {spec!r}: expected every:K with K a positive integer, e.g. every:2")
+        return sorted(set(range(0, n_layers, step_)) | {n_layers - 1})
+    try:
+        layers = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--layers {spec!r}: expected 'all', 'every:K' or layer numbers such as 0,6,12") from None
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if bad or not layers:
+        raise ConfigError(f"--layers {spec!r}: {model_name} has layers 0..{n_layers - 1}; got {bad or 'none'}")
+    return sorted(set(layers))
+
+
+def similarity_job(model_names: Sequence[str], out: Path, *, n_words: int = 4000, rule: str = "last",
+                   prefix: str = "", max_tokens: int = 3, layers: str = "all", k: int = 10,
+                   n_permutations: int = 20, random_baseline: bool = True, sae_dirs: Sequence[str] | None = None,
+                   feature_texts: int = 2000, seed: int = 0, force: bool = False,
+                   command: Sequence[str] | None = None) -> dict:
+    """Word-aligned layer x layer similarity of two models with baselines, and optional SAE matching."""
+    from . import activations, corpus, models, reports, saes
+    from .analyzers.similarity import FeatureMatcher, SimilarityAnalyzer
+    from .types import Activations
+    from .wordnet import DEFAULT_GROUPS, grouped_words
+
+    model_names = list(model_names or [])
+    if len(model_names) != 2:
+        raise ConfigError(f"a cross-model run needs exactly two models, got {len(model_names)} "
+                          f"({', '.join(model_names) or 'none'}); pass --models A B, e.g. --models gemma-3-270m "
+                          "qwen2.5-0.5b")
+    if rule not in activations.RULES:
+        raise ConfigError(f"unknown --rule {rule!r}: expected one of {', '.join(activations.RULES)}")
+    if n_words < 4 * k:
+        raise ConfigError(f"--words {n_words} is too few for k = {k} neighbours: ask for at least {4 * k}")
+    if sae_dirs is not None and len(sae_dirs) != 2:
+        raise ConfigError(f"--sae needs one SAE directory per model (2), got {len(sae_dirs)}")
+    reports.check_output_dir(out, force)
+    t0 = time.perf_counter()
+    resolved = [models.resolve(m) for m in model_names]
+    sae_info = []
+    if sae_dirs is not None:
+        for d in sae_dirs:
+            info_path = Path(d) / "geomsteer.json"
+            sae = saes.load_sae(d)
+            hook = json.loads(info_path.read_text())["hook"] if info_path.is_file() else sae.cfg.metadata.hook_name
+            sae_info.append((Path(d), sae, hook))
+    word_group = grouped_words(DEFAULT_GROUPS)
+    words = _balanced_sample(word_group, n_words, seed)
+    texts = []
+    if sae_info:
+        _, held_out = corpus.wordnet_glosses().split(0.1)
+        texts = held_out.shuffled(seed).texts[:feature_texts]
+
+    reps: dict[str, dict] = {}
+    feature_acts: list[np.ndarray] = []
+    feature_ok: list[np.ndarray] = []
+    layer_lists = []
+    for idx, (name, r) in enumerate(zip(model_names, resolved)):
+        model = models.load_model(r)
+        lay = parse_layers(layers, model.cfg.n_layers, name)
+        layer_lists.append(lay)
+        hooks = [f"blocks.{i}.hook_resid_post" for i in lay]
+        if sae_info:
+            sd, sae, hook = sae_info[idx]
+            if sae.cfg.d_in != model.cfg.d_model:
+                raise ConfigError(f"the SAE at {str(sd)!r} reads vectors of size {sae.cfg.d_in}, but {name} has "
+                                  f"d_model {model.cfg.d_model}; give the SAEs in the order of --models")
+            activations.check_hooks(model, [hook])
+        acts, kept, n_tok = activations.unit_activations(model, words, hooks, rule=rule, prefix=prefix,
+                                                         max_tokens=max_tokens, description=f"{name}: words")
+        reps[name] = {"hooks": hooks, "acts": acts, "kept": kept, "n_tokens": n_tok}
+        if sae_info:
+            _, sae, hook = sae_info[idx]
+            wa, ok = activations.word_activations_in_text(model, texts, [hook],
+                                                          description=f"{name}: words in {len(texts)} glosses")
+            feature_acts.append(wa[hook])
+            feature_ok.append(ok)
+        if random_baseline:
+            with step(f"Re-randomizing {name} (every weight tensor's entries shuffled, seed {seed})"):
+                models.rerandomize(model, seed)
+            racts, _, _ = activations.unit_activations(model, words, hooks, rule=rule, prefix=prefix,
+                                                       max_tokens=max_tokens,
+                                                       description=f"{name} (re-randomized): words")
+            reps[name]["random"] = racts
+        del model
+
+    kept_both = reps[model_names[0]]["kept"] & reps[model_names[1]]["kept"]
+    labels = [w for w, k_ in zip(words, kept_both) if k_]
+    if len(labels) < 4 * k:
+        raise ConfigError(f"only {len(labels)} words are represented by both models (of {len(words)}); raise "
+                          "--max-tokens or --words")
+
+    def side(name: str, key: str) -> list[Activations]:
+        rep = reps[name]
+        rows = kept_both[rep["kept"]]  # rows of this model's kept words that both models kept
+        return [Activations(rep[key][h][rows], labels, name if key == "acts" else f"{name} (re-randomized)", h,
+                            {"rule": rule, "prefix": prefix, "max_tokens": max_tokens}) for h in rep["hooks"]]
+
+    a, b = side(model_names[0], "acts"), side(model_names[1], "acts")
+    ra = side(model_names[0], "random") if random_baseline else None
+    rb = side(model_names[1], "random") if random_baseline else None
+    groups = [word_group[w] for w in labels]
+    with step("Layer x layer scans, best pairs and semantic groups"):
+        analyzer = SimilarityAnalyzer(k=k, n_permutations=n_permutations, seed=seed).fit(
+            a, b, random_a=ra, random_b=rb, groups=groups)
+    matcher = None
+    if sae_info:
+        ok = feature_ok[0] & feature_ok[1]
+        with step(f"Matching SAE features on {int(ok.sum()):,} words of shared text"):
+            codes = [saes.encode(sae, X[ok]) for (_, sae, _), X in zip(sae_info, feature_acts)]
+            dec = [sae.W_dec.detach().cpu().numpy() for _, sae, _ in sae_info]
+            matcher = FeatureMatcher(seed=seed).fit(
+                codes[0], codes[1], dec[0], dec[1],
+                provenance={"saes": [str(d) for d, _, _ in sae_info], "hooks": [h for _, _, h in sae_info],
+                            "texts": len(texts), "words_in_text": int(len(ok)), "words_aligned": int(ok.sum()),
+                            "words_dropped": int((~ok).sum()), "corpus": "WordNet glosses (held-out split)"})
+    dropped = {name: {"too_many_tokens_or_unknown": int((~reps[name]["kept"]).sum())} for name in model_names}
+    provenance = {
+        "command": list(command) if command else None,
+        "models": {name: r.provenance for name, r in zip(model_names, resolved)},
+        "layers": {name: reps[name]["hooks"] for name in model_names},
+        "words": {"asked": len(words), "used": len(labels), "dropped_from_both": len(words) - len(labels),
+                  "dropped_by_model": dropped, "rule": rule, "prefix": prefix, "max_tokens": max_tokens,
+                  "source": "WordNet nouns by first sense, balanced over groups", "groups": list(DEFAULT_GROUPS),
+                  "list": labels, "group_of_word": groups},
+        "seed": seed, "random_baseline": "every weight tensor's entries shuffled" if random_baseline else None,
+        "elapsed_seconds": round(time.perf_counter() - t0, 1),
+        "packages": reports.package_versions(),
+    }
+    with step(f"Writing the report to {out}"):
+        reports.write_similarity_report(analyzer, matcher, provenance, out, force=force)
+    return {"analyzer": analyzer, "matcher": matcher, "provenance": provenance}

@@ -21,14 +21,15 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from .errors import ConfigError, DataError
 from .types import ConceptHierarchy
 
-__all__ = ["WordNet", "load_wordnet", "data_dir", "detect_word_start", "word_forms", "build_hierarchy"]
+__all__ = ["WordNet", "load_wordnet", "data_dir", "detect_word_start", "word_forms", "build_hierarchy", "grouped_words",
+           "DEFAULT_GROUPS"]
 
 WORD_START_MARKERS = ("▁", "Ġ", " ")
 
@@ -317,3 +318,49 @@ def lemma_names(names: Iterable[str], wordnet: WordNet | None = None) -> dict[st
     """A short readable label (first lemma) for each synset name."""
     wn = wordnet or load_wordnet()
     return {n: wn.synsets[n].lemmas[0].replace("_", " ") if n in wn else n for n in names}
+
+
+# Semantic groups for similarity scans: first match wins, so a more specific category comes first.
+DEFAULT_GROUPS = (
+    "animal.n.01", "plant.n.02", "person.n.01", "body_part.n.01", "food.n.02", "artifact.n.01",
+    "location.n.01", "substance.n.01", "communication.n.02", "feeling.n.01", "act.n.02",
+    "time_period.n.01", "organization.n.01",
+)
+
+
+def _ancestors(wn: WordNet, name: str) -> set[str]:
+    seen: set[str] = set()
+    stack = [name]
+    while stack:
+        s = stack.pop()
+        if s in seen or s not in wn:
+            continue
+        seen.add(s)
+        syn = wn.synsets[s]
+        stack.extend(syn.hypernyms + syn.instance_hypernyms)
+    return seen
+
+
+def grouped_words(groups: Sequence[str] = DEFAULT_GROUPS, wordnet: WordNet | None = None) -> dict[str, str]:
+    """Plain nouns (lower-case letters, 3 or more) mapped to the first group their first sense falls under.
+
+    A word's first sense is the synset ``<word>.n.01`` (WordNet numbers senses by frequency);
+    words whose first sense is under none of ``groups`` are left out.
+    """
+    import re
+
+    wn = wordnet or load_wordnet()
+    for g in groups:
+        wn[g]  # unknown names raise with close matches
+    word = re.compile(r"[a-z]{3,}")
+    out: dict[str, str] = {}
+    for s in wn.all("n"):
+        w, _, sense = s.name.rpartition(".n.")
+        if sense != "01" or not word.fullmatch(w):
+            continue
+        anc = _ancestors(wn, s.name)
+        for g in groups:
+            if g in anc:
+                out[w] = g
+                break
+    return out

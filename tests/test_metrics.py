@@ -179,3 +179,76 @@ def test_error_messages():
         M.linear_cka(X, np.ones_like(Y))
     with pytest.raises(DataError, match=re.escape("expected X as a 2-D array (n samples, d features), got shape (120,)")):
         M.rsa(X[:, 0], Y)
+
+
+# --------------------------------------------------------------------------------------------
+# Scans and feature matching
+
+
+def _layers(seed=0, n=120):
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n, 12))
+    return rng, [base @ rng.normal(size=(12, d)) + 0.3 * rng.normal(size=(n, d)) for d in (10, 16, 7)]
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_cka_matrix_equals_pairwise_linear_cka(debiased):
+    rng, As = _layers()
+    Bs = [As[1] @ np.linalg.qr(rng.normal(size=(16, 16)))[0], rng.normal(size=(120, 5))]
+    got = M.linear_cka_matrix(As, Bs, debiased=debiased)
+    want = np.array([[M.linear_cka(a, b, debiased=debiased) for b in Bs] for a in As])
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert got[1, 0] == pytest.approx(1.0)  # a rotation of the same layer
+    perm = rng.permutation(120)
+    got = M.linear_cka_matrix(As, Bs, debiased=debiased, permutation=perm)
+    want = np.array([[M.linear_cka(a, b[perm], debiased=debiased) for b in Bs] for a in As])
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_mutual_knn_matrix_equals_pairwise_mutual_knn():
+    rng, As = _layers(1)
+    na = [M.knn_indices(a, 6) for a in As]
+    perm = rng.permutation(120)
+    for p in (None, perm):
+        got = M.mutual_knn_matrix(na, na, permutation=p)
+        want = np.array([[M.mutual_knn(a, b if p is None else b[p], 6) for b in As] for a in As])
+        np.testing.assert_allclose(got, want)
+    assert np.allclose(np.diag(M.mutual_knn_matrix(na, na)), 1.0)
+
+
+def test_scan_errors():
+    with pytest.raises(DataError, match="same number of rows"):
+        M.linear_cka_matrix([np.ones((5, 2))], [np.ones((6, 2))])
+    with pytest.raises(DataError, match="rearrangement of 0..4"):
+        M.linear_cka_matrix([np.eye(5)], [np.eye(5)], permutation=[0, 0, 1, 2, 3])
+    with pytest.raises(DataError, match="1 <= k < n"):
+        M.knn_indices(np.eye(5), 5)
+
+
+def test_feature_correlation_matches_corrcoef_and_marks_dead_features():
+    rng = np.random.default_rng(2)
+    A = np.maximum(rng.normal(size=(500, 6)), 0)
+    B = np.maximum(rng.normal(size=(500, 4)), 0)
+    A[:, 3] = 0.0  # dead
+    C = M.feature_correlation(A, B, batch_size=64)
+    live = [0, 1, 2, 4, 5]
+    want = np.corrcoef(A[:, live].T, B.T)[: len(live), len(live):]
+    np.testing.assert_allclose(C[live], want, atol=1e-10)
+    assert np.isnan(C[3]).all()
+
+
+def test_hungarian_matching_recovers_a_planted_pairing():
+    rng = np.random.default_rng(3)
+    A = np.maximum(rng.normal(size=(2000, 30)), 0)
+    perm = rng.permutation(30)
+    B = A[:, perm] * rng.uniform(0.5, 2, 30) + 0.05 * rng.normal(size=(2000, 30))
+    C = M.feature_correlation(A, B)
+    ia, ib, corr = M.match_features(C, "hungarian")
+    assert len(set(ib.tolist())) == 30 and (perm[ib] == ia).all()
+    assert corr.min() > 0.9 and np.all(np.diff(corr) <= 0)
+    ga, gb, _ = M.match_features(C, "greedy")
+    assert (gb == np.nanargmax(C[ga], axis=1)).all()
+    with pytest.raises(DataError, match="unknown matching method 'best'"):
+        M.match_features(C, "best")
+    with pytest.raises(DataError, match="no live features"):
+        M.match_features(np.full((3, 3), np.nan))

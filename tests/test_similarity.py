@@ -1,0 +1,245 @@
+"""Cross-model similarity: word alignment, scans with baselines, feature matching, the report and its errors."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model
+
+from geomsteer import activations as A
+from geomsteer import cli, models, pipelines
+from geomsteer.analyzers.similarity import FeatureMatcher, SimilarityAnalyzer
+from geomsteer.errors import ConfigError, DataError, NotFittedError
+from geomsteer.types import Activations
+
+
+@pytest.fixture(scope="module")
+def gemma_tiny():
+    return tiny_model("gemma-3-270m", n_layers=3, d_model=16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def qwen_tiny():
+    return tiny_model("qwen2.5-0.5b", n_layers=2, d_model=24, seed=1)
+
+
+WORDS = ["dog", "cat", "elephant", "photosynthesis", "tree", "antidisestablishmentarianism", "car", "hammer"]
+
+
+# --------------------------------------------------------------------------------------------
+# Word-level alignment
+
+
+@pytest.mark.parametrize("rule", ["last", "mean"])
+def test_unit_activations_match_a_plain_forward(gemma_tiny, rule):
+    m = gemma_tiny
+    hooks = ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
+    acts, kept, n_tok = A.unit_activations(m, WORDS, hooks, rule=rule, prefix="A word:", max_tokens=3,
+                                           batch_size=3, progress=False)
+    tok = m.tokenizer
+    head = [tok.bos_token_id] + tok("A word:", add_special_tokens=False)["input_ids"]
+    for i in np.flatnonzero(kept):
+        ids = tok(" " + WORDS[i], add_special_tokens=False)["input_ids"]
+        assert n_tok[i] == len(ids) <= 3
+        _, cache = m.run_with_cache(torch.tensor([head + ids]), names_filter=hooks)
+        row = int(np.flatnonzero(kept).tolist().index(i))
+        for h in hooks:
+            span = cache[h][0, len(head):].numpy()
+            want = span[-1] if rule == "last" else span.mean(0)
+            np.testing.assert_allclose(acts[h][row], want, rtol=1e-4, atol=1e-5)
+    assert not kept[WORDS.index("antidisestablishmentarianism")]  # split into more than 3 tokens
+    assert acts[hooks[0]].shape == (kept.sum(), 16)
+
+
+def test_unit_activations_errors(gemma_tiny):
+    with pytest.raises(ConfigError, match="unknown position rule 'first': expected one of last, mean"):
+        A.unit_activations(gemma_tiny, WORDS, ["blocks.0.hook_resid_post"], rule="first")
+
+
+def test_words_in_text_align_across_tokenizers(gemma_tiny, qwen_tiny):
+    texts = ["The elephant's trunk is long.", "Photosynthesis: plants make sugar from light!", "x"]
+    n_words = sum(len(A.text_words(t)) for t in texts)
+    assert A.text_words("The elephant's trunk") == [(0, 3), (4, 12), (13, 14), (15, 20)]
+    out = {}
+    for name, m in (("g", gemma_tiny), ("q", qwen_tiny)):
+        acts, ok = A.word_activations_in_text(m, texts, ["blocks.1.hook_resid_post"], batch_size=2, progress=False)
+        assert acts["blocks.1.hook_resid_post"].shape[0] == n_words
+        out[name] = (acts["blocks.1.hook_resid_post"], ok)
+        # the vector of "trunk" (word 3 of text 0) is the residual at the token holding its 'k'
+        tok = m.tokenizer
+        enc = tok(texts[0], add_special_tokens=False, return_offsets_mapping=True)
+        t = next(i for i, (s, e) in enumerate(enc["offset_mapping"]) if s <= 19 < e)
+        head = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        _, cache = m.run_with_cache(torch.tensor([head + enc["input_ids"]]), names_filter="blocks.1.hook_resid_post")
+        np.testing.assert_allclose(out[name][0][3], cache["blocks.1.hook_resid_post"][0, len(head) + t].numpy(),
+                                   rtol=1e-4, atol=1e-5)
+    assert out["g"][1].sum() >= n_words - 1 and out["q"][1].sum() >= n_words - 1
+
+
+def test_rerandomize_shuffles_each_tensor_reproducibly():
+    m1, m2 = tiny_model(n_layers=1, seed=0), tiny_model(n_layers=1, seed=0)
+    before = {k: v.clone() for k, v in m1.state_dict().items()}
+    models.rerandomize(m1, seed=3)
+    models.rerandomize(m2, seed=3)
+    for name, p in m1.named_parameters():
+        assert torch.equal(torch.sort(p.flatten()).values, torch.sort(before[name].flatten()).values)
+        assert torch.equal(p, dict(m2.named_parameters())[name])
+        if p.numel() > 10 and before[name].std() > 0:
+            assert not torch.equal(p, before[name])
+
+
+# --------------------------------------------------------------------------------------------
+# The analyzer
+
+
+def _acts(Xs, labels, model):
+    return [Activations(X, labels, model, f"blocks.{i}.hook_resid_post") for i, X in enumerate(Xs)]
+
+
+def _planted(n=300, seed=0):
+    """Model B's layer 2 is a rotation of model A's layer 1 plus a little noise; the rest is unrelated."""
+    rng = np.random.default_rng(seed)
+    a = [rng.normal(size=(n, 8)) * np.linspace(1, 4, 8) for _ in range(3)]
+    Q = np.linalg.qr(rng.normal(size=(8, 8)))[0]
+    b = [rng.normal(size=(n, 8)), rng.normal(size=(n, 8)), a[1] @ Q + 0.05 * rng.normal(size=(n, 8))]
+    labels = [f"w{i}" for i in range(n)]
+    groups = ["g1"] * (n // 2) + ["g2"] * (n - n // 2)
+    return _acts(a, labels, "A"), _acts(b, labels, "B"), _acts([rng.normal(size=(n, 8)) for _ in range(3)],
+                                                                labels, "B (random)"), groups
+
+
+def test_analyzer_finds_the_planted_layer_pair_above_its_baselines():
+    a, b, rb, groups = _planted()
+    an = SimilarityAnalyzer(k=5, n_permutations=10, top_pairs=2, min_group=100).fit(a, b, random_b=rb, groups=groups)
+    best = an.best_pairs_[0]
+    assert (best["layer_a"], best["layer_b"]) == ("blocks.1.hook_resid_post", "blocks.2.hook_resid_post")
+    c = best["linear_cka_debiased"]
+    assert c["score"] > 0.95 and abs(c["permutation"]["mean"]) < 0.05 and abs(c["random_model"]) < 0.1
+    assert c["permutation"]["p"] == pytest.approx(1 / 11)
+    assert best["procrustes"]["score"] < best["procrustes"]["permutation"]["mean"]
+    assert best["mutual_knn"]["score"] > 0.5 > best["mutual_knn"]["permutation"]["mean"]
+    scan = an.scans_["cross"]["linear_cka_debiased"]
+    assert scan["score"].shape == (3, 3) and np.argmax(scan["score"]) == 1 * 3 + 2
+    assert np.abs(scan["permutation"]).max() < 0.1
+    assert np.allclose(np.diag(an.scans_["within_a"]["linear_cka_debiased"]["score"]), 1.0)
+    assert [g["group"] for g in an.groups_] == ["g1", "g2"] and all(g["n"] == 150 for g in an.groups_)
+    assert all(g["linear_cka_debiased"]["score"] > 0.9 for g in an.groups_)
+    res = an.result()
+    assert res.tables["best_layer_per_layer_a"][1]["best_layer_b"] == "blocks.2.hook_resid_post"
+    json.dumps(res.to_dict())
+
+
+def test_analyzer_input_errors():
+    a, b, _, _ = _planted(n=40)
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        SimilarityAnalyzer().result()
+    other = _acts([x.X[::-1] for x in b], [f"w{i}" for i in range(39, -1, -1)], "B")
+    with pytest.raises(DataError, match="describes other samples than a"):
+        SimilarityAnalyzer(k=3).fit(a, other)
+    with pytest.raises(DataError, match="1 <= k < n"):
+        SimilarityAnalyzer(k=40).fit(a, b)
+    with pytest.raises(DataError, match="groups must give one label per sample"):
+        SimilarityAnalyzer(k=3).fit(a, b, groups=["x"])
+
+
+def test_feature_matcher_recovers_planted_features_and_beats_random_pairing():
+    rng = np.random.default_rng(5)
+    n, f, d1, d2 = 3000, 60, 20, 24
+    codes_a = np.maximum(rng.normal(size=(n, f)) - 1, 0)
+    perm = rng.permutation(f)
+    codes_b = codes_a[:, perm] * 1.5 + 0.01 * np.abs(rng.normal(size=(n, f)))
+    codes_b[:, 0] = 0.0  # one dead feature
+    dec_a = rng.normal(size=(f, d1))
+    dec_b = dec_a[perm] @ rng.normal(size=(d1, d2))  # the same directions, seen through another basis
+    fm = FeatureMatcher(threshold=0.5, n_random=10).fit(codes_a, codes_b, dec_a, dec_b)
+    h = fm.matching_["hungarian"]
+    assert fm.alive_ == (f, f - 1) and h["n_pairs"] == f - 1
+    assert h["mean_correlation"] > 0.95 > 0.2 > h["shuffled_samples_mean_correlation"]
+    top = fm.top_pairs_[0]
+    assert perm[top["feature_b"]] == top["feature_a"]
+    row = fm.decoder_similarity_[0]
+    assert row["svcca"]["score"] > 0.97 and row["svcca"]["score"] > row["svcca"]["random_pairing"]["mean"] + 0.1
+    assert row["rsa"]["score"] > row["rsa"]["random_pairing"]["mean"] + 0.3
+    with pytest.raises(DataError, match="decoders must have one row per feature"):
+        FeatureMatcher().fit(codes_a, codes_b, dec_a[:5], dec_b)
+
+
+# --------------------------------------------------------------------------------------------
+# The job, the report and the command line (tiny models standing in for the real ones)
+
+
+@pytest.fixture()
+def tiny_models(monkeypatch, gemma_tiny, qwen_tiny):
+    fresh = {"gemma-3-270m": lambda: tiny_model("gemma-3-270m", 3, 16, 0),
+             "qwen2.5-0.5b": lambda: tiny_model("qwen2.5-0.5b", 2, 24, 1)}
+    monkeypatch.setattr(models, "load_model", lambda r, **kw: fresh[r.name]())
+
+
+def test_parse_layers():
+    assert pipelines.parse_layers("all", 3, "m") == [0, 1, 2]
+    assert pipelines.parse_layers("every:4", 10, "m") == [0, 4, 8, 9]
+    assert pipelines.parse_layers("6, 0", 18, "m") == [0, 6]
+    with pytest.raises(ConfigError, match=re.escape("--layers '0,20': m has layers 0..17; got [20]")):
+        pipelines.parse_layers("0,20", 18, "m")
+    with pytest.raises(ConfigError, match="expected every:K with K a positive integer"):
+        pipelines.parse_layers("every:0", 18, "m")
+
+
+def test_balanced_sample_caps_large_groups():
+    wg = {f"a{i}": "A" for i in range(100)} | {f"b{i}": "B" for i in range(10)} | {f"c{i}": "C" for i in range(50)}
+    words = pipelines._balanced_sample(wg, 70, seed=0)
+    counts = {g: sum(wg[w] == g for w in words) for g in "ABC"}
+    assert counts == {"A": 30, "B": 10, "C": 30}
+    assert words == pipelines._balanced_sample(wg, 70, seed=0)
+
+
+def test_similarity_command_writes_a_complete_report(tiny_models, tmp_path, capsys):
+    out = tmp_path / "sim"
+    code = cli.main(["similarity", "--models", "gemma-3-270m", "qwen2.5-0.5b", "--words", "300",
+                     "--permutations", "3", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    stdout = capsys.readouterr().out
+    assert "words aligned" in stdout and "best-aligned layer pairs" in stdout
+    doc = json.loads((out / "result.json").read_text())
+    w = doc["provenance"]["words"]
+    assert w["used"] == len(w["list"]) == len(w["group_of_word"]) and w["used"] + w["dropped_from_both"] == w["asked"]
+    assert doc["provenance"]["layers"]["gemma-3-270m"] == [f"blocks.{i}.hook_resid_post" for i in range(3)]
+    assert len(doc["scans"]["cross"]["linear_cka_debiased"]["score"]) == 3
+    assert len(doc["scans"]["cross"]["linear_cka_debiased"]["random_model"][0]) == 2
+    assert "numpy" in doc["provenance"]["packages"] and doc["provenance"]["command"][0] == "geomsteer"
+    html = (out / "report.html").read_text()
+    assert "<title>" in html and "<svg" in html and not re.search(r"(src|href)=[\"']https?:", html)
+    assert re.search(r"<title>gemma-3-270m blocks\.0\.hook_resid_post × qwen2\.5-0\.5b blocks\.1\.hook_resid_post: "
+                     r"-?\d\.\d{4}</title>", html)
+    md = (out / "report.md").read_text()
+    for fig in ("cross_linear_cka_debiased.png", "cross_mutual_knn.png", "within_a_linear_cka_debiased.png"):
+        assert (out / "figures" / fig).stat().st_size > 1000 and f"figures/{fig}" in md
+    # nothing is overwritten without --force
+    assert cli.main(["similarity", "--models", "gemma-3-270m", "qwen2.5-0.5b", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "gemma-3-270m"],
+     "a cross-model run needs exactly two models, got 1 (gemma-3-270m); pass --models A B, e.g. --models "
+     "gemma-3-270m qwen2.5-0.5b"),
+    (["--models", "gemma-3-270m", "qwen2.5-0.5b", "--words", "20"],
+     "--words 20 is too few for k = 10 neighbours: ask for at least 40"),
+    (["--models", "gemma-3-270m", "qwen2.5-0.5b", "--sae", "x"],
+     "--sae needs one SAE directory per model (2), got 1"),
+    (["--models", "gemma-3-270m", "no-such-model"], "unknown model 'no-such-model'"),
+])
+def test_similarity_command_errors(argv, message, tmp_path, capsys):
+    assert cli.main(["similarity", *argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("geomsteer: error: " + message) and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_similarity_layers_outside_a_model(tiny_models, tmp_path, capsys):
+    assert cli.main(["similarity", "--models", "gemma-3-270m", "qwen2.5-0.5b", "--layers", "0,2",
+                     "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == ("geomsteer: error: --layers '0,2': qwen2.5-0.5b has layers 0..1; got [2]\n")
+    assert not (tmp_path / "o").exists()
