@@ -108,6 +108,64 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--out", type=Path, required=True, help="output directory (must not exist unless --force)")
     sm.add_argument("--force", action="store_true", help="replace --out if it exists")
 
+    def concept_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--model", required=True, help="model alias (see 'geomsteer models')")
+        sp.add_argument("--hook", required=True, help="TransformerLens hook name, e.g. blocks.6.hook_resid_post")
+        sp.add_argument("--sae", type=Path, required=True,
+                        help="SAE directory trained at --hook (as written by 'geomsteer sae train')")
+        sp.add_argument("--concepts", default="animal.n.01,plant.n.02,artifact.n.01",
+                        help="comma-separated WordNet synsets whose words are the samples "
+                             "(default: animal.n.01,plant.n.02,artifact.n.01)")
+        sp.add_argument("--words", type=_positive_int, default=3000,
+                        help="at most this many words, shared equally among the concepts (default: 3000)")
+        sp.add_argument("--rule", choices=["last", "mean"], default="last",
+                        help="a word's activation: its last token or the mean of its tokens (default: last)")
+        sp.add_argument("--prefix", default="", help="text read before each word (default: none, just BOS)")
+        sp.add_argument("--seed", type=int, default=0, help="seed for the word sample and the random parts (default: 0)")
+        sp.add_argument("--out", type=Path, required=True, help="output directory (must not exist unless --force)")
+        sp.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+    mp = sub.add_parser(
+        "mapper",
+        help="Mapper complex of concept words with the SAE feature space as the filter (kmapper + gudhi)",
+        description=(
+            "Read the words under WordNet concepts at --hook, encode them with the SAE, and build a Mapper "
+            "complex: the lens is a PCA or UMAP of the SAE codes (or chosen features), the cover's cubes are "
+            "clustered in activation space with DBSCAN at a radius scaled to the data. kmapper gives the graph, "
+            "drawn as a self-contained interactive mapper.html (nodes labelled and coloured by category, "
+            "tooltips with top SAE features); gudhi gives the nerve's Betti numbers and persistence diagram. "
+            "A bootstrap scores the graph's stability. Writes result.json, report.md, figures/ and mapper.html."
+        ),
+    )
+    concept_args(mp)
+    mp.add_argument("--lens", default="pca",
+                    help="pca, umap, or features:I,J (chosen SAE features) (default: pca)")
+    mp.add_argument("--components", type=_positive_int, default=2, help="lens dimensions for pca/umap (default: 2)")
+    mp.add_argument("--cubes", type=_positive_int, default=10, help="cubes per lens dimension (default: 10)")
+    mp.add_argument("--overlap", type=float, default=0.3, help="overlap of neighbouring cubes, 0..1 (default: 0.3)")
+    mp.add_argument("--min-samples", type=_positive_int, default=3, help="DBSCAN min_samples (default: 3)")
+    mp.add_argument("--eps-scale", type=float, default=1.5,
+                    help="DBSCAN radius in units of the median distance to the 10th neighbour (default: 1.5)")
+    mp.add_argument("--bootstrap", type=int, default=5, help="refits on 80%% subsamples for stability (default: 5)")
+
+    cl = sub.add_parser(
+        "cluster",
+        help="k-means of concept words (activations or SAE codes) or of SAE features, scored against WordNet",
+        description=(
+            "Cluster the words under WordNet concepts (their activations at --hook or their SAE codes), or the "
+            "decoder directions of the SAE features that fire on them (--space features; a feature's category "
+            "is the concept it fires on most). Scores purity, NMI and adjusted Rand against the categories "
+            "beside shuffled categories, and labels each cluster by its categories, its rows nearest the "
+            "centroid and the tokens its centroid promotes (logit lens). Writes result.json, report.md, figures/."
+        ),
+    )
+    concept_args(cl)
+    cl.add_argument("--space", choices=["activations", "codes", "features"], default="codes",
+                    help="what to cluster (default: codes)")
+    cl.add_argument("--clusters", type=_positive_int, default=8, help="k-means clusters (default: 8)")
+    cl.add_argument("--min-fires", type=_positive_int, default=5,
+                    help="with --space features: keep features firing on at least this many words (default: 5)")
+
     sae = sub.add_parser("sae", help="sparse autoencoders: train with SAELens on a model's activations")
     sae_sub = sae.add_subparsers(dest="sae_command", required=True, parser_class=_Parser)
     tr = sae_sub.add_parser(
@@ -252,7 +310,59 @@ def _cmd_similarity(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"hierarchy": _cmd_hierarchy, "models": _cmd_models, "sae": _cmd_sae, "similarity": _cmd_similarity}
+def _concepts(text: str) -> list[str]:
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        raise ConfigError(f"--concepts {text!r}: expected comma-separated WordNet synsets such as animal.n.01,plant.n.02")
+    return names
+
+
+def _lens(text: str) -> tuple[str, list[int] | None]:
+    if text in ("pca", "umap"):
+        return text, None
+    if text.startswith("features:"):
+        try:
+            return "features", [int(x) for x in text[9:].split(",") if x.strip()]
+        except ValueError:
+            pass
+    raise ConfigError(f"--lens {text!r}: expected pca, umap, or features:I,J with SAE feature indices, e.g. features:12,40")
+
+
+def _cmd_mapper(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .pipelines import mapper_job
+
+    lens, features = _lens(args.lens)
+    res = mapper_job(args.model, args.hook, args.sae, _concepts(args.concepts), args.out, max_words=args.words,
+                     lens=lens, features=features, n_components=args.components, n_cubes=args.cubes,
+                     overlap=args.overlap, min_samples=args.min_samples, eps_scale=args.eps_scale,
+                     n_bootstrap=args.bootstrap, prefix=args.prefix, rule=args.rule, seed=args.seed, force=args.force,
+                     command=["geomsteer", *argv])
+    m = res["analyzer"].result().metrics
+    kg, st = m["kmapper_graph"], m["stability"]
+    print(f"Mapper graph: {kg['nodes']} nodes, {kg['edges']} edges, {kg['components']} component(s); nerve Betti "
+          f"numbers {m['gudhi_nerve']['betti'][:3]}"
+          + (f"; bootstrap: same Betti numbers in {st['same_graph_betti']:.0%}, node Jaccard {st['node_jaccard_mean']:.2f}"
+             if st.get("n") else ""))
+    print(f"Report: {Path(args.out) / 'report.md'}; interactive graph: {Path(args.out) / 'mapper.html'}")
+    return 0
+
+
+def _cmd_cluster(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .pipelines import cluster_job
+
+    res = cluster_job(args.model, args.hook, args.sae, _concepts(args.concepts), args.out, space=args.space,
+                      n_clusters=args.clusters, max_words=args.words, min_fires=args.min_fires, prefix=args.prefix,
+                      rule=args.rule, seed=args.seed, force=args.force, command=["geomsteer", *argv])
+    s = res["analyzer"].scores_
+    print(f"{res['provenance']['rows']}: purity {s['purity']['observed']:.3f} (shuffled {s['purity']['shuffled_mean']:.3f}), "
+          f"NMI {s['nmi']['observed']:.3f} (shuffled {s['nmi']['shuffled_mean']:.3f}), adjusted Rand "
+          f"{s['adjusted_rand']['observed']:.3f} (shuffled {s['adjusted_rand']['shuffled_mean']:.3f})")
+    print(f"Report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+COMMANDS = {"hierarchy": _cmd_hierarchy, "models": _cmd_models, "sae": _cmd_sae, "similarity": _cmd_similarity,
+            "mapper": _cmd_mapper, "cluster": _cmd_cluster}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,7 +29,7 @@ from .errors import ConfigError, DataError
 from .types import ConceptHierarchy
 
 __all__ = ["WordNet", "load_wordnet", "data_dir", "detect_word_start", "word_forms", "build_hierarchy", "grouped_words",
-           "DEFAULT_GROUPS"]
+           "DEFAULT_GROUPS", "concept_words"]
 
 WORD_START_MARKERS = ("▁", "Ġ", " ")
 
@@ -364,3 +364,38 @@ def grouped_words(groups: Sequence[str] = DEFAULT_GROUPS, wordnet: WordNet | Non
                 out[w] = g
                 break
     return out
+
+
+def concept_words(concepts: Sequence[str], wordnet: WordNet | None = None) -> tuple[list[str], list[str], dict]:
+    """The plain words (lower-case letters, 3 or more) under each concept, and the concept of each.
+
+    A concept's words are the lemmas of the synset and all its hyponyms. A word found under two
+    concepts is ambiguous and left out (counted). Returns (words, concept of each word, counts).
+    """
+    import re
+
+    wn = wordnet or load_wordnet()
+    concepts = list(dict.fromkeys(concepts))
+    if not concepts:
+        raise DataError("no concepts given: expected WordNet synset names such as animal.n.01,plant.n.02")
+    word = re.compile(r"[a-z]{3,}")
+    found: dict[str, set[str]] = {}
+    for c in concepts:
+        wn[c]  # unknown names raise with close matches
+        seen, stack, words = set(), [c], set()
+        while stack:
+            s = stack.pop()
+            if s in seen:
+                continue
+            seen.add(s)
+            words.update(lem for lem in wn.synsets[s].lemmas if word.fullmatch(lem))
+            stack.extend(wn.hyponyms(s))
+        found[c] = words
+    owner: dict[str, list[str]] = {}
+    for c, ws in found.items():
+        for w in ws:
+            owner.setdefault(w, []).append(c)
+    words = sorted(w for w, cs in owner.items() if len(cs) == 1)
+    counts = {"per_concept": {c: sum(owner[w] == [c] for w in found[c]) for c in concepts},
+              "ambiguous_dropped": sum(len(cs) > 1 for cs in owner.values())}
+    return words, [owner[w][0] for w in words], counts

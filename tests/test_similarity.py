@@ -243,3 +243,55 @@ def test_similarity_layers_outside_a_model(tiny_models, tmp_path, capsys):
                      "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err == ("geomsteer: error: --layers '0,2': qwen2.5-0.5b has layers 0..1; got [2]\n")
     assert not (tmp_path / "o").exists()
+
+
+def _tiny_sae(path, d_in, hook, seed):
+    from geomsteer import saes
+
+    X = np.random.default_rng(seed).normal(size=(2048, d_in)).astype(np.float32)
+    sae = saes.train_sae(X, d_sae=32, k=4, batch_size=512, hook_name=hook, progress=False, seed=seed)
+    saes.save_sae(sae, path, extra={"hook": hook, "model": "tiny"})
+    return path
+
+
+def test_similarity_with_sae_feature_matching(tiny_models, tmp_path, capsys):
+    sa = _tiny_sae(tmp_path / "sa", 16, "blocks.1.hook_resid_post", 0)
+    sb = _tiny_sae(tmp_path / "sb", 24, "blocks.0.hook_resid_post", 1)
+    out = tmp_path / "sim"
+    code = cli.main(["similarity", "--models", "gemma-3-270m", "qwen2.5-0.5b", "--words", "120", "--layers", "0,1",
+                     "--permutations", "2", "--no-random-model", "--sae", str(sa), str(sb), "--texts", "40",
+                     "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert "SAE features: Hungarian mean correlation" in capsys.readouterr().out
+    fm = json.loads((out / "result.json").read_text())["feature_matching"]
+    p = fm["provenance"]
+    assert p["hooks"] == ["blocks.1.hook_resid_post", "blocks.0.hook_resid_post"] and p["texts"] == 40
+    assert p["words_aligned"] + p["words_dropped"] == p["words_in_text"] and p["words_aligned"] > 200
+    assert fm["hungarian"]["n_pairs"] == min(fm["live_features"]) and fm["hungarian"]["distinct_b"] == fm["hungarian"]["n_pairs"]
+    assert {r["pairs"] for r in fm["decoder_similarity"]} == {"all one-to-one pairs", "pairs with correlation >= 0.5"}
+    assert "SAE feature matching" in (out / "report.md").read_text()
+    assert (out / "figures" / "feature_matching.png").is_file()
+    # SAEs given in the wrong order do not fit the models
+    assert cli.main(["similarity", "--models", "gemma-3-270m", "qwen2.5-0.5b", "--words", "120", "--layers", "0,1",
+                     "--sae", str(sb), str(sa), "--out", str(tmp_path / "o2")]) == 2
+    assert capsys.readouterr().err == (f"geomsteer: error: the SAE at {str(sb)!r} reads vectors of size 24, but "
+                                       "gemma-3-270m has d_model 16; give the SAEs in the order of --models\n")
+    assert cli.main(["similarity", "--models", "gemma-3-270m", "qwen2.5-0.5b", "--sae", str(tmp_path), str(sb),
+                     "--out", str(tmp_path / "o3")]) == 2
+    assert "is not an SAE directory: expected SAELens's cfg.json in it" in capsys.readouterr().err
+
+
+@pytest.mark.real_model
+def test_real_cross_model_report_gemma_vs_qwen(tmp_path, capsys):
+    out = tmp_path / "sim"
+    code = cli.main(["similarity", "--models", "gemma-3-270m", "qwen2.5-0.5b", "--words", "400",
+                     "--layers", "every:6", "--permutations", "3", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["provenance"]["layers"]["qwen2.5-0.5b"] == [f"blocks.{i}.hook_resid_post" for i in (0, 6, 12, 18, 23)]
+    best = doc["best_pairs"][0]
+    cka = best["linear_cka_debiased"]
+    # two trained models share word structure far beyond a shuffled pairing
+    assert cka["score"] > 0.2 and abs(cka["permutation"]["mean"]) < 0.05
+    assert best["mutual_knn"]["score"] > 2 * best["mutual_knn"]["permutation"]["mean"]
+    assert all(v is not None for v in np.ravel(doc["scans"]["cross"]["linear_cka_debiased"]["random_model"]))
