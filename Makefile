@@ -41,6 +41,7 @@ benchmark: $(VENV)/.installed-test
 	$(PY) benchmarks/bench_hierarchy.py --e2e
 	$(PY) benchmarks/bench_activations.py
 	$(PY) benchmarks/bench_similarity.py
+	$(PY) benchmarks/bench_mapper.py
 
 clean-venv:
 	rm -rf $(VENV)

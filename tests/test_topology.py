@@ -86,9 +86,18 @@ def test_bootstrap_stability_and_result():
 def test_features_lens_reads_the_chosen_columns():
     X = circle(seed=6)
     codes = np.c_[np.zeros(len(X)), X[:, 0], np.ones(len(X))]
-    m = MapperAnalyzer(lens="features", features=[1], n_bootstrap=0).fit(X, codes)
+    m = MapperAnalyzer(lens="features", features=[1], n_bootstrap=0, lens_clip=0).fit(X, codes)
     np.testing.assert_array_equal(m.lens_[:, 0], X[:, 0])
     assert m.betti_[:2] == [1, 1]
+
+
+def test_a_few_extreme_samples_do_not_collapse_the_cover():
+    X = circle(seed=7)
+    X[:5] *= 200  # five samples far out, like tokens with huge residual norms
+    m = MapperAnalyzer(n_components=1, n_bootstrap=0).fit(X, X)
+    assert m.betti_[:2] == [1, 1] and len(m.graph_["nodes"]) >= 15
+    bare = MapperAnalyzer(n_components=1, n_bootstrap=0, lens_clip=0).fit(X, X)  # without clipping
+    assert len(bare.graph_["nodes"]) <= 3 and bare.betti_[1] == 0
 
 
 def test_mapper_errors():

@@ -74,12 +74,14 @@ class MapperAnalyzer:
     dimension and their fractional ``overlap``, DBSCAN's ``min_samples`` and ``eps_scale`` (the
     radius in units of the median distance of a sample to its ``eps_k``-th nearest neighbour), ``n_bootstrap``
     subsamples of ``bootstrap_fraction`` for the stability score, ``max_dim`` the highest
-    simplex dimension of the nerve, ``seed``.
+    simplex dimension of the nerve, ``lens_clip`` the quantile at which each lens coordinate is
+    clipped on both sides (so that a few outliers do not stretch the cover), ``seed``.
     """
 
     def __init__(self, lens: str = "pca", n_components: int = 2, features: Sequence[int] | None = None,
                  n_cubes: int = 10, overlap: float = 0.3, min_samples: int = 3, eps_scale: float = 1.5, eps_k: int = 10,
-                 n_bootstrap: int = 5, bootstrap_fraction: float = 0.8, max_dim: int = 3, seed: int = 0):
+                 n_bootstrap: int = 5, bootstrap_fraction: float = 0.8, max_dim: int = 3, lens_clip: float = 0.01,
+                 seed: int = 0):
         self.lens = lens
         self.n_components = n_components
         self.features = features
@@ -91,11 +93,13 @@ class MapperAnalyzer:
         self.n_bootstrap = n_bootstrap
         self.bootstrap_fraction = bootstrap_fraction
         self.max_dim = max_dim
+        self.lens_clip = lens_clip
         self.seed = seed
 
     def get_params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("lens", "n_components", "features", "n_cubes", "overlap", "min_samples",
-                                               "eps_scale", "eps_k", "n_bootstrap", "bootstrap_fraction", "max_dim", "seed")}
+                                               "eps_scale", "eps_k", "n_bootstrap", "bootstrap_fraction", "max_dim", "lens_clip",
+                                               "seed")}
 
     # ----------------------------------------------------------------------------------------
 
@@ -139,6 +143,15 @@ class MapperAnalyzer:
 
         return umap.UMAP(n_components=self.n_components, random_state=self.seed, n_jobs=1).fit_transform(C).astype(np.float64)
 
+    def _clip(self, lens: np.ndarray) -> np.ndarray:
+        """Clip each lens coordinate to its [lens_clip, 1 - lens_clip] quantiles: the cover spans the
+        lens's range, and a few extreme samples (tokens with huge residual norms) would otherwise
+        stretch it until nearly every sample falls in one cube."""
+        if not self.lens_clip:
+            return lens
+        lo, hi = np.quantile(lens, [self.lens_clip, 1 - self.lens_clip], axis=0)
+        return np.clip(lens, lo, hi)
+
     def _graph(self, X: np.ndarray, lens: np.ndarray, seed: int) -> tuple[dict, float]:
         import kmapper
         from sklearn.cluster import DBSCAN
@@ -168,7 +181,7 @@ class MapperAnalyzer:
             raise DataError(f"labels and names must give one entry per sample ({n})")
         t = {}
         t0 = time.perf_counter()
-        self.lens_ = self._lens(codes)
+        self.lens_ = self._clip(self._lens(codes))
         t["lens"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.graph_, self.eps_ = self._graph(X, self.lens_, self.seed)
