@@ -57,15 +57,17 @@ def gemma_unembedding():
     return models.load_unembedding("gemma-3-270m")
 
 
-def tiny_model(tokenizer="gemma-3-270m", n_layers=2, d_model=16, seed=0):
-    """A HookedTransformer with random weights and a real model's tokenizer (no download)."""
+def tiny_model(tokenizer="gemma-3-270m", n_layers=2, d_model=16, seed=0, prepend_bos=None):
+    """A HookedTransformer with random weights and a real model's tokenizer (no download).
+
+    ``prepend_bos`` defaults to what the real model does: Gemma prepends its BOS, Qwen2.5 none."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     from geomsteer import models
 
     tok = models.load_tokenizer(tokenizer)
     cfg = HookedTransformerConfig(n_layers=n_layers, d_model=d_model, d_head=4, n_heads=d_model // 4, n_ctx=64,
-                                  d_vocab=len(tok), act_fn="relu", default_prepend_bos=tok.bos_token_id is not None,
+                                  d_vocab=len(tok), act_fn="relu", default_prepend_bos=(tokenizer != "qwen2.5-0.5b") if prepend_bos is None else prepend_bos,
                                   seed=seed)
     m = HookedTransformer(cfg)
     m.set_tokenizer(tok, default_padding_side="right")

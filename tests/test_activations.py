@@ -78,9 +78,9 @@ def test_store_round_trip_and_manifest(tiny, tmp_path):
     store = A.extract_to_store(tiny, TEXTS, hooks, tmp_path / "s", model_name="tiny", batch_size=2,
                                shard_tokens=20, progress=False)
     m = store.manifest
-    assert m["complete"] and len(m["shards"]) >= 2 and m["model"] == "tiny" and m["prepend_bos"] is True
+    assert m["complete"] and len(m["shards"]) >= 2 and m["model"] == "tiny" and m["context_start"] == [tiny.tokenizer.bos_token_id]
     assert m["keep_bos"] is False and m["context_length"] == 128 and m["n_documents"] == len(TEXTS)
-    assert m["seed"] is None and m["packed"] is False and m["format"] == "geomsteer.activations/2"
+    assert m["seed"] is None and m["packed"] is False and m["format"] == "geomsteer.activations/3"
     expected = np.concatenate([b[hooks[0]] for b in A.iter_activations(tiny, TEXTS, hooks, batch_size=2)])
     np.testing.assert_allclose(store.load(hooks[0]), expected, rtol=1e-5, atol=1e-6)
     assert store.n_tokens == len(expected)

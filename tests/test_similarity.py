@@ -39,7 +39,7 @@ def test_unit_activations_match_a_plain_forward(gemma_tiny, rule):
     acts, kept, n_tok = A.unit_activations(m, WORDS, hooks, rule=rule, prefix="A word:", max_tokens=3,
                                            batch_size=3, progress=False)
     tok = m.tokenizer
-    head = [tok.bos_token_id] + tok("A word:", add_special_tokens=False)["input_ids"]
+    head = A._bos(m) + tok("A word:", add_special_tokens=False)["input_ids"]
     for i in np.flatnonzero(kept):
         ids = tok(" " + WORDS[i], add_special_tokens=False)["input_ids"]
         assert n_tok[i] == len(ids) <= 3
@@ -51,6 +51,18 @@ def test_unit_activations_match_a_plain_forward(gemma_tiny, rule):
             np.testing.assert_allclose(acts[h][row], want, rtol=1e-4, atol=1e-5)
     assert not kept[WORDS.index("antidisestablishmentarianism")]  # split into more than 3 tokens
     assert acts[hooks[0]].shape == (kept.sum(), 16)
+
+
+def test_models_without_bos_start_their_rows_with_a_newline(qwen_tiny, gemma_tiny):
+    nl = qwen_tiny.tokenizer("\n", add_special_tokens=False)["input_ids"][-1:]
+    assert A._bos(qwen_tiny) == nl and A._bos(gemma_tiny) == [gemma_tiny.tokenizer.bos_token_id]
+    acts, kept, _ = A.unit_activations(qwen_tiny, ["dog"], ["blocks.0.hook_resid_post"], progress=False)
+    ids = nl + qwen_tiny.tokenizer(" dog", add_special_tokens=False)["input_ids"]
+    _, cache = qwen_tiny.run_with_cache(torch.tensor([ids]), names_filter="blocks.0.hook_resid_post")
+    np.testing.assert_allclose(acts["blocks.0.hook_resid_post"][0], cache["blocks.0.hook_resid_post"][0, -1].numpy(),
+                               rtol=1e-4, atol=1e-5)
+    out = next(A.iter_activations(qwen_tiny, ["A dog runs."], ["blocks.0.hook_resid_post"]))
+    assert out["position"].min() == 1  # the start token is dropped, the text's first token kept
 
 
 def test_unit_activations_errors(gemma_tiny):
@@ -71,7 +83,7 @@ def test_words_in_text_align_across_tokenizers(gemma_tiny, qwen_tiny):
         tok = m.tokenizer
         enc = tok(texts[0], add_special_tokens=False, return_offsets_mapping=True)
         t = next(i for i, (s, e) in enumerate(enc["offset_mapping"]) if s <= 19 < e)
-        head = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        head = A._bos(m)
         _, cache = m.run_with_cache(torch.tensor([head + enc["input_ids"]]), names_filter="blocks.1.hook_resid_post")
         np.testing.assert_allclose(out[name][0][3], cache["blocks.1.hook_resid_post"][0, len(head) + t].numpy(),
                                    rtol=1e-4, atol=1e-5)
