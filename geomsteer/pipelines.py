@@ -233,10 +233,12 @@ def similarity_job(model_names: Sequence[str], out: Path, *, n_words: int = 4000
         texts = held_out.shuffled(seed).texts[:feature_texts]
 
     reps: dict[str, dict] = {}
+    seconds: dict[str, float] = {}
     feature_acts: list[np.ndarray] = []
     feature_ok: list[np.ndarray] = []
     layer_lists = []
     for idx, (name, r) in enumerate(zip(model_names, resolved)):
+        t_model = time.perf_counter()
         model = models.load_model(r)
         lay = parse_layers(layers, model.cfg.n_layers, name)
         layer_lists.append(lay)
@@ -264,6 +266,7 @@ def similarity_job(model_names: Sequence[str], out: Path, *, n_words: int = 4000
                                                        description=f"{name} (re-randomized): words")
             reps[name]["random"] = racts
         del model
+        seconds[f"model {name}"] = round(time.perf_counter() - t_model, 1)
 
     kept_both = reps[model_names[0]]["kept"] & reps[model_names[1]]["kept"]
     labels = [w for w, k_ in zip(words, kept_both) if k_]
@@ -281,12 +284,15 @@ def similarity_job(model_names: Sequence[str], out: Path, *, n_words: int = 4000
     ra = side(model_names[0], "random") if random_baseline else None
     rb = side(model_names[1], "random") if random_baseline else None
     groups = [word_group[w] for w in labels]
+    t_fit = time.perf_counter()
     with step("Layer x layer scans, best pairs and semantic groups"):
         analyzer = SimilarityAnalyzer(k=k, n_permutations=n_permutations, seed=seed).fit(
             a, b, random_a=ra, random_b=rb, groups=groups)
+    seconds["scans and comparisons"] = round(time.perf_counter() - t_fit, 1)
     matcher = None
     if sae_info:
         ok = feature_ok[0] & feature_ok[1]
+        t_match = time.perf_counter()
         with step(f"Matching SAE features on {int(ok.sum()):,} words of shared text"):
             codes = [saes.encode(sae, X[ok]) for (_, sae, _), X in zip(sae_info, feature_acts)]
             dec = [sae.W_dec.detach().cpu().numpy() for _, sae, _ in sae_info]
@@ -295,6 +301,7 @@ def similarity_job(model_names: Sequence[str], out: Path, *, n_words: int = 4000
                 provenance={"saes": [str(d) for d, _, _ in sae_info], "hooks": [h for _, _, h in sae_info],
                             "texts": len(texts), "words_in_text": int(len(ok)), "words_aligned": int(ok.sum()),
                             "words_dropped": int((~ok).sum()), "corpus": "WordNet glosses (held-out split)"})
+        seconds["feature matching"] = round(time.perf_counter() - t_match, 1)
     dropped = {name: {"too_many_tokens_or_unknown": int((~reps[name]["kept"]).sum())} for name in model_names}
     provenance = {
         "command": list(command) if command else None,
@@ -305,7 +312,7 @@ def similarity_job(model_names: Sequence[str], out: Path, *, n_words: int = 4000
                   "source": "WordNet nouns by first sense, balanced over groups", "groups": list(DEFAULT_GROUPS),
                   "list": labels, "group_of_word": groups},
         "seed": seed, "random_baseline": "every weight tensor's entries shuffled" if random_baseline else None,
-        "elapsed_seconds": round(time.perf_counter() - t0, 1),
+        "elapsed_seconds": round(time.perf_counter() - t0, 1), "seconds": seconds,
         "packages": reports.package_versions(),
     }
     with step(f"Writing the report to {out}"):

@@ -536,7 +536,9 @@ def _similarity_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str
           f"representation is the {w['rule']} token of the word; a word split into more than {w['max_tokens']} "
           "tokens by a model is not represented by it. Dropped by model: "
           + "; ".join(f"{m}: {v['too_many_tokens_or_unknown']:,}" for m, v in w["dropped_by_model"].items()) + ".",
-          f"Words: {w['source']}. Seed {prov['seed']}. Re-randomized baseline: {prov['random_baseline']}.", ""]
+          f"Words: {w['source']}. Seed {prov['seed']}. Re-randomized baseline: {prov['random_baseline']}.",
+          "Time (s): " + ", ".join(f"{k} {v}" for k, v in prov.get("seconds", {}).items())
+          + f"; total {prov.get('elapsed_seconds')}.", ""]
     L += ["## Best-aligned layer pairs", "",
           "Every metric at the pairs with the highest debiased linear CKA, beside the mean of "
           f"{doc['params']['n_permutations']} shuffled pairings (p: fraction of shuffles at least as extreme) "
