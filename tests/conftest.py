@@ -73,3 +73,15 @@ def tiny_model(tokenizer="gemma-3-270m", n_layers=2, d_model=16, seed=0, prepend
     m.set_tokenizer(tok, default_padding_side="right")
     m.eval()
     return m
+
+
+@pytest.fixture(scope="session")
+def small_sae(tmp_path_factory):
+    """A small SAE trained by 'geomsteer sae train' on Gemma 3 270M (real model; shared by the SAE,
+    Mapper and clustering tests)."""
+    from geomsteer import cli
+
+    out = tmp_path_factory.mktemp("sae") / "sae"
+    assert cli.main(["sae", "train", "--model", "gemma-3-270m", "--hook", "blocks.6.hook_resid_post",
+                     "--tokens", "4096", "--d-sae", "128", "--k", "8", "--batch-size", "512", "--out", str(out)]) == 0
+    return out

@@ -42,14 +42,6 @@ def test_empty_corpus_file(tmp_path, capsys):
                                        "non-empty line\n")
 
 
-@pytest.fixture(scope="module")
-def small_sae(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sae") / "sae"
-    assert cli.main(["sae", "train", "--model", "gemma-3-270m", "--hook", "blocks.6.hook_resid_post",
-                     "--tokens", "4096", "--d-sae", "128", "--k", "8", "--batch-size", "512", "--out", str(out)]) == 0
-    return out
-
-
 @pytest.mark.real_model
 def test_small_real_training_run(small_sae):
     from sae_lens import SAE

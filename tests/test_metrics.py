@@ -199,6 +199,7 @@ def test_cka_matrix_equals_pairwise_linear_cka(debiased):
     want = np.array([[M.linear_cka(a, b, debiased=debiased) for b in Bs] for a in As])
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     assert got[1, 0] == pytest.approx(1.0)  # a rotation of the same layer
+    np.testing.assert_allclose(M.linear_cka_matrix(As, Bs, debiased=debiased, dtype=np.float32), want, atol=1e-5)
     perm = rng.permutation(120)
     got = M.linear_cka_matrix(As, Bs, debiased=debiased, permutation=perm)
     want = np.array([[M.linear_cka(a, b[perm], debiased=debiased) for b in Bs] for a in As])

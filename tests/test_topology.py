@@ -189,19 +189,11 @@ def test_mapper_command_refuses_a_directory_that_is_not_an_sae(tmp_path, capsys)
     assert "is not an SAE directory: expected SAELens's cfg.json in it" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def gemma_small_sae(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sae") / "sae"
-    assert cli.main(["sae", "train", "--model", "gemma-3-270m", "--hook", "blocks.6.hook_resid_post",
-                     "--tokens", "4096", "--d-sae", "128", "--k", "8", "--batch-size", "512", "--out", str(out)]) == 0
-    return out
-
-
 @pytest.mark.real_model
-def test_mapper_and_cluster_on_gemma(gemma_small_sae, tmp_path, capsys):
+def test_mapper_and_cluster_on_gemma(small_sae, tmp_path, capsys):
     out = tmp_path / "m"
     code = cli.main(["mapper", "--model", "gemma-3-270m", "--hook", "blocks.6.hook_resid_post", "--sae",
-                     str(gemma_small_sae), "--words", "600", "--bootstrap", "2", "--out", str(out)])
+                     str(small_sae), "--words", "600", "--bootstrap", "2", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     doc = json.loads((out / "result.json").read_text())
     assert doc["metrics"]["kmapper_graph"]["nodes"] > 1 and len(doc["metrics"]["gudhi_nerve"]["betti"]) >= 3
@@ -212,14 +204,14 @@ def test_mapper_and_cluster_on_gemma(gemma_small_sae, tmp_path, capsys):
         assert (out / "figures" / f).stat().st_size > 1000
     # a SAE trained at another hook is refused
     assert cli.main(["mapper", "--model", "gemma-3-270m", "--hook", "blocks.3.hook_resid_post", "--sae",
-                     str(gemma_small_sae), "--out", str(tmp_path / "m2")]) == 2
+                     str(small_sae), "--out", str(tmp_path / "m2")]) == 2
     assert capsys.readouterr().err.startswith(
-        f"geomsteer: error: the SAE at {str(gemma_small_sae)!r} was trained at hook 'blocks.6.hook_resid_post', "
+        f"geomsteer: error: the SAE at {str(small_sae)!r} was trained at hook 'blocks.6.hook_resid_post', "
         "not 'blocks.3.hook_resid_post'")
     for space in ("codes", "features"):
         o = tmp_path / f"c-{space}"
         assert cli.main(["cluster", "--model", "gemma-3-270m", "--hook", "blocks.6.hook_resid_post", "--sae",
-                         str(gemma_small_sae), "--words", "600", "--space", space, "--clusters", "4",
+                         str(small_sae), "--words", "600", "--space", space, "--clusters", "4",
                          "--out", str(o)]) == 0
         doc = json.loads((o / "result.json").read_text())
         assert {"purity", "nmi", "adjusted_rand"} <= set(doc["metrics"])

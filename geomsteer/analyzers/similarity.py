@@ -137,6 +137,8 @@ class SimilarityAnalyzer:
         self.models_ = {name: acts[0].model for name, acts in sides.items()}
         X = {name: [np.asarray(x.X) for x in acts] for name, acts in sides.items()}
         knn = {name: [M.knn_indices(x, self.k) for x in Xs] for name, Xs in X.items()}
+        # every layer centred once; the scans' d x d products run in float32 (sums stay float64)
+        prep = {name: [M._prepare(x, name, np.float32) for x in Xs] for name, Xs in X.items()}
         perm = rng.permutation(n)
 
         pairs = [("a", "a")] + ([("a", "b"), ("b", "b")] if "b" in X else [])
@@ -147,7 +149,7 @@ class SimilarityAnalyzer:
             rq = "random_" + q
             for metric in SCAN_METRICS:
                 if metric == "linear_cka_debiased":
-                    f = lambda P, Q, perm=None: M.linear_cka_matrix(X[P], X[Q], debiased=True, permutation=perm)
+                    f = lambda P, Q, perm=None: M._cka_prepared(prep[P], prep[Q], True, perm)
                 else:
                     f = lambda P, Q, perm=None: M.mutual_knn_matrix(knn[P], knn[Q], permutation=perm)
                 entry = {"score": f(p, q), "permutation": f(p, q, perm)}
