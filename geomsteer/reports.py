@@ -414,6 +414,15 @@ mean activation when firing {d['mean_when_firing']:.3f}, max {d['max']:.3f}.</p>
     return path
 
 
+def _save(fig: Any, fig_dir: Path, name: str, figs: dict[str, str], key: str | None = None) -> None:
+    """Save a matplotlib figure as figures/<name>, close it, and record it under ``key``."""
+    import matplotlib.pyplot as plt
+
+    fig.savefig(fig_dir / name, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    figs[key or name.rsplit(".", 1)[0]] = name
+
+
 # --------------------------------------------------------------------------------------------
 # Similarity
 
@@ -489,10 +498,7 @@ def _similarity_figures(a: Any, matcher: Any, models: Sequence[str], fig_dir: Pa
                 ax.set_xlabel(names[side_c], fontsize=8)
             fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
             fig.suptitle(f"{title}: {key.replace('_', ' ')}", fontsize=10)
-            fname = f"{key}_{metric}.png"
-            fig.savefig(fig_dir / fname, dpi=110, bbox_inches="tight")
-            plt.close(fig)
-            figs[f"{key}_{metric}"] = fname
+            _save(fig, fig_dir, f"{key}_{metric}.png", figs)
     if a.groups_:
         fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(a.groups_)), 3.6))
         x = np.arange(len(a.groups_))
@@ -507,9 +513,7 @@ def _similarity_figures(a: Any, matcher: Any, models: Sequence[str], fig_dir: Pa
         ax.set_title(f"Within one WordNet group at {_short_hook(a.groups_[0]['layer_a'])} x "
                      f"{_short_hook(a.groups_[0]['layer_b'])}", fontsize=10)
         ax.legend(fontsize=7)
-        fig.savefig(fig_dir / "groups.png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        figs["groups"] = "groups.png"
+        _save(fig, fig_dir, "groups.png", figs, "groups")
     if matcher is not None:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         bins = np.linspace(-0.2, 1, 49)
@@ -518,9 +522,7 @@ def _similarity_figures(a: Any, matcher: Any, models: Sequence[str], fig_dir: Pa
         ax.set_xlabel("activation correlation of matched features")
         ax.set_ylabel("pairs")
         ax.legend(fontsize=8)
-        fig.savefig(fig_dir / "feature_matching.png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        figs["feature_matching"] = "feature_matching.png"
+        _save(fig, fig_dir, "feature_matching.png", figs, "feature_matching")
     return figs
 
 
@@ -797,9 +799,7 @@ def _mapper_figures(a: Any, pos: Mapping[str, tuple[float, float]], fig_dir: Pat
     ax.set_ylabel("lens 2" if lens.shape[1] > 1 else "")
     ax.set_title(f"{a.lens} lens of the SAE codes", fontsize=10)
     ax.legend(fontsize=7, markerscale=3)
-    fig.savefig(fig_dir / "lens.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    figs["lens"] = "lens.png"
+    _save(fig, fig_dir, "lens.png", figs, "lens")
     # the graph, nodes as pies of their categories' shares
     fig, ax = plt.subplots(figsize=(7, 6))
     for a_, bs in a.graph_["links"].items():
@@ -821,9 +821,7 @@ def _mapper_figures(a: Any, pos: Mapping[str, tuple[float, float]], fig_dir: Pat
     m = a.result().metrics
     ax.set_title(f"Mapper graph: {m['kmapper_graph']['nodes']} nodes, {m['kmapper_graph']['edges']} edges; "
                  f"nerve Betti {m['gudhi_nerve']['betti'][:3]}", fontsize=9)
-    fig.savefig(fig_dir / "graph.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    figs["graph"] = "graph.png"
+    _save(fig, fig_dir, "graph.png", figs, "graph")
     # persistence diagram
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     pts = a.persistence_
@@ -840,9 +838,7 @@ def _mapper_figures(a: Any, pos: Mapping[str, tuple[float, float]], fig_dir: Pat
     ax.set_ylabel("death (dotted line: never)")
     ax.set_title("Persistence of the nerve (lower-star filtration)", fontsize=9)
     ax.legend(fontsize=7)
-    fig.savefig(fig_dir / "persistence.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    figs["persistence"] = "persistence.png"
+    _save(fig, fig_dir, "persistence.png", figs, "persistence")
     return figs
 
 

@@ -217,3 +217,34 @@ def test_mapper_and_cluster_on_gemma(small_sae, tmp_path, capsys):
         assert {"purity", "nmi", "adjusted_rand"} <= set(doc["metrics"])
         assert all(len(c["logit_lens"]) == 8 for c in doc["clusters"])
     assert "purity" in capsys.readouterr().out
+
+
+def _prov(n):
+    return {"model": "toy", "hook": "blocks.0.hook_resid_post", "sae": "none", "concepts": ["top", "bottom"],
+            "words_used": n, "words_asked": n, "words_dropped_multitoken": 0, "max_tokens": 3,
+            "ambiguous_words_dropped": 0, "words_used_per_concept": {"top": n // 2, "bottom": n - n // 2},
+            "prefix": "", "rule": "last", "rows": f"{n} points"}
+
+
+def test_mapper_and_cluster_reports_are_complete_and_never_overwritten(tmp_path):
+    from geomsteer import reports
+    from geomsteer.errors import OutputExistsError
+
+    X = circle(seed=8)
+    labels = ["top" if y > 0 else "bottom" for y in X[:, 1]]
+    m = MapperAnalyzer(n_components=1, n_bootstrap=1).fit(X, X, labels=labels, names=[f"p{i}" for i in range(len(X))])
+    out = reports.write_mapper_report(m, _prov(len(X)), tmp_path / "m")
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["metrics"]["gudhi_nerve"]["betti"][:2] == [1, 1] and len(doc["samples"]["lens"]) == len(X)
+    html = (out / "mapper.html").read_text()
+    assert not re.search(r"(src|href)=[\"']https?:", html) and '"cats": ["bottom", "top"]' in html
+    assert "| gudhi nerve Betti numbers (b0, b1, b2) | 1, 1, 0 |" in (out / "report.md").read_text()
+    for f in ("graph.png", "lens.png", "persistence.png"):
+        assert (out / "figures" / f).stat().st_size > 1000
+    with pytest.raises(OutputExistsError, match="already exists"):
+        reports.write_mapper_report(m, _prov(len(X)), out)
+    a = ClusterAnalyzer(n_clusters=2, n_shuffles=5).fit(X, labels=labels, names=[f"p{i}" for i in range(len(X))])
+    out = reports.write_cluster_report(a, _prov(len(X)), tmp_path / "c")
+    md = (out / "report.md").read_text()
+    assert "| purity |" in md and (out / "figures" / "clusters.png").is_file()
+    assert json.loads((out / "result.json").read_text())["metrics"]["purity"]["observed"] > 0.6
