@@ -316,12 +316,16 @@ def cknna(X, Y, k: int = 10) -> float:
     entries (i, j) where j is among the k nearest neighbours of i (by the kernel, self excluded)
     in both representations, and compare the masked kernels with the unbiased HSIC:
     CKNNA = HSIC(M∘K, M∘L) / sqrt(HSIC(M_X∘K, M_X∘K) HSIC(M_Y∘L, M_Y∘L)), where M is the mutual
-    mask and M_X, M_Y each representation's own mask. Invariant to orthogonal transforms and
-    isotropic scaling; builds n x n matrices.
+    mask and M_X, M_Y each representation's own mask. Columns are centred first. Invariant to
+    orthogonal transforms, isotropic scaling and translation; builds n x n matrices.
     """
     A, B = _pair(X, Y, 4, "CKNNA")
     _check_k(k, len(A), "CKNNA")
     n = len(A)
+    # columns centred first, as for CKA: with raw residuals (means of norm ~1,000) the masked,
+    # uncentred kernels gave negative self-HSIC and an undefined score
+    A = A.astype(np.float64) - A.mean(0, dtype=np.float64)
+    B = B.astype(np.float64) - B.mean(0, dtype=np.float64)
     K, L = _self_gram(A), _self_gram(B)
 
     def mask(G):

@@ -534,7 +534,8 @@ def _similarity_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str
     L += [f"Created {doc['created']}. Command: `{' '.join(prov.get('command') or ['(library call)'])}`.", ""]
     L += ["## Samples", "",
           f"{w['used']:,} words represented by both models (of {w['asked']:,} asked; {w['dropped_from_both']:,} "
-          f"dropped from both sides). A word is read as BOS + prefix {w['prefix']!r} + ' ' + word, and its "
+          f"dropped from both sides). A word is read as start token + prefix {w['prefix']!r} + ' ' + word (start: BOS, "
+          f"or a newline for a model without one), and its "
           f"representation is the {w['rule']} token of the word; a word split into more than {w['max_tokens']} "
           "tokens by a model is not represented by it. Dropped by model: "
           + "; ".join(f"{m}: {v['too_many_tokens_or_unknown']:,}" for m, v in w["dropped_by_model"].items()) + ".",
@@ -552,7 +553,7 @@ def _similarity_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str
             if not isinstance(e, dict) or "score" not in e:
                 continue
             if e.get("score") is None:
-                L.append(f"| {name} | n/a ({e.get('error', '')}) | | | |")
+                L.append(f"| {name} | undefined{' (' + e['error'] + ')' if e.get('error') else ''} | | | |")
                 continue
             perm = e["permutation"]
             arrow = "" if e.get("higher_is_more_similar", True) else " (distance: lower is closer)"

@@ -253,3 +253,12 @@ def test_hungarian_matching_recovers_a_planted_pairing():
         M.match_features(C, "best")
     with pytest.raises(DataError, match="no live features"):
         M.match_features(np.full((3, 3), np.nan))
+
+
+def test_cknna_is_defined_and_translation_invariant_for_data_with_a_large_mean():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(400, 16))
+    Y = X @ rng.normal(size=(16, 20)) + 0.5 * rng.normal(size=(400, 20))
+    base = M.cknna(X, Y, 8)
+    assert np.isfinite(base) and base > 0.3
+    assert M.cknna(X + 300, Y - 1000, 8) == pytest.approx(base, abs=1e-8)
