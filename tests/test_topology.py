@@ -248,3 +248,9 @@ def test_mapper_and_cluster_reports_are_complete_and_never_overwritten(tmp_path)
     md = (out / "report.md").read_text()
     assert "| purity |" in md and (out / "figures" / "clusters.png").is_file()
     assert json.loads((out / "result.json").read_text())["metrics"]["purity"]["observed"] > 0.6
+
+
+def test_umap_lens_runs_and_keeps_the_circle_connected():
+    X = circle(n=600)
+    m = MapperAnalyzer(lens="umap", n_components=2, n_cubes=6, n_bootstrap=0).fit(X, X)
+    assert m.lens_.shape == (600, 2) and m.betti_[0] == 1 and len(m.graph_["nodes"]) > 5
