@@ -150,6 +150,17 @@ def _forward(model: Any, ids: np.ndarray, mask: np.ndarray, hooks: Sequence[str]
     return captured
 
 
+def _forward_rows(model: Any, rows: Sequence[Sequence[int]], hooks: Sequence[str]) -> dict[str, Any]:
+    """Right-pad token-id rows into one batch and run :func:`_forward` on it."""
+    tok = model.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    ids = np.full((len(rows), int(lengths.max())), pad, dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+    return _forward(model, ids, np.arange(ids.shape[1])[None, :] < lengths[:, None], hooks)
+
+
 def iter_activations(model: Any, texts: Sequence[str], hooks: Sequence[str], batch_size: int = 16,
                      context_length: int = 128, keep_bos: bool = False, dtype: str = "float32",
                      pack: bool = False) -> Iterator[dict[str, Any]]:
@@ -297,7 +308,6 @@ def word_activations_in_text(model: Any, texts: Sequence[str], hooks: Sequence[s
     d = int(model.cfg.d_model)
     out = {h: np.zeros((n_words, d), dtype=np.float32) for h in hooks}
     ok = np.zeros(n_words, dtype=bool)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     with counter(description, len(texts), "texts", enabled=progress) as advance:
         for b in range(0, len(texts), batch_size):
             chunk = list(texts[b : b + batch_size])
@@ -320,12 +330,7 @@ def word_activations_in_text(model: Any, texts: Sequence[str], hooks: Sequence[s
                         continue
                     prev = t
                     where.append((r, len(head) + t, int(first[b + r] + w)))
-            width = max(len(x) for x in rows)
-            ids_arr = np.full((len(rows), width), pad, dtype=np.int64)
-            for r, x in enumerate(rows):
-                ids_arr[r, : len(x)] = x
-            mask = np.arange(width)[None, :] < np.array([len(x) for x in rows])[:, None]
-            acts = _forward(model, ids_arr, mask, hooks)
+            acts = _forward_rows(model, rows, hooks)
             if where:
                 rr, pp, ww = (np.array(v) for v in zip(*where))
                 for h in hooks:

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -92,6 +92,18 @@ def _read_text(path: Path) -> str:
         raise DataError(f"corpus file {str(path)!r} cannot be read ({e.strerror}): check its permissions") from None
 
 
+def jsonl_objects(content: str, path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line; a malformed line raises with its number."""
+    for lineno, line in enumerate(content.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}): expected one JSON "
+                            "object per line") from None
+
+
 def text_files(paths: Iterable[str | os.PathLike], text_field: str = "text") -> Corpus:
     """Documents from ``.txt`` files (one document per non-empty line) and ``.jsonl`` files
     (one JSON object per line, its ``text_field`` the document)."""
@@ -101,14 +113,7 @@ def text_files(paths: Iterable[str | os.PathLike], text_field: str = "text") -> 
         content = _read_text(p)
         before = len(texts)
         if p.suffix == ".jsonl":
-            for lineno, line in enumerate(content.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{p}:{lineno}: malformed JSON ({e.msg} at column {e.colno}): expected one JSON "
-                                    "object per line") from None
+            for lineno, obj in jsonl_objects(content, p):
                 if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
                     raise DataError(f"{p}:{lineno}: expected a JSON object with a string field {text_field!r}, "
                                     f"got {type(obj).__name__}{' without it' if isinstance(obj, dict) else ''}")

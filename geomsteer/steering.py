@@ -54,15 +54,10 @@ def load_pairs(path: str | Path) -> tuple[list[Pair], str]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise DataError(f"pair file {str(p)!r} is not UTF-8 text") from None
+    from .corpus import jsonl_objects
+
     pairs = []
-    for i, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}:{i}: not valid JSON ({e.msg}); expected one object per line such as "
-                            '{"positive": "...", "negative": "..."}') from None
+    for i, obj in jsonl_objects(text, p):
         if not isinstance(obj, dict) or not all(isinstance(obj.get(k), str) and obj.get(k) for k in ("positive", "negative")):
             raise DataError(f"{p}:{i}: expected an object with non-empty string fields 'positive' and 'negative'"
                             + (" (and optionally 'prompt')" if isinstance(obj, dict) else f", got {type(obj).__name__}"))
@@ -96,14 +91,13 @@ class SteeringVector:
 def _side_vectors(model: Any, texts: Sequence[str], prompts: Sequence[str], hooks: Sequence[str], position: str,
                   batch_size: int) -> dict[str, np.ndarray]:
     """One vector per text at each hook, read by the position rule (prompt tokens come first)."""
-    from .activations import _bos, _forward, check_hooks
+    from .activations import _bos, _forward_rows, check_hooks
 
     hooks = check_hooks(model, hooks)
     tok = model.tokenizer
     head = _bos(model)
     d = int(model.cfg.d_model)
     out = {h: np.empty((len(texts), d), dtype=np.float64) for h in hooks}
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     for b in range(0, len(texts), batch_size):
         rows, spans = [], []
         for text, prompt in zip(texts[b : b + batch_size], prompts[b : b + batch_size]):
@@ -117,12 +111,7 @@ def _side_vectors(model: Any, texts: Sequence[str], prompts: Sequence[str], hook
                 start = len(head)
             spans.append((start, len(ids)))
             rows.append(ids)
-        width = max(len(r) for r in rows)
-        ids_arr = np.full((len(rows), width), pad, dtype=np.int64)
-        for r, x in enumerate(rows):
-            ids_arr[r, : len(x)] = x
-        mask = np.arange(width)[None, :] < np.array([len(x) for x in rows])[:, None]
-        acts = _forward(model, ids_arr, mask, hooks)
+        acts = _forward_rows(model, rows, hooks)
         for h in hooks:
             a = acts[h].double().cpu().numpy()
             for r, (s, e) in enumerate(spans):

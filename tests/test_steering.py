@@ -33,7 +33,7 @@ def test_pairs_load_both_forms_and_hash_the_file(tmp_path):
 
 @pytest.mark.parametrize("lines, message", [
     (['{"positive": "a", "negative": "b"}', '{"positive": "a", "negative": '],
-     ":2: not valid JSON (Expecting value); expected one object per line"),
+     ":2: malformed JSON (Expecting value at column 31): expected one JSON object per line"),
     (['{"positive": "a"}'], ":1: expected an object with non-empty string fields 'positive' and 'negative'"),
     (['["a", "b"]'], ":1: expected an object with non-empty string fields 'positive' and 'negative', got list"),
     (['{"positive": "a", "negative": "b", "prompt": 3}'], ":1: 'prompt' must be a string, got int"),
