@@ -731,6 +731,17 @@ rule: {html.escape(w['rule'])} token of the word. Created {html.escape(doc['crea
 """
 
 
+def _head(kind: str, res: Any, provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields every analyzer's result.json starts with."""
+    return {
+        "geomsteer_result": kind,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "params": res.params,
+        "provenance": {**provenance, **res.provenance, "platform": platform.platform()},
+        "metrics": res.metrics,
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Mapper and clustering
 
@@ -757,11 +768,7 @@ def write_mapper_report(analyzer: Any, provenance: Mapping[str, Any], out: Path,
     res = analyzer.result()
     g = analyzer.graph_
     doc = _jsonable({
-        "geomsteer_result": "mapper",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "params": res.params,
-        "provenance": {**provenance, **res.provenance, "platform": platform.platform()},
-        "metrics": res.metrics,
+        **_head("mapper", res, provenance),
         "nodes": res.tables["nodes"],
         "graph": {"nodes": g["nodes"], "links": g["links"]},
         "samples": {"names": analyzer.names_, "labels": analyzer.labels_, "lens": analyzer.lens_},
@@ -994,11 +1001,7 @@ def write_cluster_report(analyzer: Any, provenance: Mapping[str, Any], out: Path
     check_output_dir(out, force)
     res = analyzer.result()
     doc = _jsonable({
-        "geomsteer_result": "clustering",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "params": res.params,
-        "provenance": {**provenance, **res.provenance, "platform": platform.platform()},
-        "metrics": res.metrics,
+        **_head("clustering", res, provenance),
         "clusters": res.tables["clusters"],
         "assignments": {"names": analyzer.names_, "cluster": analyzer.labels_,
                         "category": analyzer.categories_},
