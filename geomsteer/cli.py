@@ -166,6 +166,102 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--min-fires", type=_positive_int, default=5,
                     help="with --space features: keep features firing on at least this many words (default: 5)")
 
+    st = sub.add_parser(
+        "steer",
+        help="steering vectors: compute, apply, sweep, decompose into SAE features, propagate through layers",
+        description=(
+            "Contrastive steering vectors (difference of mean activations of positive and negative prompts) and what "
+            "they do. Each step writes result.json, report.md and figures/ into --out. Shipped data: "
+            "data/steering/{sentiment,formality,animal_plant}.jsonl (pairs) and {sentiment,animal_plant}_eval.jsonl "
+            "(held-out prompts with target tokens)."
+        ),
+    )
+    st_sub = st.add_subparsers(dest="steer_command", required=True, parser_class=_Parser)
+
+    def common(sp: argparse.ArgumentParser, vector: bool = True) -> None:
+        sp.add_argument("--model", required=True, help="model alias (see 'geomsteer models')")
+        if vector:
+            sp.add_argument("--vector", type=Path, required=True,
+                            help="vectors.safetensors written by 'geomsteer steer compute'")
+            sp.add_argument("--hook", default=None,
+                            help="which of the file's vectors (e.g. blocks.6.hook_resid_post); needed when it holds several")
+        sp.add_argument("--seed", type=int, default=0, help="seed for random directions and sampling (default: 0)")
+        sp.add_argument("--out", type=Path, required=True, help="output directory (must not exist unless --force)")
+        sp.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+    def eval_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--eval", type=Path, default=None,
+                        help="JSONL of held-out prompts with 'positive'/'negative' target tokens "
+                             "(default: data/steering/sentiment_eval.jsonl)")
+
+    sc = st_sub.add_parser("compute", help="vectors at several layers from a JSONL file of contrastive pairs",
+                           description="Difference of mean activations (or first principal component of the paired "
+                                       "differences) at residual-stream layers, with leave-one-out pair accuracy and a "
+                                       "random-sign baseline. Writes vectors.safetensors, result.json, report.md, figures/.")
+    common(sc, vector=False)
+    sc.add_argument("--pairs", type=Path, default=None,
+                    help="JSONL pairs: {\"positive\": ..., \"negative\": ...} or {\"prompt\", \"positive\": \"A\", "
+                         "\"negative\": \"B\"} (default: data/steering/sentiment.jsonl)")
+    sc.add_argument("--layers", default="every:3", help="all, every:K, or a list such as 3,6,9 (default: every:3)")
+    sc.add_argument("--position", choices=["last", "mean", "answer"], default="mean",
+                    help="token read: last, mean over the text, or the answer after 'prompt' (default: mean)")
+    sc.add_argument("--method", choices=["mean_diff", "pca"], default="mean_diff", help="(default: mean_diff)")
+
+    sa = st_sub.add_parser("apply", help="generate with and without the vector",
+                           description="Continue prompts unsteered, steered (multiplier x vector added at every "
+                                       "position after the start token, new tokens included) and with a random "
+                                       "direction of the vector's norm.")
+    common(sa)
+    sa.add_argument("--alpha", type=float, default=4.0, help="multiplier (default: 4)")
+    sa.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable)")
+    sa.add_argument("--prompts", type=Path, default=None, help="a text file with one prompt per line")
+    sa.add_argument("--max-new-tokens", type=_positive_int, default=32, help="(default: 32)")
+    sa.add_argument("--temperature", type=float, default=0.0, help="0 for greedy (default: 0)")
+
+    sw = st_sub.add_parser("sweep", help="multiplier x layer grid: target log-odds, KL on neutral text, samples",
+                           description="For every vector in the file (or --hook) and every multiplier: the shift of "
+                                       "the target log-odds on held-out prompts, the KL divergence from the unsteered "
+                                       "model on neutral WordNet glosses, and sample generations; each beside a random "
+                                       "direction of the same norm. Dose-response and KL figures.")
+    common(sw)
+    eval_arg(sw)
+    sw.add_argument("--alphas", type=float, nargs="+", default=[-4, -2, -1, 0, 1, 2, 4],
+                    help="multipliers (default: -4 -2 -1 0 1 2 4)")
+    sw.add_argument("--neutral", type=int, default=16,
+                    help="neutral texts (WordNet glosses, first 24 tokens) for the KL divergence; 0 skips it (default: 16)")
+    sw.add_argument("--samples", type=int, default=2, help="prompts to generate from at the extreme multipliers (default: 2)")
+    sw.add_argument("--max-new-tokens", type=_positive_int, default=24, help="(default: 24)")
+
+    sd = st_sub.add_parser("decompose", help="the vector in an SAE's feature space, and whether that still steers",
+                           description="(a) Orthogonal matching pursuit of the vector over the SAE's decoder "
+                                       "directions; (b) the mean difference of SAE codes between steered and unsteered "
+                                       "activations on the evaluation prompts. Reports the fraction of the vector each "
+                                       "explains (beside a random direction), the steering effect of each "
+                                       "reconstruction as a fraction of the vector's, and the top features with their "
+                                       "logit lens and top contexts.")
+    common(sd)
+    eval_arg(sd)
+    sd.add_argument("--sae", type=Path, required=True, help="SAE directory trained at the vector's hook")
+    sd.add_argument("--alpha", type=float, default=4.0, help="multiplier for code differences and effects (default: 4)")
+    sd.add_argument("--k", type=_positive_int, default=32, help="features for the sparse coding (default: 32)")
+    sd.add_argument("--nonneg", action="store_true", help="non-negative sparse coding (features only added)")
+    sd.add_argument("--top", type=_positive_int, default=12, help="features listed from each method (default: 12)")
+    sd.add_argument("--contexts", type=int, default=3, help="top contexts per listed feature (default: 3)")
+
+    sp = st_sub.add_parser("propagate", help="steer at layer k, watch SAE features change at each later layer",
+                           description="Add the vector at its layer and encode the activations at each later layer "
+                                       "that has an SAE. Per layer and multiplier: how many features change beyond the "
+                                       "threshold (off-target spread; a random direction gives the null count) and the "
+                                       "most changed features. Heatmap figure.")
+    common(sp)
+    eval_arg(sp)
+    sp.add_argument("--sae", type=Path, nargs="+", required=True, help="SAE directories, one per layer")
+    sp.add_argument("--alphas", type=float, nargs="+", default=[1, 2, 4], help="multipliers (default: 1 2 4)")
+    sp.add_argument("--threshold", type=float, default=0.1,
+                    help="a feature changes when its mean |code change| exceeds this x the layer's mean active code "
+                         "(default: 0.1)")
+    sp.add_argument("--top", type=_positive_int, default=8, help="most changed features listed per layer (default: 8)")
+
     sae = sub.add_parser("sae", help="sparse autoencoders: train with SAELens on a model's activations")
     sae_sub = sae.add_subparsers(dest="sae_command", required=True, parser_class=_Parser)
     tr = sae_sub.add_parser(
@@ -361,8 +457,82 @@ def _cmd_cluster(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def _eval_path(path: Path | None) -> Path:
+    from .pipelines import steering_data
+
+    return path if path is not None else steering_data("sentiment_eval.jsonl")
+
+
+def _read_prompts(args: argparse.Namespace) -> list[str]:
+    from .errors import DataError
+
+    prompts = list(args.prompt or [])
+    if args.prompts is not None:
+        if not args.prompts.is_file():
+            raise DataError(f"--prompts {str(args.prompts)!r} does not exist: expected a text file, one prompt per line")
+        prompts += [ln for ln in args.prompts.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    if not prompts:
+        from .steering import load_eval
+
+        prompts = [it.prompt for it in load_eval(_eval_path(None))[0][:4]]
+    return prompts
+
+
+def _cmd_steer(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from . import pipelines as P
+
+    cmd = ["geomsteer", *argv]
+    c = args.steer_command
+    if c == "compute":
+        pairs = args.pairs if args.pairs is not None else P.steering_data("sentiment.jsonl")
+        res = P.steer_compute_job(args.model, pairs, args.out, layers=args.layers, position=args.position,
+                                  method=args.method, force=args.force, command=cmd)
+        for h, s in res["result"].metrics["per_hook"].items():
+            print(f"{h}: norm {s['norm']:.2f} (random signs {s.get('random_sign_norm', float('nan')):.2f}), "
+                  f"held-out pair accuracy {s.get('held_out_pair_accuracy', float('nan')):.2f}")
+        print(f"Vectors: {Path(args.out) / 'vectors.safetensors'}; report: {Path(args.out) / 'report.md'}")
+    elif c == "apply":
+        res = P.steer_apply_job(args.model, args.vector, args.out, hook=args.hook, alpha=args.alpha,
+                                prompts=_read_prompts(args), max_new_tokens=args.max_new_tokens,
+                                temperature=args.temperature, seed=args.seed, force=args.force, command=cmd)
+        for g in res["result"].tables["generations"]:
+            print(f"{g['prompt']}\n  unsteered: {g['unsteered'].strip()}\n  steered:   {g['steered'].strip()}")
+        print(f"Report: {Path(args.out) / 'report.md'}")
+    elif c == "sweep":
+        res = P.steer_sweep_job(args.model, args.vector, _eval_path(args.eval), args.out,
+                                hooks=[args.hook] if args.hook else None, alphas=args.alphas, n_neutral=args.neutral,
+                                n_samples=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                                force=args.force, command=cmd)
+        for h, s in res["result"].metrics["per_hook"].items():
+            print(f"{h}: log-odds shift at the largest multiplier {s['shift_at_max_alpha']:+.3f} (random direction "
+                  f"{s['random_shift_at_max_alpha']:+.3f}), Spearman {s['spearman_alpha_shift']:.2f}, "
+                  f"{'monotone' if s['monotone'] else 'not monotone'}")
+        print(f"Report: {Path(args.out) / 'report.md'}")
+    elif c == "decompose":
+        res = P.steer_decompose_job(args.model, args.vector, args.sae, _eval_path(args.eval), args.out, hook=args.hook,
+                                    alpha=args.alpha, k=args.k, nonneg=args.nonneg, top=args.top,
+                                    n_contexts=args.contexts, seed=args.seed, force=args.force, command=cmd)
+        m = res["result"].metrics
+        e, eff = m["explained_fraction"], m["steering_effect"]
+        print(f"Explained: sparse coding {e['sparse_coding']:.3f} (random direction "
+              f"{e['sparse_coding_random_direction']:.3f}), code difference {e['code_difference']:.3f}")
+        print(f"Steering effect as a fraction of the vector's: sparse coding {eff['sparse_coding']['fraction_of_vector']:.2f}, "
+              f"code difference {eff['code_difference']['fraction_of_vector']:.2f}, random "
+              f"{eff['random']['fraction_of_vector']:.2f}")
+        print(f"Report: {Path(args.out) / 'report.md'}")
+    else:
+        res = P.steer_propagate_job(args.model, args.vector, args.sae, _eval_path(args.eval), args.out, hook=args.hook,
+                                    alphas=args.alphas, threshold=args.threshold, top=args.top, seed=args.seed,
+                                    force=args.force, command=cmd)
+        for h, s in res["result"].metrics["per_layer"].items():
+            print(f"{h}: features changed {s['features_changed']} (random {s['features_changed_random']})")
+        print(f"Report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
 COMMANDS = {"hierarchy": _cmd_hierarchy, "models": _cmd_models, "sae": _cmd_sae, "similarity": _cmd_similarity,
-            "mapper": _cmd_mapper, "cluster": _cmd_cluster}
+            "mapper": _cmd_mapper, "cluster": _cmd_cluster,
+            "steer": _cmd_steer}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

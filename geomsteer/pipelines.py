@@ -10,14 +10,15 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ._progress import say, step
 from .errors import ConfigError
 
-__all__ = ["train_sae_job", "inspect_feature_job", "similarity_job", "parse_layers", "mapper_job", "cluster_job"]
+__all__ = ["train_sae_job", "inspect_feature_job", "similarity_job", "parse_layers", "mapper_job", "cluster_job",
+           "steer_compute_job", "steer_apply_job", "steer_sweep_job", "steer_decompose_job", "steer_propagate_job"]
 
 
 def _sorted_in_windows(texts: Sequence[str], window: int) -> list[str]:
@@ -436,3 +437,296 @@ def cluster_job(model_name: str, hook: str, sae_dir: Path, concepts: Sequence[st
     with step(f"Writing the report to {out}"):
         reports.write_cluster_report(analyzer, provenance, out, force=force)
     return {"analyzer": analyzer, "provenance": provenance}
+
+
+# --------------------------------------------------------------------------------------------
+# Steering vectors
+
+
+def steering_data(name: str) -> Path:
+    """A file shipped in ``data/steering`` (pairs and evaluation prompts)."""
+    return Path(__file__).resolve().parent.parent / "data" / "steering" / name
+
+
+def _vector_file(path: Path, model_name: str, hooks: Sequence[str] | None = None) -> dict:
+    """Vectors from a file, checked against the model name and the hooks asked for (before loading the model)."""
+    from .errors import DataError
+    from .steering import load_vectors
+
+    vectors = load_vectors(path)
+    first = next(iter(vectors.values()))
+    if first.model and first.model != model_name:
+        raise DataError(f"the vectors in {str(path)!r} were computed on {first.model!r}, not {model_name!r}; compute "
+                        f"them on {model_name} with 'geomsteer steer compute --model {model_name}'")
+    if hooks:
+        missing = [h for h in hooks if h not in vectors]
+        if missing:
+            raise DataError(f"{str(path)!r} holds no vector at {missing[0]}; it has {', '.join(vectors)}: pick one of "
+                            "those with --hook or compute a vector there")
+        vectors = {h: vectors[h] for h in hooks}
+    return vectors
+
+
+def _check_vector_size(vectors: dict, model: Any, path: Path) -> None:
+    from .errors import DataError
+
+    for h, v in vectors.items():
+        if v.vector.shape != (int(model.cfg.d_model),):
+            raise DataError(f"the vector at {h} in {str(path)!r} has size {v.vector.shape[0]}, but this model's residual "
+                            f"stream has size {model.cfg.d_model}; use a vector computed on this model")
+
+
+def _steer_hooks(model: Any, hooks: Sequence[str], model_name: str) -> list[str]:
+    from .activations import check_hooks
+
+    return check_hooks(model, hooks)
+
+
+def _run(kind: str, out: Path, force: bool, command: Sequence[str] | None, t0: float, provenance: dict,
+         res: Any, files: dict | None = None) -> dict:
+    from . import reports
+
+    provenance = {**provenance, "command": list(command) if command else None,
+                  "elapsed_seconds": round(time.perf_counter() - t0, 1), "packages": reports.package_versions()}
+    with step(f"Writing the report to {out}"):
+        reports.write_steering_report(kind, res, provenance, out, force=force, files=files)
+    return {"result": res, "provenance": provenance}
+
+
+def steer_compute_job(model_name: str, pairs_path: Path, out: Path, *, layers: str = "every:3", position: str = "last",
+                      method: str = "mean_diff", force: bool = False, command: Sequence[str] | None = None) -> dict:
+    """Steering vectors at several layers from a pair file; report how consistent the pairs are."""
+    from . import activations, models, reports
+    from .steering import METHODS, POSITIONS, compute_vectors, load_pairs, vectors_bytes
+    from .types import AnalysisResult
+
+    if position not in POSITIONS:
+        raise ConfigError(f"unknown --position {position!r}: expected one of {', '.join(POSITIONS)}")
+    if method not in METHODS:
+        raise ConfigError(f"unknown --method {method!r}: expected one of {', '.join(METHODS)}")
+    reports.check_output_dir(out, force)
+    t0 = time.perf_counter()
+    pairs, sha = load_pairs(pairs_path)
+    resolved = models.resolve(model_name)
+    model = models.load_model(resolved)
+    hooks = [f"blocks.{layer}.hook_resid_post" for layer in parse_layers(layers, int(model.cfg.n_layers), model_name)]
+    activations.check_hooks(model, hooks)
+    with step(f"Reading {len(pairs)} pairs at {len(hooks)} layers ({position} token rule, {method})"):
+        vectors = compute_vectors(model, pairs, hooks, position=position, method=method, model_name=model_name,
+                                  data_sha256=sha)
+    blob = vectors_bytes(vectors)
+    per = {h: {"layer": activations._layer_of(h), "norm": v.norm, **v.provenance} for h, v in vectors.items()}
+    res = AnalysisResult(analyzer="steering_compute", params={"position": position, "method": method, "layers": layers},
+                         provenance={}, metrics={"per_hook": per})
+    prov = {"model": model_name, "model_provenance": resolved.provenance, "pairs": str(pairs_path),
+            "pairs_sha256": sha, "n_pairs": len(pairs), "hooks": hooks}
+    return {**_run("steering_compute", out, force, command, t0, prov, res, {"vectors.safetensors": blob}),
+            "vectors": vectors}
+
+
+def _load_for_vectors(model_name: str, vector_path: Path, hooks: Sequence[str] | None) -> tuple[dict, Any, Any]:
+    from . import models
+
+    vectors = _vector_file(vector_path, model_name, hooks)
+    resolved = models.resolve(model_name)
+    model = models.load_model(resolved)
+    _check_vector_size(vectors, model, vector_path)
+    _steer_hooks(model, list(vectors), model_name)
+    return vectors, model, resolved
+
+
+def _vector_provenance(vector_path: Path, vectors: dict) -> dict:
+    from ._atomic import sha256_file
+
+    first = next(iter(vectors.values()))
+    return {"vectors": str(vector_path), "vectors_sha256": sha256_file(Path(vector_path)),
+            "vector_data_sha256": first.data_sha256, "vector_position": first.position,
+            "vector_method": first.method, "vector_n_pairs": first.n_pairs}
+
+
+def steer_apply_job(model_name: str, vector_path: Path, out: Path, *, hook: str | None = None, alpha: float = 2.0,
+                    prompts: Sequence[str] = (), max_new_tokens: int = 32, temperature: float = 0.0, seed: int = 0,
+                    force: bool = False, command: Sequence[str] | None = None) -> dict:
+    """Generations with and without the vector (and with a random direction of its norm)."""
+    import math
+
+    from . import reports
+    from .steering import generate, random_direction
+    from .types import AnalysisResult
+
+    if not math.isfinite(alpha):
+        raise ConfigError(f"--alpha must be a finite number, got {alpha!r}")
+    if not prompts:
+        raise ConfigError("no prompts: give --prompt TEXT (repeatable) or --prompts FILE")
+    reports.check_output_dir(out, force)
+    t0 = time.perf_counter()
+    vectors = _vector_file(vector_path, model_name, [hook] if hook else None)
+    if hook is None and len(vectors) > 1:
+        raise ConfigError(f"{str(vector_path)!r} holds vectors at {', '.join(vectors)}: choose one with --hook")
+    vectors, model, resolved = _load_for_vectors(model_name, vector_path, list(vectors))
+    h, sv = next(iter(vectors.items()))
+    rnd = random_direction(sv.vector, seed + 1)
+    rows = []
+    with step(f"Generating {max_new_tokens} tokens for {len(prompts)} prompt(s), unsteered, steered and random"):
+        plain = generate(model, prompts, max_new_tokens, temperature=temperature, seed=seed)
+        steered = generate(model, prompts, max_new_tokens, sv, alpha, h, temperature=temperature, seed=seed)
+        randomly = generate(model, prompts, max_new_tokens, rnd, alpha, h, temperature=temperature, seed=seed)
+    for p, a, b, c in zip(prompts, plain, steered, randomly):
+        rows.append({"prompt": p, "unsteered": a, "steered": b, "random_direction": c})
+    res = AnalysisResult(analyzer="steering_apply",
+                         params={"hook": h, "alpha": alpha, "max_new_tokens": max_new_tokens,
+                                 "temperature": temperature, "seed": seed},
+                         provenance={}, metrics={"vector_norm": sv.norm}, tables={"generations": rows})
+    prov = {"model": model_name, "model_provenance": resolved.provenance, **_vector_provenance(vector_path, vectors)}
+    return _run("steering_apply", out, force, command, t0, prov, res)
+
+
+def _neutral_texts(n: int, seed: int) -> list[str]:
+    from .corpus import wordnet_glosses
+
+    return list(wordnet_glosses(examples=False).shuffled(seed))[:n]
+
+
+def steer_sweep_job(model_name: str, vector_path: Path, eval_path: Path, out: Path, *, hooks: Sequence[str] | None = None,
+                    alphas: Sequence[float] = (-4, -2, -1, 0, 1, 2, 4), n_neutral: int = 16, n_samples: int = 2,
+                    max_new_tokens: int = 24, seed: int = 0, force: bool = False,
+                    command: Sequence[str] | None = None) -> dict:
+    """Multiplier x layer grid: target log-odds shift, KL on neutral text, samples; random-direction nulls."""
+    from . import reports
+    from ._progress import track
+    from .analyzers.steering import SteeringSweep, _check_alphas
+    from .steering import NeutralText, load_eval, target_ids
+
+    alphas = _check_alphas(alphas)
+    reports.check_output_dir(out, force)
+    t0 = time.perf_counter()
+    items, eval_sha = load_eval(eval_path)
+    vectors, model, resolved = _load_for_vectors(model_name, vector_path, hooks)
+    target_ids(model, items)  # bad targets fail before the long part
+    neutral_texts = _neutral_texts(n_neutral, seed) if n_neutral > 0 else []
+    with step(f"Unsteered next-token distributions on {len(neutral_texts)} neutral texts (WordNet glosses)"):
+        neutral = NeutralText(model, neutral_texts, max_tokens=24) if neutral_texts else None
+    sweep = SteeringSweep(alphas=alphas, n_samples=n_samples, max_new_tokens=max_new_tokens, seed=seed)
+    total = len(vectors) * len(alphas)
+    bar = iter(track(range(total), f"Sweeping {len(vectors)} layer(s) x {len(alphas)} multipliers"))
+    next(bar, None)
+    sweep.fit(model, vectors, items, neutral, sample_prompts=[it.prompt for it in items],
+              progress=lambda _msg: next(bar, None))
+    for _ in bar:
+        pass
+    prov = {"model": model_name, "model_provenance": resolved.provenance, **_vector_provenance(vector_path, vectors),
+            "eval": str(eval_path), "eval_sha256": eval_sha, "n_prompts": len(items),
+            "neutral": {"source": "WordNet glosses (definitions), shuffled", "n_texts": len(neutral_texts),
+                        "max_tokens": 24, "seed": seed}}
+    return _run("steering_sweep", out, force, command, t0, prov, sweep.result())
+
+
+def _feature_contexts(sae_dir: Path, sae: Any, features: Sequence[int], n: int) -> dict[int, list[str]]:
+    """Top held-out contexts of some features, from the store recorded in the SAE's geomsteer.json."""
+    from . import activations, models, saes
+
+    info_path = Path(sae_dir) / "geomsteer.json"
+    if n < 1 or not features or not info_path.is_file():
+        return {}
+    info = json.loads(info_path.read_text())
+    try:
+        store = activations.ActivationStore(info["activation_stores"]["held_out"])
+    except Exception:  # the cache was cleared: contexts are optional
+        say(f"(no top contexts: the held-out activations of {sae_dir} are no longer cached)")
+        return {}
+    hook = info["hook"]
+    parts = list(store.iter_shards([hook, "token_ids", "doc_index", "position"]))
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    codes = saes.encode(sae, cat[hook])[:, list(features)]
+    tok = models.load_tokenizer(info["model"])
+    out = {}
+    for i, f in enumerate(features):
+        ctx = saes.top_contexts(codes[:, i], cat["token_ids"], cat["doc_index"], cat["position"], n=n, window=6)
+        out[int(f)] = ["".join((f"[[{s}]]" if j == c["firing"] else s) for j, s in
+                               enumerate(tok.decode([t]) for t, _ in c["tokens"])).strip() for c in ctx]
+    return out
+
+
+def steer_decompose_job(model_name: str, vector_path: Path, sae_dir: Path, eval_path: Path, out: Path, *,
+                        hook: str | None = None, alpha: float = 2.0, k: int = 32, nonneg: bool = False, top: int = 12,
+                        n_contexts: int = 3, seed: int = 0, force: bool = False,
+                        command: Sequence[str] | None = None) -> dict:
+    """The vector in an SAE's feature space (sparse coding and code differences) and whether that steers."""
+    import math
+
+    from . import models, reports, saes
+    from .analyzers.steering import SteeringDecomposition
+    from .errors import DataError
+    from .steering import load_eval
+
+    if not math.isfinite(alpha) or alpha == 0:
+        raise ConfigError(f"--alpha must be a finite non-zero number, got {alpha!r}")
+    reports.check_output_dir(out, force)
+    t0 = time.perf_counter()
+    items, eval_sha = load_eval(eval_path)
+    sae = saes.load_sae(sae_dir)
+    sae_hook = sae.cfg.metadata.get("hook_name") if hasattr(sae.cfg, "metadata") else None
+    hook = hook or sae_hook
+    vectors = _vector_file(vector_path, model_name, [hook] if hook else None)
+    if hook is None:
+        if len(vectors) > 1:
+            raise ConfigError(f"{str(vector_path)!r} holds vectors at {', '.join(vectors)}: choose one with --hook")
+        hook = next(iter(vectors))
+    if sae_hook and sae_hook != hook:
+        raise DataError(f"the SAE at {str(sae_dir)!r} was trained at {sae_hook}, but the vector is at {hook}; "
+                        "decompose with an SAE trained at the vector's hook")
+    vectors, model, resolved = _load_for_vectors(model_name, vector_path, [hook])
+    if sae.cfg.d_in != model.cfg.d_model:
+        raise DataError(f"the SAE at {str(sae_dir)!r} reads vectors of size {sae.cfg.d_in}, but {model_name} has "
+                        f"d_model {model.cfg.d_model}; use an SAE trained on this model")
+    emb = models.load_unembedding(resolved)
+    W_U = emb.gamma * (emb.final_norm_scale if emb.final_norm_scale is not None else 1.0)
+    dec = SteeringDecomposition(k=k, nonneg=nonneg, top=top, seed=seed)
+    with step(f"Decomposing the vector at {hook} into {sae.cfg.d_sae} SAE features (sparse coding, code differences "
+              f"on {len(items)} prompts at multiplier {alpha:g}, steering effects)"):
+        dec.fit(model, vectors[hook], sae, items, alpha, unembedding=W_U, vocab=emb.id_to_token)
+    with step("Top contexts of the top features (the SAE's held-out tokens)"):
+        ctx = _feature_contexts(sae_dir, sae, [r["feature"] for r in dec.features_], n_contexts)
+    for r in dec.features_:
+        r["top_contexts"] = ctx.get(r["feature"], [])
+    prov = {"model": model_name, "model_provenance": resolved.provenance, **_vector_provenance(vector_path, vectors),
+            "sae": str(sae_dir), "eval": str(eval_path), "eval_sha256": eval_sha, "n_prompts": len(items)}
+    return _run("steering_decomposition", out, force, command, t0, prov, dec.result())
+
+
+def steer_propagate_job(model_name: str, vector_path: Path, sae_dirs: Sequence[Path], eval_path: Path, out: Path, *,
+                        hook: str | None = None, alphas: Sequence[float] = (1, 2, 4), threshold: float = 0.1,
+                        top: int = 8, seed: int = 0, force: bool = False,
+                        command: Sequence[str] | None = None) -> dict:
+    """Steer at the vector's layer; count and name the SAE features that change at each later layer."""
+    from . import reports, saes
+    from .analyzers.steering import SteeringPropagation, _check_alphas
+    from .errors import DataError
+    from .steering import load_eval
+
+    alphas = _check_alphas(alphas)
+    reports.check_output_dir(out, force)
+    t0 = time.perf_counter()
+    items, eval_sha = load_eval(eval_path)
+    by_hook: dict[str, Any] = {}
+    for d in sae_dirs:
+        sae = saes.load_sae(d)
+        h = sae.cfg.metadata.get("hook_name") if hasattr(sae.cfg, "metadata") else None
+        if not h:
+            raise DataError(f"the SAE at {str(d)!r} does not record its hook; expected an SAE written by 'geomsteer sae train'")
+        if h in by_hook:
+            raise DataError(f"two SAEs were given for {h}; give one SAE per layer")
+        by_hook[h] = (sae, str(d))
+    vectors = _vector_file(vector_path, model_name, [hook] if hook else None)
+    if hook is None and len(vectors) > 1:
+        raise ConfigError(f"{str(vector_path)!r} holds vectors at {', '.join(vectors)}: choose one with --hook")
+    vectors, model, resolved = _load_for_vectors(model_name, vector_path, list(vectors))
+    h0, sv = next(iter(vectors.items()))
+    _steer_hooks(model, list(by_hook), model_name)
+    prop = SteeringPropagation(alphas=alphas, threshold=threshold, top=top, seed=seed)
+    with step(f"Steering at {h0} and encoding {len(by_hook)} layer(s) with SAEs, {len(alphas)} multipliers"):
+        prop.fit(model, sv, {h: s for h, (s, _) in by_hook.items()}, items)
+    prov = {"model": model_name, "model_provenance": resolved.provenance, **_vector_provenance(vector_path, vectors),
+            "saes": {h: d for h, (_, d) in by_hook.items()}, "eval": str(eval_path), "eval_sha256": eval_sha,
+            "n_prompts": len(items)}
+    return _run("steering_propagation", out, force, command, t0, prov, prop.result())

@@ -1064,3 +1064,320 @@ def _cluster_markdown(doc: Mapping[str, Any], fig: str | None) -> str:
         L.append(f"| {c['cluster']} | {c['size']} | {cats} | {lens} | {', '.join(map(str, c['nearest_centroid'][:6]))} |")
     L += ["", "## Provenance", "", "Model, SAE, word list, assignments and package versions are in `result.json`."]
     return "\n".join(L) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Steering
+
+
+def write_steering_report(kind: str, res: Any, provenance: Mapping[str, Any], out: Path, force: bool = False,
+                          files: Mapping[str, bytes] | None = None) -> Path:
+    """``result.json``, ``report.md``, ``figures/`` (and any extra ``files``) for a ``geomsteer steer`` step."""
+    from .types import _jsonable
+
+    check_output_dir(out, force)
+    doc = _jsonable({**_head(kind, res, provenance), "tables": res.tables})
+    figures, markdown = _STEERING[kind]
+    with _atomic.staged_dir(Path(out), replace=force) as tmp:
+        (tmp / "figures").mkdir()
+        for name, blob in (files or {}).items():
+            (tmp / name).write_bytes(blob)
+        (tmp / "result.json").write_text(json.dumps(doc, indent=2) + "\n")
+        figs = figures(doc, tmp / "figures") if figures else {}
+        (tmp / "report.md").write_text(markdown(doc, figs))
+    return Path(out)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _steer_title(doc: Mapping[str, Any], what: str) -> list[str]:
+    p = doc["provenance"]
+    L = [f"# Steering {what}: {p['model']}", "",
+         f"Created {doc['created']}. Command: `{' '.join(p.get('command') or ['(library call)'])}`.", ""]
+    if p.get("vectors"):
+        L += [f"Vectors: `{p['vectors']}` (sha256 {p['vectors_sha256'][:12]}; {p['vector_method']}, "
+              f"{p['vector_position']} token, {p['vector_n_pairs']} pairs with data sha256 "
+              f"{p['vector_data_sha256'][:12]}).", ""]
+    if p.get("eval"):
+        L += [f"Evaluation prompts: `{p['eval']}` ({p['n_prompts']} prompts, sha256 {p['eval_sha256'][:12]}).", ""]
+    return L
+
+
+def _tail(L: list[str]) -> str:
+    L += ["", "## Provenance", "", "Model files and hashes, inputs, timings and package versions are in `result.json`."]
+    return "\n".join(L) + "\n"
+
+
+def _compute_figures(doc: Mapping[str, Any], fig_dir: Path) -> dict[str, str]:
+    plt = _plt()
+    per = doc["metrics"]["per_hook"]
+    hooks = list(per)
+    x = [per[h]["layer"] for h in hooks]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    a1.plot(x, [per[h]["norm"] for h in hooks], "o-", label="vector")
+    a1.plot(x, [per[h].get("random_sign_norm", np.nan) for h in hooks], "o--", color="grey", label="pairs with random signs")
+    a1.set(xlabel="layer", ylabel="norm", title="mean pair difference")
+    a1.legend(fontsize=8)
+    a2.plot(x, [per[h].get("held_out_pair_accuracy", np.nan) for h in hooks], "o-")
+    a2.axhline(0.5, color="grey", ls="--", lw=1, label="chance")
+    a2.set(xlabel="layer", ylabel="share of pairs", ylim=(0, 1.05), title="held-out pairs on the vector's side")
+    a2.legend(fontsize=8)
+    figs: dict[str, str] = {}
+    _save(fig, fig_dir, "pairs.png", figs)
+    return figs
+
+
+def _compute_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
+    p, per = doc["provenance"], doc["metrics"]["per_hook"]
+    L = _steer_title(doc, "vectors")
+    L += [f"Pairs: `{p['pairs']}` ({p['n_pairs']} pairs, sha256 {p['pairs_sha256'][:12]}). Position rule "
+          f"`{doc['params']['position']}`, method `{doc['params']['method']}`. Vectors: `vectors.safetensors` "
+          "(load with `geomsteer.steering.load_vectors`).", "",
+          "Held-out pair accuracy: the share of pairs whose difference points the way of the other pairs' mean "
+          "(leave-one-out; chance 0.5). Random-sign norm: the norm the mean difference has when each pair's sign is "
+          "flipped at random (pairs sharing no direction).", "",
+          "| hook | norm | random-sign norm | held-out pair accuracy | mean cosine of a pair with the vector |",
+          "|---|---|---|---|---|"]
+    for h, s in per.items():
+        L.append(f"| {h} | {_fmt(s['norm'], 2)} | {_fmt(s.get('random_sign_norm'), 2)} | "
+                 f"{_fmt(s.get('held_out_pair_accuracy'))} | {_fmt(s.get('mean_cosine_with_vector'))} |")
+    if "pairs" in figs:
+        L += ["", f"![pairs](figures/{figs['pairs']})"]
+    return _tail(L)
+
+
+def _apply_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
+    pr = doc["params"]
+    L = _steer_title(doc, "generations")
+    L += [f"Vector at {pr['hook']} (norm {doc['metrics']['vector_norm']:.2f}) added at multiplier {pr['alpha']:g} to every "
+          f"position after the start token, new tokens included; {pr['max_new_tokens']} new tokens, "
+          + ("greedy." if not pr["temperature"] else f"temperature {pr['temperature']:g}, seed {pr['seed']}.")
+          + " The random direction has the vector's norm.", ""]
+    for g in doc["tables"]["generations"]:
+        L += [f"## {g['prompt']}", "", "| | continuation |", "|---|---|"]
+        for k in ("unsteered", "steered", "random_direction"):
+            L.append(f"| {k.replace('_', ' ')} | {_cell(g[k])} |")
+        L.append("")
+    return _tail(L)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ⏎ ").strip()
+
+
+def _sweep_figures(doc: Mapping[str, Any], fig_dir: Path) -> dict[str, str]:
+    plt = _plt()
+    grid = doc["tables"]["grid"]
+    hooks = list(dict.fromkeys(r["hook"] for r in grid))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    figs: dict[str, str] = {}
+    for key, ylabel, name in (("logodds_shift", "shift in log-odds (positive vs negative targets)", "dose_response.png"),
+                              ("kl_neutral", "KL(unsteered || steered) on neutral text, nats/token", "kl.png")):
+        if key == "kl_neutral" and all(r["kl_neutral"] is None for r in grid):
+            continue
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for i, h in enumerate(hooks):
+            rows = [r for r in grid if r["hook"] == h]
+            a = [r["alpha"] for r in rows]
+            y = np.array([r[key] for r in rows], dtype=float)
+            c = colors[i % len(colors)]
+            if key == "logodds_shift":
+                ax.errorbar(a, y, yerr=[r["logodds_shift_sem"] for r in rows], fmt="o-", color=c, label=_short_hook(h),
+                            capsize=2)
+            else:
+                ax.plot(a, y, "o-", color=c, label=_short_hook(h))
+            ax.plot(a, [r["random_" + key] for r in rows], ":", color=c, alpha=0.8)
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set(xlabel="multiplier", ylabel=ylabel)
+        ax.set_title("solid: steering vector; dotted: random direction of the same norm", fontsize=9)
+        ax.legend(fontsize=8, title="layer", title_fontsize=8)
+        _save(fig, fig_dir, name, figs)
+    return figs
+
+
+def _sweep_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
+    m, pr = doc["metrics"], doc["params"]
+    u = m["unsteered"]
+    L = _steer_title(doc, "sweep")
+    L += [f"The vector is added at every position after the start token. Target log-odds: log p(positive targets) - "
+          f"log p(negative targets) for the next token (each set's probability summed over its tokens); unsteered mean "
+          f"{u['logodds_mean']:.3f} over {u['n_prompts']} prompts. Side effects: mean KL divergence of the steered "
+          f"from the unsteered next-token distribution over {u['neutral_positions']} positions of neutral text. Every "
+          "cell has a random direction of the vector's norm beside it.", "",
+          "## Per layer", "",
+          "| hook | vector norm | Spearman (multiplier, shift) | monotone | shift at max | random | KL at max | random KL |",
+          "|---|---|---|---|---|---|---|---|"]
+    for h, s in m["per_hook"].items():
+        L.append(f"| {h} | {_fmt(s['vector_norm'], 1)} | {_fmt(s['spearman_alpha_shift'])} | "
+                 f"{'yes' if s['monotone'] else 'no'} | {_fmt(s['shift_at_max_alpha'])} | "
+                 f"{_fmt(s['random_shift_at_max_alpha'])} | {_fmt(s['kl_at_max_alpha'])} | "
+                 f"{_fmt(s['random_kl_at_max_alpha'])} |")
+    for key, title in (("dose_response", "Dose-response"), ("kl", "Side effects")):
+        if key in figs:
+            L += ["", f"![{title}](figures/{figs[key]})"]
+    L += ["", "## Grid", "",
+          "| hook | multiplier | log-odds shift ± sem | random | log p(pos) shift | log p(neg) shift | prompts moved "
+          "with the sign | KL | random KL |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["tables"]["grid"]:
+        L.append(f"| {r['hook']} | {r['alpha']:g} | {_fmt(r['logodds_shift'])} ± {_fmt(r['logodds_shift_sem'])} | "
+                 f"{_fmt(r['random_logodds_shift'])} | {_fmt(r['logp_positive_shift'])} | "
+                 f"{_fmt(r['logp_negative_shift'])} | {_fmt(r['prompts_moved_with_sign'], 2)} | "
+                 f"{_fmt(r['kl_neutral'], 4)} | {_fmt(r['random_kl_neutral'], 4)} |")
+    if doc["tables"]["samples"]:
+        L += ["", f"## Samples ({pr['max_new_tokens']} tokens, greedy)", ""]
+        for s in doc["tables"]["samples"]:
+            who = "unsteered" if s["hook"] is None else f"{s['hook']}, multiplier {s['alpha']:g}"
+            L += [f"**{who}**", ""] + [f"- {_cell(t)}" for t in s["texts"]] + [""]
+    return _tail(L)
+
+
+def _tokens(pairs: Sequence[Any], n: int = 6) -> str:
+    return ", ".join(repr(str(t).replace("▁", " ").replace("Ġ", " ")) for t, _ in list(pairs)[:n])
+
+
+def _decompose_figures(doc: Mapping[str, Any], fig_dir: Path) -> dict[str, str]:
+    plt = _plt()
+    curve = doc["tables"]["explained_curve"]
+    figs: dict[str, str] = {}
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a1.plot(range(1, len(curve["vector"]) + 1), curve["vector"], "o-", ms=3, label="steering vector")
+    a1.plot(range(1, len(curve["random"]) + 1), curve["random"], "o:", ms=3, color="grey", label="random direction")
+    a1.set(xlabel="SAE features (matching pursuit steps)", ylabel="fraction of |v|² explained", ylim=(0, 1))
+    a1.legend(fontsize=8)
+    a1.set_title("sparse coding over decoder directions", fontsize=9)
+    eff = doc["metrics"]["steering_effect"]
+    keys = ["vector", "sparse_coding", "code_difference", "random"]
+    a2.bar(range(len(keys)), [eff[k]["logodds_shift"] for k in keys], color=["C0", "C1", "C2", "grey"])
+    a2.set_xticks(range(len(keys)), ["vector", "sparse\ncoding", "code\ndifference", "random"], fontsize=8)
+    a2.set(ylabel="log-odds shift")
+    a2.set_title(f"steering effect at multiplier {doc['provenance']['alpha']:g}", fontsize=9)
+    _save(fig, fig_dir, "decomposition.png", figs)
+    return figs
+
+
+def _decompose_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
+    p, m, pr = doc["provenance"], doc["metrics"], doc["params"]
+    e, eff, c = m["explained_fraction"], m["steering_effect"], m["codes"]
+    L = _steer_title(doc, "vector decomposed into SAE features")
+    L += [f"SAE: `{p['sae']}`. Vector at {p['hook']}, norm {p['vector_norm']:.2f}; multiplier {p['alpha']:g}.", "",
+          f"(a) Sparse coding: {'non-negative ' if pr['nonneg'] else ''}orthogonal matching pursuit over the unit decoder "
+          f"directions, {pr['k']} features. (b) Code difference: mean over {c['n_tokens']} prompt tokens of "
+          "SAE(x + αv) - SAE(x), mapped back through the decoder and divided by α. Reading the vector itself through "
+          "the encoder is shown only for contrast: it is not a decomposition (Mayne et al. 2024).", "",
+          "## How much of the vector each explains", "",
+          "| decomposition | fraction of \\|v\\|² explained | same for a random direction |", "|---|---|---|",
+          f"| sparse coding ({pr['k']} features) | {_fmt(e['sparse_coding'])} | {_fmt(e['sparse_coding_random_direction'])} |",
+          f"| code difference | {_fmt(e['code_difference'])} | {_fmt(e['code_difference_random_direction'])} |",
+          f"| encoder output of v (not a decomposition) | {_fmt(e['encoder_output_not_a_decomposition'])} | |", "",
+          f"Features whose mean code changes by more than 1% of the mean active code: {c['features_changed']} "
+          f"(random direction: {c['features_changed_random']}).", "",
+          "## Does the reconstruction still steer?", "",
+          "| added at the hook | log-odds shift | fraction of the vector's shift |", "|---|---|---|"]
+    for k in ("vector", "sparse_coding", "code_difference", "random"):
+        L.append(f"| {k.replace('_', ' ')} | {_fmt(eff[k]['logodds_shift'])} | {_fmt(eff[k]['fraction_of_vector'])} |")
+    if "decomposition" in figs:
+        L += ["", f"![decomposition](figures/{figs['decomposition']})"]
+    L += ["", f"The vector's own logit lens: {_tokens(doc['tables']['vector_logit_lens'], 8)}.", "",
+          "## Top features", "",
+          "| feature | sparse-coding rank, coefficient | code change (mean, unsteered mean) | cosine with v | logit lens | "
+          "top contexts |", "|---|---|---|---|---|---|"]
+    for r in doc["tables"]["features"]:
+        s, d = r.get("sparse_coding"), r.get("code_difference")
+        sc = f"#{s['rank'] + 1}, {s['coefficient']:.2f}" if s else ""
+        cd = f"{d['mean_change']:+.3f} ({d['mean_unsteered']:.3f})" if d else ""
+        ctx = "<br>".join(_cell(t) for t in r.get("top_contexts", []))
+        L.append(f"| {r['feature']} | {sc} | {cd} | {r['cosine_with_vector']:.3f} | {_cell(_tokens(r['logit_lens']))} | "
+                 f"{ctx} |")
+    return _tail(L)
+
+
+def _propagate_figures(doc: Mapping[str, Any], fig_dir: Path) -> dict[str, str]:
+    plt = _plt()
+    grid = doc["tables"]["grid"]
+    hooks = doc["provenance"]["sae_hooks"]
+    alphas = doc["metrics"]["alphas"]
+    M = np.zeros((len(hooks), len(alphas)))
+    R = np.zeros_like(M)
+    for r in grid:
+        (M if r["direction"] == "vector" else R)[hooks.index(r["hook"]), alphas.index(r["alpha"])] = r["features_changed"]
+    top_a = alphas[-1]
+    rows, labels = [], []
+    for h in hooks:
+        last = next(r for r in grid if r["hook"] == h and r["direction"] == "vector" and r["alpha"] == top_a)
+        for f in last["top_features"][:5]:
+            vals = []
+            for a in alphas:
+                ra = next(r for r in grid if r["hook"] == h and r["direction"] == "vector" and r["alpha"] == a)
+                vals.append(next((t["mean_change"] for t in ra["top_features"] if t["feature"] == f["feature"]), np.nan))
+            rows.append(vals)
+            labels.append(f"{_short_hook(h)} f{f['feature']}")
+    figs: dict[str, str] = {}
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, max(3.2, 0.22 * len(labels) + 1)),
+                                 gridspec_kw={"width_ratios": [1, 1.2]})
+    im = a1.imshow(M, cmap="viridis", aspect="auto")
+    for i in range(M.shape[0]):
+        for j in range(M.shape[1]):
+            a1.text(j, i, f"{int(M[i, j])}\n({int(R[i, j])})", ha="center", va="center", fontsize=7,
+                    color="white" if M[i, j] < M.max() / 2 else "black")
+    a1.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+    a1.set_yticks(range(len(hooks)), [_short_hook(h) for h in hooks])
+    a1.set(xlabel="multiplier", ylabel="SAE layer")
+    a1.set_title("features changed beyond the threshold\n(random direction in brackets)", fontsize=9)
+    fig.colorbar(im, ax=a1, shrink=0.8)
+    if rows:
+        A = np.array(rows, dtype=float)
+        lim = np.nanmax(np.abs(A)) or 1.0
+        im2 = a2.imshow(A, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        a2.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+        a2.set_yticks(range(len(labels)), labels, fontsize=7)
+        a2.set(xlabel="multiplier")
+        a2.set_title(f"mean code change of each layer's most changed features (at {top_a:g})", fontsize=9)
+        fig.colorbar(im2, ax=a2, shrink=0.8)
+    else:
+        a2.axis("off")
+    fig.tight_layout()
+    _save(fig, fig_dir, "propagation.png", figs)
+    return figs
+
+
+def _propagate_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
+    p, m, pr = doc["provenance"], doc["metrics"], doc["params"]
+    L = _steer_title(doc, "propagation")
+    L += [f"Steered at {p['hook']} (every position after the start token) and encoded at each later layer with an "
+          f"SAE, over {p['n_tokens']} prompt tokens. A feature changes when its mean absolute code change exceeds "
+          f"{pr['threshold']:g} x the layer's mean active code. Each multiplier also runs a random direction of the "
+          "vector's norm (the null count)."
+          + (f" SAEs before the steering layer were skipped: {', '.join(p['skipped_earlier_hooks'])}."
+             if p.get("skipped_earlier_hooks") else ""), "",
+          "| SAE layer | " + " | ".join(f"changed at {a:g} (random)" for a in m["alphas"])
+          + " | Spearman (multiplier, total change) |", "|---" * (len(m["alphas"]) + 2) + "|"]
+    for h, s in m["per_layer"].items():
+        cells = " | ".join(f"{c} ({r})" for c, r in zip(s["features_changed"], s["features_changed_random"]))
+        L.append(f"| {h} | {cells} | {_fmt(s['spearman_alpha_changed'])} |")
+    if "propagation" in figs:
+        L += ["", f"![propagation](figures/{figs['propagation']})"]
+    top_a = m["alphas"][-1]
+    L += ["", f"## Most changed features at multiplier {top_a:g}", "",
+          "| SAE layer | residual moved (relative) | features (mean change; unsteered mean) |", "|---|---|---|"]
+    for r in doc["tables"]["grid"]:
+        if r["direction"] == "vector" and r["alpha"] == top_a:
+            feats = ", ".join(f"{t['feature']} ({t['mean_change']:+.2f}; {t['mean_unsteered']:.2f})"
+                              for t in r["top_features"])
+            L.append(f"| {r['hook']} | {r['relative_residual_change']:.3f} | {feats} |")
+    return _tail(L)
+
+
+_STEERING = {
+    "steering_compute": (_compute_figures, _compute_markdown),
+    "steering_apply": (None, _apply_markdown),
+    "steering_sweep": (_sweep_figures, _sweep_markdown),
+    "steering_decomposition": (_decompose_figures, _decompose_markdown),
+    "steering_propagation": (_propagate_figures, _propagate_markdown),
+}

@@ -28,7 +28,8 @@ import numpy as np
 from . import _atomic
 from .errors import ConfigError, DataError
 
-__all__ = ["Pair", "load_pairs", "SteeringVector", "compute_vectors", "save_vectors", "load_vectors", "steering",
+__all__ = ["Pair", "load_pairs", "SteeringVector", "compute_vectors", "vectors_bytes", "save_vectors", "load_vectors", "steering",
+           "pair_statistics", "EvalPrompt", "load_eval", "target_ids", "target_logodds", "generate", "NeutralText", "random_direction",
            "POSITIONS", "METHODS"]
 
 POSITIONS = ("last", "mean", "answer")
@@ -149,27 +150,52 @@ def compute_vectors(model: Any, pairs: Sequence[Pair], hooks: Sequence[str], pos
             proj = float(mean @ u)
             v = u * proj  # the sign of proj turns u towards the mean difference
         out[h] = SteeringVector(v.astype(np.float32), model_name, h, position, method, len(pairs), data_sha256,
-                                {"mean_pair_difference_norm": float(np.linalg.norm(mean))})
+                                pair_statistics(diff))
     return out
 
 
-def save_vectors(vectors: Mapping[str, SteeringVector], path: str | Path, replace: bool = False) -> Path:
-    """Write vectors (one tensor per hook) and their metadata to a safetensors file, atomically."""
+def pair_statistics(diff: np.ndarray, n_flips: int = 200, seed: int = 0) -> dict[str, float]:
+    """How consistently the pairs point one way, beside pairs with random signs.
+
+    ``held_out_pair_accuracy``: the share of pairs whose difference has a positive projection on
+    the mean difference of the other pairs (leave-one-out; 0.5 by chance).
+    ``random_sign_norm``: the norm of the mean difference after flipping each pair's sign at random
+    (mean over ``n_flips``), the size a vector has when the pairs share no direction.
+    """
+    n = len(diff)
+    total = diff.sum(0)
+    stats = {"mean_pair_difference_norm": float(np.linalg.norm(total / n)), "n_pairs": n}
+    if n >= 2:
+        loo = (total[None, :] - diff) / (n - 1)
+        stats["held_out_pair_accuracy"] = float(np.mean(np.einsum("ij,ij->i", diff, loo) > 0))
+        unit = total / max(np.linalg.norm(total), 1e-12)
+        stats["mean_cosine_with_vector"] = float(np.mean(diff @ unit / np.maximum(np.linalg.norm(diff, axis=1), 1e-12)))
+        signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n_flips, n))
+        stats["random_sign_norm"] = float(np.linalg.norm(signs @ diff / n, axis=1).mean())
+    return stats
+
+
+def vectors_bytes(vectors: Mapping[str, SteeringVector]) -> bytes:
+    """The safetensors file of some vectors (one tensor per hook) with their metadata."""
     from safetensors.numpy import save as st_save
 
-    from .errors import OutputExistsError
-
-    path = Path(path)
-    if path.exists() and not replace:
-        raise OutputExistsError(f"{str(path)!r} already exists: choose another path or pass --force to replace it")
     if not vectors:
         raise DataError("no vectors to save")
     first = next(iter(vectors.values()))
     meta = {"format": FORMAT, "model": first.model, "position": first.position, "method": first.method,
             "n_pairs": str(first.n_pairs), "data_sha256": first.data_sha256,
             "provenance": json.dumps({h: dict(v.provenance) for h, v in vectors.items()})}
-    blob = st_save({h: np.ascontiguousarray(v.vector, dtype=np.float32) for h, v in vectors.items()}, metadata=meta)
-    _atomic.write_bytes(path, blob)
+    return st_save({h: np.ascontiguousarray(v.vector, dtype=np.float32) for h, v in vectors.items()}, metadata=meta)
+
+
+def save_vectors(vectors: Mapping[str, SteeringVector], path: str | Path, replace: bool = False) -> Path:
+    """Write vectors and their metadata to a safetensors file, atomically."""
+    from .errors import OutputExistsError
+
+    path = Path(path)
+    if path.exists() and not replace:
+        raise OutputExistsError(f"{str(path)!r} already exists: choose another path or pass --force to replace it")
+    _atomic.write_bytes(path, vectors_bytes(vectors))
     return path
 
 
@@ -190,18 +216,22 @@ def load_vectors(path: str | Path) -> dict[str, SteeringVector]:
         raise DataError(f"{str(p)!r} is not a geomsteer steering vector file (format {meta.get('format')!r}, "
                         f"expected {FORMAT!r})")
     prov = json.loads(meta.get("provenance", "{}"))
+    from .activations import _layer_of
+
+    tensors = dict(sorted(tensors.items(), key=lambda kv: (_layer_of(kv[0]), kv[0])))  # safetensors sorts by name
     return {h: SteeringVector(v, meta["model"], h, meta["position"], meta["method"], int(meta["n_pairs"]),
                               meta.get("data_sha256", ""), prov.get(h, {})) for h, v in tensors.items()}
 
 
 @contextlib.contextmanager
 def steering(model: Any, vector: SteeringVector | np.ndarray, alpha: float, hook: str | None = None,
-             positions: str = "all", lengths: Sequence[int] | None = None) -> Iterator[None]:
+             positions: str = "all", lengths: Sequence[int] | None = None, start: int = 0) -> Iterator[None]:
     """Add ``alpha * v`` to the activation at ``hook`` for every forward pass inside the block.
 
-    ``positions``: ``all`` (every position, new tokens of a generation included) or ``last`` (each
-    row's last real token: give ``lengths``, the rows' unpadded lengths). The hook is removed on
-    exit, also when the block raises.
+    ``positions``: ``all`` (every position from ``start`` on, new tokens of a generation included;
+    ``start=1`` leaves the context-start token, the attention sink, alone) or ``last`` (each row's
+    last real token: give ``lengths``, the rows' unpadded lengths). The hook is removed on exit,
+    also when the block raises.
     """
     import math
 
@@ -232,7 +262,11 @@ def steering(model: Any, vector: SteeringVector | np.ndarray, alpha: float, hook
     def add(act, hook):
         dv = delta.to(act.dtype).to(act.device)
         if positions == "all":
-            return act + dv
+            if start <= 0:
+                return act + dv
+            out = act.clone()
+            out[:, start:] += dv
+            return out
         out = act.clone()
         rows = torch.arange(act.shape[0])
         last = torch.as_tensor(lengths, dtype=torch.long) - 1
@@ -241,3 +275,228 @@ def steering(model: Any, vector: SteeringVector | np.ndarray, alpha: float, hook
 
     with model.hooks(fwd_hooks=[(hook, add)]):
         yield
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation prompts, target tokens, generation, side effects
+
+
+@dataclass(frozen=True)
+class EvalPrompt:
+    """A held-out prompt and the next tokens that count as the positive and the negative outcome."""
+
+    prompt: str
+    positive: tuple[str, ...]
+    negative: tuple[str, ...]
+
+
+def load_eval(path: str | Path) -> tuple[list[EvalPrompt], str]:
+    """Evaluation prompts from JSONL: ``{"prompt": ..., "positive": [" good", ...], "negative": [...]}``.
+
+    ``positive`` and ``negative`` are target strings (one string or a list); each counts by its
+    first token. Returns the prompts and the file's sha256.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"evaluation file {str(p)!r} does not exist: expected a JSONL file of "
+                        '{"prompt": ..., "positive": [...], "negative": [...]} objects')
+    raw = p.read_bytes()
+    from .corpus import jsonl_objects
+
+    items = []
+    for i, obj in jsonl_objects(raw.decode("utf-8", errors="replace"), p):
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj.get("prompt"):
+            raise DataError(f"{p}:{i}: expected an object with a non-empty string 'prompt' and target lists "
+                            "'positive' and 'negative'")
+        sides = []
+        for key in ("positive", "negative"):
+            v = obj.get(key)
+            v = [v] if isinstance(v, str) else v
+            if not isinstance(v, list) or not v or not all(isinstance(t, str) and t for t in v):
+                raise DataError(f"{p}:{i}: {key!r} must be a non-empty string or list of non-empty strings, "
+                                f"got {obj.get(key)!r}")
+            sides.append(tuple(v))
+        items.append(EvalPrompt(obj["prompt"], sides[0], sides[1]))
+    if not items:
+        raise DataError(f"evaluation file {str(p)!r} holds no prompts: expected at least one JSONL line")
+    return items, hashlib.sha256(raw).hexdigest()
+
+
+def target_ids(model: Any, items: Sequence[EvalPrompt]) -> list[tuple[list[int], list[int]]]:
+    """Per prompt, the first token ids of its positive and negative targets (distinct sets)."""
+    tok = model.tokenizer
+    cache: dict[str, int] = {}
+
+    def first(t: str) -> int:
+        if t not in cache:
+            ids = tok(t, add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise DataError(f"target {t!r} tokenizes to nothing")
+            cache[t] = ids[0]
+        return cache[t]
+
+    out = []
+    for it in items:
+        pos = sorted({first(t) for t in it.positive})
+        neg = sorted({first(t) for t in it.negative})
+        both = set(pos) & set(neg)
+        if both:
+            raise DataError(f"prompt {it.prompt!r}: positive and negative targets share the first token "
+                            f"{tok.decode([min(both)])!r}; targets count by their first token, so make them differ there")
+        out.append((pos, neg))
+    return out
+
+
+def _logits_at_last(model: Any, rows: Sequence[Sequence[int]]) -> Any:
+    """Float32 logits (n, vocab) at each right-padded row's last real token."""
+    import torch
+
+    tok = model.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    lengths = torch.as_tensor([len(r) for r in rows])
+    ids = torch.full((len(rows), int(lengths.max())), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.as_tensor(r)
+    mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
+    at = torch.arange(len(rows)), lengths - 1
+    with torch.no_grad():
+        if _unembeds_itself(model):  # unembed the last positions only: the vocabulary projection dominates
+            resid = model(ids, attention_mask=mask, stop_at_layer=model.cfg.n_layers)[at][:, None]
+            if model.cfg.normalization_type is not None:
+                resid = model.ln_final(resid)
+            logits = model.unembed(resid)[:, 0]
+            cap = getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0
+            return (cap * torch.tanh(logits / cap) if cap > 0 else logits).float()
+        return model(ids, attention_mask=mask)[at].float()
+
+
+def _unembeds_itself(model: Any) -> bool:
+    from transformer_lens import HookedTransformer
+
+    return isinstance(model, HookedTransformer)
+
+
+def target_logodds(model: Any, items: Sequence[EvalPrompt], batch_size: int = 16,
+                   ids: Sequence[tuple[list[int], list[int]]] | None = None) -> np.ndarray:
+    """Per prompt: (log-odds, log p(positive set), log p(negative set)) of the next token, shape (n, 3).
+
+    A set's log-probability is the logsumexp of its tokens' log-probabilities; the log-odds is
+    their difference. Runs under whatever hooks are active (e.g. inside :func:`steering`).
+    """
+    import torch
+
+    from .activations import _bos
+
+    ids = ids if ids is not None else target_ids(model, items)
+    head = _bos(model)
+    tok = model.tokenizer
+    out = np.empty((len(items), 3))
+    for b in range(0, len(items), batch_size):
+        rows = [head + tok(it.prompt, add_special_tokens=False)["input_ids"] for it in items[b : b + batch_size]]
+        logp = torch.log_softmax(_logits_at_last(model, rows), -1)
+        for r, (pos, neg) in enumerate(ids[b : b + batch_size]):
+            lp = float(torch.logsumexp(logp[r, pos], 0))
+            ln = float(torch.logsumexp(logp[r, neg], 0))
+            out[b + r] = (lp - ln, lp, ln)
+    return out
+
+
+def generate(model: Any, prompts: Sequence[str], max_new_tokens: int = 32,
+             vector: SteeringVector | np.ndarray | None = None, alpha: float = 0.0, hook: str | None = None,
+             temperature: float = 0.0, seed: int = 0, batch_size: int = 8) -> list[str]:
+    """Continue each prompt, steered by ``alpha * vector`` at every position after the start token.
+
+    Greedy at ``temperature`` 0, else sampled (seeded). Each step runs the whole sequence (no key-
+    value cache), so the vector reaches the prompt and every new token alike; rows are right-padded
+    and each reads its own last token. Returns the new text of each prompt.
+    """
+    import torch
+
+    from .activations import _bos
+
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    tok = model.tokenizer
+    head = _bos(model)
+    eos = tok.eos_token_id
+    rows = [head + tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    n_ctx = int(getattr(model.cfg, "n_ctx", 1 << 30))
+    if rows and max(map(len, rows)) + max_new_tokens > n_ctx:
+        raise ConfigError(f"a prompt of {max(map(len, rows))} tokens plus {max_new_tokens} new tokens exceeds the "
+                          f"model's context of {n_ctx}; shorten the prompt or ask for fewer tokens")
+    steer = (steering(model, vector, alpha, hook, start=len(head)) if vector is not None
+             else contextlib.nullcontext())
+    gen = torch.Generator().manual_seed(seed)
+    out: list[str] = []
+    with steer:
+        for b in range(0, len(rows), batch_size):
+            cur = [list(r) for r in rows[b : b + batch_size]]
+            new: list[list[int]] = [[] for _ in cur]
+            live = list(range(len(cur)))
+            for _ in range(max_new_tokens):
+                last = _logits_at_last(model, [cur[i] for i in live])
+                if temperature > 0:
+                    nxt = torch.multinomial(torch.softmax(last / temperature, -1), 1, generator=gen)[:, 0]
+                else:
+                    nxt = last.argmax(-1)
+                for i, t in zip(live, nxt.tolist()):
+                    cur[i].append(t)
+                    new[i].append(t)
+                live = [i for i in live if new[i][-1] != eos]
+                if not live:
+                    break
+            out += [tok.decode([t for t in n if t != eos], skip_special_tokens=True) for n in new]
+    return out
+
+
+class NeutralText:
+    """Token rows of neutral texts and the unsteered model's next-token log-probabilities on them.
+
+    :meth:`kl` is the mean over real positions after the start token of KL(unsteered || current),
+    where "current" is the model under whatever hooks are active: the side effect of steering.
+    """
+
+    def __init__(self, model: Any, texts: Sequence[str], max_tokens: int = 32, batch_size: int = 8) -> None:
+        import torch
+
+        from .activations import _bos
+
+        if not texts:
+            raise DataError("no neutral texts: expected at least one text to measure side effects on")
+        tok = model.tokenizer
+        head = _bos(model)
+        self.start = len(head)
+        self.batches = []
+        self.n_positions = 0
+        for b in range(0, len(texts), batch_size):
+            rows = [head + tok(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts[b : b + batch_size]]
+            lengths = torch.as_tensor([len(r) for r in rows])
+            ids = torch.full((len(rows), int(lengths.max())), tok.pad_token_id or 0, dtype=torch.long)
+            for i, r in enumerate(rows):
+                ids[i, : len(r)] = torch.as_tensor(r)
+            pos = torch.arange(ids.shape[1])[None, :]
+            mask = pos < lengths[:, None]
+            valid = mask & (pos >= self.start)
+            ref = self._logp(model, ids, mask)[valid]
+            self.batches.append((ids, mask, valid, ref))
+            self.n_positions += int(valid.sum())
+
+    @staticmethod
+    def _logp(model: Any, ids: Any, mask: Any) -> Any:
+        import torch
+
+        with torch.no_grad():
+            return torch.log_softmax(model(ids, attention_mask=mask.long()).float(), -1)
+
+    def kl(self, model: Any) -> float:
+        total = 0.0
+        for ids, mask, valid, ref in self.batches:
+            cur = self._logp(model, ids, mask)[valid]
+            total += float((ref.exp() * (ref - cur)).sum())
+        return total / max(self.n_positions, 1)
+
+
+def random_direction(v: np.ndarray, seed: int) -> np.ndarray:
+    """An isotropic random direction with the norm of ``v`` (the null vector for steering)."""
+    r = np.random.default_rng(seed).standard_normal(np.asarray(v).shape)
+    return (r / np.linalg.norm(r) * np.linalg.norm(v)).astype(np.float32)

@@ -148,3 +148,130 @@ def test_steering_errors(tiny, kwargs, message):
     with pytest.raises((ConfigError, DataError), match=message.replace("(", r"\(").replace(")", r"\)")):
         with S.steering(tiny, args.pop("vector"), args.pop("alpha"), **args):
             pass
+
+
+# --------------------------------------------------------------------------------------------
+# Pair statistics, evaluation prompts, generation, side effects
+
+
+def test_pair_statistics_known_answers():
+    same = np.tile([1.0, 0.0, 0.0], (6, 1))
+    s = S.pair_statistics(same)
+    assert s["held_out_pair_accuracy"] == 1.0 and s["mean_cosine_with_vector"] == pytest.approx(1.0)
+    assert s["mean_pair_difference_norm"] == pytest.approx(1.0)
+    assert s["random_sign_norm"] < 0.6  # random signs mostly cancel
+    opposite = np.array([[1.0, 0.0], [-1.0, 0.0]] * 3)  # no shared direction: each pair disagrees with the rest
+    assert S.pair_statistics(opposite)["held_out_pair_accuracy"] == 0.0
+
+
+def test_eval_file_and_its_errors(tmp_path):
+    p = write(tmp_path, [json.dumps({"prompt": "It was", "positive": " good", "negative": [" bad", " awful"]})], "e.jsonl")
+    items, sha = S.load_eval(p)
+    assert items == [S.EvalPrompt("It was", (" good",), (" bad", " awful"))] and len(sha) == 64
+    for lines, message in [
+        (['{"prompt": "x", "positive": [" a"]}'], r"e.jsonl:1: 'negative' must be a non-empty string or list"),
+        (['{"positive": [" a"], "negative": [" b"]}'], r"e.jsonl:1: expected an object with a non-empty string 'prompt'"),
+        (['{"prompt": "x", "positive": " a", "negative": " b"}', "{oops"], r"e.jsonl:2: malformed JSON"),
+        ([""], "holds no prompts"),
+    ]:
+        with pytest.raises(DataError, match=message):
+            S.load_eval(write(tmp_path, lines, "e.jsonl"))
+    with pytest.raises(DataError, match="does not exist"):
+        S.load_eval(tmp_path / "none.jsonl")
+
+
+def test_targets_must_differ_in_their_first_token(tiny):
+    with pytest.raises(DataError, match="positive and negative targets share the first token"):
+        S.target_ids(tiny, [S.EvalPrompt("It was", (" good",), (" good",))])
+
+
+@pytest.mark.parametrize("softcap", [0.0, 3.0])
+def test_target_logodds_match_a_plain_computation_and_ignore_padding(tiny, softcap, monkeypatch):
+    monkeypatch.setattr(tiny.cfg, "output_logits_soft_cap", softcap)  # the last-position shortcut applies it too
+    items = [S.EvalPrompt("The film was", (" good", " great"), (" bad",)),
+             S.EvalPrompt("Yesterday the long and dull meeting was", (" good",), (" bad", " awful"))]
+    got = S.target_logodds(tiny, items, batch_size=2)
+    tok = tiny.tokenizer
+    for i, it in enumerate(items):
+        ids = torch.tensor([A._bos(tiny) + tok(it.prompt, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            lp = torch.log_softmax(tiny(ids)[0, -1].double(), -1).numpy()
+        pos = np.log(sum(np.exp(lp[tok(t, add_special_tokens=False)["input_ids"][0]]) for t in it.positive))
+        neg = np.log(sum(np.exp(lp[tok(t, add_special_tokens=False)["input_ids"][0]]) for t in it.negative))
+        np.testing.assert_allclose(got[i], [pos - neg, pos, neg], rtol=1e-4, atol=1e-4)
+
+
+def _greedy_by_hand(model, prompt, n, v=None, alpha=0.0, hook=None):
+    """Greedy decoding one full forward pass per token, the vector added after the start token."""
+    head = A._bos(model)
+    ids = head + model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    out = []
+    for _ in range(n):
+        def add(act, hook):
+            act = act.clone()
+            act[:, len(head):] += torch.as_tensor(alpha * v, dtype=act.dtype)
+            return act
+
+        hooks = [(hook, add)] if v is not None else []
+        with torch.no_grad():
+            logits = model.run_with_hooks(torch.tensor([ids]), fwd_hooks=hooks)
+        t = int(logits[0, -1].argmax())
+        ids.append(t)
+        out.append(t)
+    return out
+
+
+def test_generation_steers_new_tokens_handles_padding_and_removes_its_hook(tiny):
+    hook = "blocks.0.hook_resid_post"
+    v = np.random.default_rng(1).normal(size=16).astype(np.float32)
+    prompts = [" the cat sat on", " a"]  # different lengths: right padding in one batch
+    tok = tiny.tokenizer
+    batched = S.generate(tiny, prompts, 6, v, 3.0, hook, batch_size=2)
+    for p, text in zip(prompts, batched):
+        by_hand = _greedy_by_hand(tiny, p, 6, v, 3.0, hook)
+        eos = tok.eos_token_id
+        expect = tok.decode([t for t in by_hand[: by_hand.index(eos) + 1 if eos in by_hand else None] if t != eos],
+                            skip_special_tokens=True)
+        assert text == expect
+    plain = S.generate(tiny, prompts, 6, batch_size=1)
+    for p, text in zip(prompts, plain):
+        by_hand = _greedy_by_hand(tiny, p, 6)
+        eos = tok.eos_token_id
+        assert text == tok.decode([t for t in by_hand[: by_hand.index(eos) + 1 if eos in by_hand else None] if t != eos],
+                                  skip_special_tokens=True)
+    assert plain != batched  # the vector changes what is generated
+    assert not tiny.hook_dict[hook].fwd_hooks
+    with pytest.raises(ConfigError, match="exceeds the model's context of 64"):
+        S.generate(tiny, prompts, 100, v, 1.0, hook)
+    assert not tiny.hook_dict[hook].fwd_hooks  # also after an error
+
+
+def test_neutral_kl_is_zero_unsteered_and_matches_a_plain_computation(tiny):
+    texts = ["a small dog that barks", "the theory of everything and more"]
+    neutral = S.NeutralText(tiny, texts, max_tokens=8, batch_size=2)
+    assert neutral.kl(tiny) == pytest.approx(0.0, abs=1e-6)
+    hook = "blocks.0.hook_resid_post"
+    v = np.random.default_rng(2).normal(size=16).astype(np.float32)
+    with S.steering(tiny, v, 2.0, hook, start=1):
+        got = neutral.kl(tiny)
+    tok = tiny.tokenizer
+    total, count = 0.0, 0
+    for t in texts:
+        ids = torch.tensor([A._bos(tiny) + tok(t, add_special_tokens=False)["input_ids"][:8]])
+        with torch.no_grad():
+            p = torch.log_softmax(tiny(ids)[0].double(), -1)
+            with S.steering(tiny, v, 2.0, hook, start=1):
+                q = torch.log_softmax(tiny(ids)[0].double(), -1)
+        kl = (p.exp() * (p - q)).sum(-1)[1:]  # positions after the start token
+        total += float(kl.sum())
+        count += len(kl)
+    assert got == pytest.approx(total / count, rel=1e-4)
+    assert got > 0
+
+
+def test_random_direction_has_the_norm_and_is_seeded():
+    v = np.arange(10.0)
+    r = S.random_direction(v, 3)
+    assert np.linalg.norm(r) == pytest.approx(np.linalg.norm(v), rel=1e-5)
+    np.testing.assert_array_equal(r, S.random_direction(v, 3))
+    assert abs(r @ v) / np.linalg.norm(v) ** 2 < 0.9
