@@ -1275,13 +1275,17 @@ def _decompose_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
           "| decomposition | fraction of \\|v\\|² explained | same for a random direction |", "|---|---|---|",
           f"| sparse coding ({pr['k']} features) | {_fmt(e['sparse_coding'])} | {_fmt(e['sparse_coding_random_direction'])} |",
           f"| code difference | {_fmt(e['code_difference'])} | {_fmt(e['code_difference_random_direction'])} |",
-          f"| encoder output of v (not a decomposition) | {_fmt(e['encoder_output_not_a_decomposition'])} | |", "",
+          f"| encoder output of v, best rescaling (not a decomposition) | {_fmt(e['encoder_output_not_a_decomposition'])} | |",
+          "",
           f"Features whose mean code changes by more than 1% of the mean active code: {c['features_changed']} "
           f"(random direction: {c['features_changed_random']}).", "",
           "## Does the reconstruction still steer?", "",
           "| added at the hook | log-odds shift | fraction of the vector's shift |", "|---|---|---|"]
-    for k in ("vector", "sparse_coding", "code_difference", "random"):
+    for k in ("vector", "sparse_coding", "code_difference"):
         L.append(f"| {k.replace('_', ' ')} | {_fmt(eff[k]['logodds_shift'])} | {_fmt(eff[k]['fraction_of_vector'])} |")
+    r = eff["random"]
+    L.append(f"| random directions of the vector's norm (mean ± sd of {r.get('n', 1)}) | {_fmt(r['logodds_shift'])} ± "
+             f"{_fmt(r.get('sd', 0.0))} | {_fmt(r['fraction_of_vector'])} |")
     if "decomposition" in figs:
         L += ["", f"![decomposition](figures/{figs['decomposition']})"]
     L += ["", f"The vector's own logit lens: {_tokens(doc['tables']['vector_logit_lens'], 8)}.", "",

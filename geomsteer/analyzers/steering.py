@@ -237,15 +237,17 @@ class SteeringDecomposition:
     folded in) and ``vocab`` give each top feature's logit lens.
     """
 
-    def __init__(self, k: int = 32, nonneg: bool = False, top: int = 12, seed: int = 0, batch_size: int = 16) -> None:
+    def __init__(self, k: int = 32, nonneg: bool = False, top: int = 12, n_random: int = 5, seed: int = 0,
+                 batch_size: int = 16) -> None:
         self.k = k
+        self.n_random = max(1, int(n_random))
         self.nonneg = nonneg
         self.top = top
         self.seed = seed
         self.batch_size = batch_size
 
     def get_params(self) -> dict[str, Any]:
-        return {"k": self.k, "nonneg": self.nonneg, "top": self.top, "seed": self.seed}
+        return {"k": self.k, "nonneg": self.nonneg, "top": self.top, "n_random": self.n_random, "seed": self.seed}
 
     def fit(self, model: Any, vector: Any, sae: Any, items: Sequence[Any], alpha: float,
             unembedding: np.ndarray | None = None, vocab: Sequence[str] | None = None) -> "SteeringDecomposition":
@@ -299,16 +301,21 @@ class SteeringDecomposition:
                 return float((target_logodds(model, items, self.batch_size, ids)[:, 0] - base).mean())
 
         full = shift(v)
+        randoms = [shift(rnd)] + [shift(random_direction(v, self.seed + 8 + i).astype(np.float64))
+                                  for i in range(self.n_random - 1)]
         effects = {"vector": full, "sparse_coding": shift(sc["reconstruction"]), "code_difference": shift(recon_codes),
-                   "random": shift(rnd)}
+                   "random": float(np.mean(randoms))}
         self.effects_ = {k: {"logodds_shift": e, "fraction_of_vector": e / full if full else float("nan")}
                          for k, e in effects.items()}
+        self.effects_["random"].update({"n": len(randoms), "sd": float(np.std(randoms, ddof=1)) if len(randoms) > 1
+                                        else 0.0, "mean_abs": float(np.mean(np.abs(randoms)))})
         self.explained_ = {
             "sparse_coding": sc["explained"][-1] if sc["explained"] else 0.0,
             "sparse_coding_random_direction": sc_rnd["explained"][-1] if sc_rnd["explained"] else 0.0,
             "code_difference": _explained(v, recon_codes),
             "code_difference_random_direction": _explained(rnd, recon_codes_r),
-            "encoder_output_not_a_decomposition": _explained(v, recon_enc - 0.0),
+            # the best any rescaling of it does: cos^2 between v and the decoded encoder output
+            "encoder_output_not_a_decomposition": float((recon_enc @ v) ** 2 / max((recon_enc @ recon_enc) * (v @ v), 1e-300)),
         }
         self.curve_ = {"vector": sc["explained"], "random": sc_rnd["explained"]}
         thr = 0.01 * float(C0[C0 > 0].mean()) if (C0 > 0).any() else 0.0

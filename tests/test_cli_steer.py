@@ -1,0 +1,124 @@
+"""'geomsteer steer': each bad input's message, and the whole loop on Gemma 3 270M."""
+
+import json
+
+import numpy as np
+import pytest
+
+from geomsteer import cli
+from geomsteer import steering as S
+
+
+def err(capsys, *argv):
+    assert cli.main(list(argv)) == 2
+    e = capsys.readouterr().err
+    assert "Traceback" not in e and e.startswith("geomsteer: error: ")
+    return e.strip()
+
+
+def vector_file(tmp_path, model="gemma-3-270m", d=640, hooks=("blocks.6.hook_resid_post",)):
+    vs = {h: S.SteeringVector(np.ones(d, np.float32), model, h, "mean", "mean_diff", 2, "ab" * 32) for h in hooks}
+    return S.save_vectors(vs, tmp_path / f"v-{model}-{d}.safetensors")
+
+
+def test_pair_file_errors_name_the_line(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"positive": "a", "negative": "b"}\n{"positive": "only one side"}\n')
+    e = err(capsys, "steer", "compute", "--model", "gemma-3-270m", "--pairs", str(bad), "--out", str(tmp_path / "o"))
+    assert e == (f"geomsteer: error: {bad}:2: expected an object with non-empty string fields 'positive' and "
+                 "'negative' (and optionally 'prompt')")
+    bad.write_text("\n")
+    e = err(capsys, "steer", "compute", "--model", "gemma-3-270m", "--pairs", str(bad), "--out", str(tmp_path / "o"))
+    assert e == f"geomsteer: error: pair file {str(bad)!r} holds no pairs: expected at least one JSONL line"
+    assert not (tmp_path / "o").exists()
+
+
+def test_vector_errors_before_the_model_loads(tmp_path, capsys):
+    qwen = vector_file(tmp_path, model="qwen2.5-0.5b", d=896)
+    e = err(capsys, "steer", "sweep", "--model", "gemma-3-270m", "--vector", str(qwen), "--out", str(tmp_path / "o"))
+    assert e == (f"geomsteer: error: the vectors in {str(qwen)!r} were computed on 'qwen2.5-0.5b', not 'gemma-3-270m'; "
+                 "compute them on gemma-3-270m with 'geomsteer steer compute --model gemma-3-270m'")
+    f = vector_file(tmp_path)
+    e = err(capsys, "steer", "sweep", "--model", "gemma-3-270m", "--vector", str(f), "--hook", "blocks.9.hook_resid_post",
+            "--out", str(tmp_path / "o"))
+    assert e == (f"geomsteer: error: {str(f)!r} holds no vector at blocks.9.hook_resid_post; it has "
+                 "blocks.6.hook_resid_post: pick one of those with --hook or compute a vector there")
+    e = err(capsys, "steer", "apply", "--model", "gemma-3-270m", "--vector", str(f), "--alpha", "nan", "--prompt", "x",
+            "--out", str(tmp_path / "o"))
+    assert e == "geomsteer: error: --alpha must be a finite number, got nan"
+    e = err(capsys, "steer", "sweep", "--model", "gemma-3-270m", "--vector", str(f), "--alphas", "1", "inf",
+            "--out", str(tmp_path / "o"))
+    assert e == "geomsteer: error: multipliers must be finite numbers, got [1.0, inf]"
+    e = err(capsys, "steer", "sweep", "--model", "gemma-3-270m", "--vector", str(tmp_path / "none.safetensors"),
+            "--out", str(tmp_path / "o"))
+    assert e == f"geomsteer: error: steering vector file {str(tmp_path / 'none.safetensors')!r} does not exist"
+    bad_eval = tmp_path / "e.jsonl"
+    bad_eval.write_text('{"prompt": "x", "positive": [" a"]}\n')
+    e = err(capsys, "steer", "sweep", "--model", "gemma-3-270m", "--vector", str(f), "--eval", str(bad_eval),
+            "--out", str(tmp_path / "o"))
+    assert e == (f"geomsteer: error: {bad_eval}:1: 'negative' must be a non-empty string or list of non-empty strings, "
+                 "got None")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.real_model
+def test_steering_loop_on_gemma(small_sae, tmp_path, capsys):
+    vec_dir = tmp_path / "vec"
+    assert cli.main(["steer", "compute", "--model", "gemma-3-270m", "--layers", "3,6", "--out", str(vec_dir)]) == 0
+    doc = json.loads((vec_dir / "result.json").read_text())
+    assert doc["geomsteer_result"] == "steering_compute" and doc["provenance"]["n_pairs"] == 30
+    per = doc["metrics"]["per_hook"]["blocks.6.hook_resid_post"]
+    assert per["held_out_pair_accuracy"] > 0.9 and per["norm"] > 2 * per["random_sign_norm"]
+    assert (vec_dir / "figures" / "pairs.png").is_file()
+    vectors = S.load_vectors(vec_dir / "vectors.safetensors")
+    assert list(vectors) == ["blocks.3.hook_resid_post", "blocks.6.hook_resid_post"]
+    vf = str(vec_dir / "vectors.safetensors")
+
+    sw = tmp_path / "sweep"
+    assert cli.main(["steer", "sweep", "--model", "gemma-3-270m", "--vector", vf, "--hook", "blocks.6.hook_resid_post",
+                     "--alphas", "-2", "0", "2", "--neutral", "4", "--samples", "1", "--max-new-tokens", "4",
+                     "--out", str(sw)]) == 0
+    doc = json.loads((sw / "result.json").read_text())
+    grid = doc["tables"]["grid"]
+    assert grid[0]["logodds_shift"] < 0 < grid[2]["logodds_shift"]  # the sentiment vector moves the targets its way
+    assert grid[2]["kl_neutral"] > 0 and doc["metrics"]["per_hook"]["blocks.6.hook_resid_post"]["monotone"]
+    assert (sw / "figures" / "dose_response.png").is_file() and (sw / "figures" / "kl.png").is_file()
+    assert "## Samples" in (sw / "report.md").read_text()
+
+    dec = tmp_path / "dec"
+    assert cli.main(["steer", "decompose", "--model", "gemma-3-270m", "--vector", vf, "--sae", str(small_sae),
+                     "--k", "8", "--contexts", "2", "--out", str(dec)]) == 0
+    doc = json.loads((dec / "result.json").read_text())
+    e = doc["metrics"]["explained_fraction"]
+    assert 0 < e["sparse_coding"] <= 1 and e["sparse_coding"] > e["sparse_coding_random_direction"]
+    assert len(doc["tables"]["sparse_coding"]["atoms"]) == 8
+    assert doc["tables"]["features"][0]["top_contexts"]  # from the SAE's held-out store
+    assert "Does the reconstruction still steer?" in (dec / "report.md").read_text()
+
+    prop = tmp_path / "prop"
+    assert cli.main(["steer", "propagate", "--model", "gemma-3-270m", "--vector", vf, "--hook",
+                     "blocks.3.hook_resid_post", "--sae", str(small_sae), "--alphas", "1", "4", "--out", str(prop)]) == 0
+    doc = json.loads((prop / "result.json").read_text())
+    layer = doc["metrics"]["per_layer"]["blocks.6.hook_resid_post"]
+    assert layer["features_changed"][1] >= layer["features_changed"][0]
+    assert (prop / "figures" / "propagation.png").is_file()
+
+    app = tmp_path / "apply"
+    assert cli.main(["steer", "apply", "--model", "gemma-3-270m", "--vector", vf, "--hook", "blocks.6.hook_resid_post",
+                     "--alpha", "-4", "--prompt", "The food was", "--max-new-tokens", "5", "--out", str(app)]) == 0
+    g = json.loads((app / "result.json").read_text())["tables"]["generations"][0]
+    assert g["prompt"] == "The food was" and g["steered"] != g["unsteered"]
+    capsys.readouterr()
+
+    # errors that need the model: a layer it lacks, a vector of another size, an SAE at another hook
+    e = err(capsys, "steer", "compute", "--model", "gemma-3-270m", "--layers", "3,40", "--out", str(tmp_path / "x"))
+    assert e == "geomsteer: error: --layers '3,40': gemma-3-270m has layers 0..17; got [40]"
+    small = vector_file(tmp_path, d=16)
+    e = err(capsys, "steer", "sweep", "--model", "gemma-3-270m", "--vector", str(small), "--out", str(tmp_path / "x"))
+    assert e == (f"geomsteer: error: the vector at blocks.6.hook_resid_post in {str(small)!r} has size 16, but this "
+                 "model's residual stream has size 640; use a vector computed on this model")
+    e = err(capsys, "steer", "decompose", "--model", "gemma-3-270m", "--vector", vf, "--hook", "blocks.3.hook_resid_post",
+            "--sae", str(small_sae), "--out", str(tmp_path / "x"))
+    assert e == (f"geomsteer: error: the SAE at {str(small_sae)!r} was trained at blocks.6.hook_resid_post, but the "
+                 "vector is at blocks.3.hook_resid_post; decompose with an SAE trained at the vector's hook")
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,177 @@
+"""Steering analyses: matching pursuit recovers planted features, decomposition and propagation invariants."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model
+
+from geomsteer import steering as S
+from geomsteer.analyzers.steering import (
+    SteeringDecomposition,
+    SteeringPropagation,
+    SteeringSweep,
+    _prompt_activations,
+    omp,
+)
+from geomsteer.errors import ConfigError, DataError, NotFittedError
+
+ITEMS = [S.EvalPrompt("The film was", (" good", " great"), (" bad",)),
+         S.EvalPrompt("Yesterday the meeting was", (" good",), (" bad", " awful")),
+         S.EvalPrompt("All in all the trip was", (" good",), (" bad",))]
+
+
+def random_sae(d_in, d_sae, hook, k=4, seed=0):
+    """A TopK SAE with random unit decoder rows and an encoder that is their transpose."""
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    torch.manual_seed(seed)
+    cfg = TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k)
+    cfg.metadata.hook_name = hook
+    sae = TopKSAE(cfg)
+    with torch.no_grad():
+        W = torch.randn(d_sae, d_in)
+        sae.W_dec.copy_(W / W.norm(dim=1, keepdim=True))
+        sae.W_enc.copy_(sae.W_dec.T)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+@pytest.fixture(scope="module")
+def wide():
+    return tiny_model("gemma-3-270m", n_layers=2, d_model=64, seed=1)
+
+
+def test_omp_recovers_planted_atoms_and_explains_them_fully():
+    rng = np.random.default_rng(0)
+    D = rng.standard_normal((96, 64)) * rng.uniform(0.5, 2.0, (96, 1))  # atoms of unequal norm
+    planted = {5: 3.0, 17: 2.0, 40: -1.5}
+    U = D / np.linalg.norm(D, axis=1, keepdims=True)
+    v = sum(c * U[j] for j, c in planted.items())
+    res = omp(D, v, k=3)
+    assert sorted(res["atoms"]) == sorted(planted)
+    np.testing.assert_allclose(dict(zip(res["atoms"], res["coefficients"]))[17], 2.0, atol=1e-8)
+    assert res["explained"][-1] == pytest.approx(1.0, abs=1e-10)
+    assert np.all(np.diff(res["explained"]) >= -1e-12)  # refitting never loses ground
+    np.testing.assert_allclose(res["reconstruction"], v, atol=1e-8)
+    # non-negative: a negative planted part cannot be matched, the positive ones are found first
+    nn = omp(D, v, k=3, nonneg=True)
+    assert np.all(nn["coefficients"] >= 0) and nn["explained"][-1] < 0.99
+    assert omp(D, U[5] * 2 + U[17], k=2, nonneg=True)["atoms"] == [5, 17]
+    with pytest.raises(DataError, match="cannot decompose a zero vector"):
+        omp(D, np.zeros(64), 3)
+
+
+def test_omp_agrees_with_a_plain_least_squares_on_the_chosen_atoms():
+    rng = np.random.default_rng(3)
+    D = rng.standard_normal((50, 20))
+    v = rng.standard_normal(20)
+    res = omp(D, v, k=6)
+    U = D[res["atoms"]] / np.linalg.norm(D[res["atoms"]], axis=1, keepdims=True)
+    coef, *_ = np.linalg.lstsq(U.T, v, rcond=None)
+    np.testing.assert_allclose(res["coefficients"], coef, atol=1e-10)
+    # the first atom is the one most correlated with v
+    assert res["atoms"][0] == int(np.argmax(np.abs(D @ v) / np.linalg.norm(D, axis=1)))
+
+
+def test_steered_activations_at_the_steering_hook_are_shifted_exactly(wide):
+    hook = "blocks.0.hook_resid_post"
+    v = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    X0 = _prompt_activations(wide, ITEMS, [hook, "blocks.1.hook_resid_post"], None, 0.0, None, batch_size=2)
+    X1 = _prompt_activations(wide, ITEMS, [hook, "blocks.1.hook_resid_post"], v, 1.5, hook, batch_size=2)
+    np.testing.assert_allclose(X1[hook] - X0[hook], np.tile(1.5 * v, (len(X0[hook]), 1)), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(X1["blocks.1.hook_resid_post"], X0["blocks.1.hook_resid_post"])
+    assert not wide.hook_dict[hook].fwd_hooks
+
+
+def test_a_planted_vector_decomposes_back_into_its_features(wide):
+    hook = "blocks.1.hook_resid_post"
+    sae = random_sae(64, 96, hook, k=4, seed=2)
+    W = sae.W_dec.detach().numpy()
+    planted = [7, 30, 81]
+    v = 4.0 * W[7] + 3.0 * W[30] + 2.0 * W[81]
+    vec = S.SteeringVector(v.astype(np.float32), "tiny", hook, "last", "mean_diff", 3)
+    emb = (wide.W_U.detach().numpy().T, [f"t{i}" for i in range(wide.cfg.d_vocab)])
+    dec = SteeringDecomposition(k=3, top=5, seed=0).fit(wide, vec, sae, ITEMS, alpha=2.0, unembedding=emb[0], vocab=emb[1])
+    res = dec.result()
+    assert sorted(res.tables["sparse_coding"]["atoms"]) == planted
+    e = res.metrics["explained_fraction"]
+    assert e["sparse_coding"] == pytest.approx(1.0, abs=1e-6)
+    assert e["sparse_coding_random_direction"] < 0.6  # three atoms explain little of a random direction
+    eff = res.metrics["steering_effect"]
+    assert eff["sparse_coding"]["fraction_of_vector"] == pytest.approx(1.0, abs=1e-3)  # the reconstruction is v
+    assert eff["vector"]["fraction_of_vector"] == 1.0
+    top = {r["feature"] for r in res.tables["features"] if "sparse_coding" in r}
+    assert top == set(planted)
+    f7 = next(r for r in res.tables["features"] if r["feature"] == 7)
+    assert f7["cosine_with_vector"] == pytest.approx(float(W[7] @ v / np.linalg.norm(v)), abs=1e-5)
+    # logit lens of a feature: the tokens its decoder direction promotes most
+    assert f7["logit_lens"][0][0] == f"t{int(np.argmax(emb[0] @ W[7]))}"
+    # the code difference on real tokens: linear in what changed, so steering by a planted feature the
+    # encoder reads moves that feature up
+    assert res.metrics["codes"]["n_tokens"] > 0
+
+
+def test_decomposition_errors(wide):
+    sae = random_sae(64, 32, "blocks.1.hook_resid_post")
+    vec = S.SteeringVector(np.ones(64, np.float32), "tiny", "blocks.0.hook_resid_post", "last", "mean_diff", 2)
+    with pytest.raises(DataError, match="the steering vector is at blocks.0.hook_resid_post but the SAE was trained at "
+                                        "blocks.1.hook_resid_post"):
+        SteeringDecomposition().fit(wide, vec, sae, ITEMS, 1.0)
+    small = S.SteeringVector(np.ones(16, np.float32), "tiny", "blocks.1.hook_resid_post", "last", "mean_diff", 2)
+    with pytest.raises(DataError, match="the SAE reads vectors of size 64, the steering vector has size 16"):
+        SteeringDecomposition().fit(wide, small, sae, ITEMS, 1.0)
+    with pytest.raises(ConfigError, match="finite non-zero number"):
+        SteeringDecomposition().fit(wide, vec, sae, ITEMS, float("inf"))
+    with pytest.raises(NotFittedError):
+        SteeringDecomposition().result()
+
+
+def test_propagation_counts_nothing_for_a_vanishing_multiplier_and_skips_earlier_layers(wide):
+    h0, h1 = "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"
+    saes = {h0: random_sae(64, 96, h0, seed=3), h1: random_sae(64, 96, h1, seed=4)}
+    v = np.random.default_rng(5).standard_normal(64).astype(np.float32) * 3
+    vec = S.SteeringVector(v, "tiny", h1, "last", "mean_diff", 2)
+    prop = SteeringPropagation(alphas=[1e-6, 1.0, 4.0], threshold=0.1).fit(wide, vec, saes, ITEMS)
+    res = prop.result()
+    assert res.provenance["skipped_earlier_hooks"] == [h0] and res.provenance["sae_hooks"] == [h1]
+    changed = res.metrics["per_layer"][h1]["features_changed"]
+    assert changed[0] == 0 and changed[-1] > 0
+    total = prop.table("vector", "total_abs_change")[0]
+    assert total[0] < total[1] < total[2]
+    # at the steering layer the residual moves by exactly alpha |v| relative to its size
+    X0 = _prompt_activations(wide, ITEMS, [h1], None, 0.0, None)[h1]
+    grid = {(r["alpha"], r["direction"]): r for r in res.tables["grid"]}
+    expect = float(np.mean(4.0 * np.linalg.norm(v) / np.linalg.norm(X0, axis=1)))
+    assert grid[(4.0, "vector")]["relative_residual_change"] == pytest.approx(expect, rel=1e-3)
+    # steering at layer 0 reaches both SAEs
+    vec0 = S.SteeringVector(v, "tiny", h0, "last", "mean_diff", 2)
+    res0 = SteeringPropagation(alphas=[2.0]).fit(wide, vec0, saes, ITEMS).result()
+    assert res0.provenance["sae_hooks"] == [h0, h1] and not res0.provenance["skipped_earlier_hooks"]
+    with pytest.raises(ConfigError, match="no SAE at or after the steering layer"):
+        SteeringPropagation().fit(wide, vec, {h0: saes[h0]}, ITEMS)
+    with pytest.raises(ConfigError, match="multipliers must be finite numbers"):
+        SteeringPropagation(alphas=[float("nan")]).fit(wide, vec, saes, ITEMS)
+
+
+def test_sweep_rows_baseline_and_samples(wide):
+    hook = "blocks.1.hook_resid_post"
+    rng = np.random.default_rng(6)
+    vec = S.SteeringVector(rng.standard_normal(64).astype(np.float32), "tiny", hook, "last", "mean_diff", 2)
+    neutral = S.NeutralText(wide, ["a small grey stone", "to run quickly"], max_tokens=6)
+    sw = SteeringSweep(alphas=[2.0, -2.0, 0.0], n_samples=1, max_new_tokens=3).fit(
+        wide, {hook: vec}, ITEMS, neutral, sample_prompts=["It was"])
+    res = sw.result()
+    grid = res.tables["grid"]
+    assert [r["alpha"] for r in grid] == [-2.0, 0.0, 2.0]  # sorted
+    zero = grid[1]
+    assert zero["logodds_shift"] == 0.0 and zero["kl_neutral"] == 0.0
+    base = S.target_logodds(wide, ITEMS)
+    with S.steering(wide, vec, 2.0, start=1):
+        moved = S.target_logodds(wide, ITEMS)
+    assert grid[2]["logodds_shift"] == pytest.approx(float((moved - base)[:, 0].mean()), abs=1e-5)
+    assert grid[2]["kl_neutral"] > 0 and grid[2]["random_kl_neutral"] > 0
+    s = res.metrics["per_hook"][hook]
+    assert s["monotone"] == bool(grid[0]["logodds_shift"] < 0 < grid[2]["logodds_shift"])
+    assert [x["direction"] for x in res.tables["samples"]] == ["unsteered", "vector", "vector"]
+    assert not wide.hook_dict[hook].fwd_hooks
