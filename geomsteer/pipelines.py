@@ -467,6 +467,14 @@ def _vector_file(path: Path, model_name: str, hooks: Sequence[str] | None = None
     return vectors
 
 
+def _one_vector(path: Path, model_name: str, hook: str | None) -> str:
+    """The hook of the one vector a step uses: ``hook`` if given (and in the file), else the file's only one."""
+    vectors = _vector_file(path, model_name, [hook] if hook else None)
+    if hook is None and len(vectors) > 1:
+        raise ConfigError(f"{str(path)!r} holds vectors at {', '.join(vectors)}: choose one with --hook")
+    return next(iter(vectors))
+
+
 def _check_vector_size(vectors: dict, model: Any, path: Path) -> None:
     from .errors import DataError
 
@@ -474,12 +482,6 @@ def _check_vector_size(vectors: dict, model: Any, path: Path) -> None:
         if v.vector.shape != (int(model.cfg.d_model),):
             raise DataError(f"the vector at {h} in {str(path)!r} has size {v.vector.shape[0]}, but this model's residual "
                             f"stream has size {model.cfg.d_model}; use a vector computed on this model")
-
-
-def _steer_hooks(model: Any, hooks: Sequence[str], model_name: str) -> list[str]:
-    from .activations import check_hooks
-
-    return check_hooks(model, hooks)
 
 
 def _run(kind: str, out: Path, force: bool, command: Sequence[str] | None, t0: float, provenance: dict,
@@ -531,7 +533,9 @@ def _load_for_vectors(model_name: str, vector_path: Path, hooks: Sequence[str] |
     resolved = models.resolve(model_name)
     model = models.load_model(resolved)
     _check_vector_size(vectors, model, vector_path)
-    _steer_hooks(model, list(vectors), model_name)
+    from .activations import check_hooks
+
+    check_hooks(model, list(vectors))
     return vectors, model, resolved
 
 
@@ -560,10 +564,7 @@ def steer_apply_job(model_name: str, vector_path: Path, out: Path, *, hook: str 
         raise ConfigError("no prompts: give --prompt TEXT (repeatable) or --prompts FILE")
     reports.check_output_dir(out, force)
     t0 = time.perf_counter()
-    vectors = _vector_file(vector_path, model_name, [hook] if hook else None)
-    if hook is None and len(vectors) > 1:
-        raise ConfigError(f"{str(vector_path)!r} holds vectors at {', '.join(vectors)}: choose one with --hook")
-    vectors, model, resolved = _load_for_vectors(model_name, vector_path, list(vectors))
+    vectors, model, resolved = _load_for_vectors(model_name, vector_path, [_one_vector(vector_path, model_name, hook)])
     h, sv = next(iter(vectors.items()))
     rnd = random_direction(sv.vector, seed + 1)
     rows = []
@@ -666,12 +667,7 @@ def steer_decompose_job(model_name: str, vector_path: Path, sae_dir: Path, eval_
     items, eval_sha = load_eval(eval_path)
     sae = saes.load_sae(sae_dir)
     sae_hook = sae.cfg.metadata.get("hook_name") if hasattr(sae.cfg, "metadata") else None
-    hook = hook or sae_hook
-    vectors = _vector_file(vector_path, model_name, [hook] if hook else None)
-    if hook is None:
-        if len(vectors) > 1:
-            raise ConfigError(f"{str(vector_path)!r} holds vectors at {', '.join(vectors)}: choose one with --hook")
-        hook = next(iter(vectors))
+    hook = _one_vector(vector_path, model_name, hook or sae_hook)
     if sae_hook and sae_hook != hook:
         raise DataError(f"the SAE at {str(sae_dir)!r} was trained at {sae_hook}, but the vector is at {hook}; "
                         "decompose with an SAE trained at the vector's hook")
@@ -717,12 +713,11 @@ def steer_propagate_job(model_name: str, vector_path: Path, sae_dirs: Sequence[P
         if h in by_hook:
             raise DataError(f"two SAEs were given for {h}; give one SAE per layer")
         by_hook[h] = (sae, str(d))
-    vectors = _vector_file(vector_path, model_name, [hook] if hook else None)
-    if hook is None and len(vectors) > 1:
-        raise ConfigError(f"{str(vector_path)!r} holds vectors at {', '.join(vectors)}: choose one with --hook")
-    vectors, model, resolved = _load_for_vectors(model_name, vector_path, list(vectors))
+    vectors, model, resolved = _load_for_vectors(model_name, vector_path, [_one_vector(vector_path, model_name, hook)])
     h0, sv = next(iter(vectors.items()))
-    _steer_hooks(model, list(by_hook), model_name)
+    from .activations import check_hooks
+
+    check_hooks(model, list(by_hook))
     prop = SteeringPropagation(alphas=alphas, threshold=threshold, top=top, seed=seed)
     with step(f"Steering at {h0} and encoding {len(by_hook)} layer(s) with SAEs, {len(alphas)} multipliers"):
         prop.fit(model, sv, {h: s for h, (s, _) in by_hook.items()}, items)

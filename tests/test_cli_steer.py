@@ -52,6 +52,11 @@ def test_vector_errors_before_the_model_loads(tmp_path, capsys):
     e = err(capsys, "steer", "sweep", "--model", "gemma-3-270m", "--vector", str(tmp_path / "none.safetensors"),
             "--out", str(tmp_path / "o"))
     assert e == f"geomsteer: error: steering vector file {str(tmp_path / 'none.safetensors')!r} does not exist"
+    two = vector_file(tmp_path, d=32, hooks=("blocks.3.hook_resid_post", "blocks.6.hook_resid_post"))
+    e = err(capsys, "steer", "apply", "--model", "gemma-3-270m", "--vector", str(two), "--prompt", "x",
+            "--out", str(tmp_path / "o"))
+    assert e == (f"geomsteer: error: {str(two)!r} holds vectors at blocks.3.hook_resid_post, blocks.6.hook_resid_post: "
+                 "choose one with --hook")
     bad_eval = tmp_path / "e.jsonl"
     bad_eval.write_text('{"prompt": "x", "positive": [" a"]}\n')
     e = err(capsys, "steer", "sweep", "--model", "gemma-3-270m", "--vector", str(f), "--eval", str(bad_eval),
