@@ -42,6 +42,7 @@ benchmark: $(VENV)/.installed-test
 	$(PY) benchmarks/bench_activations.py
 	$(PY) benchmarks/bench_similarity.py
 	$(PY) benchmarks/bench_mapper.py
+	$(PY) benchmarks/bench_steering.py
 
 clean-venv:
 	rm -rf $(VENV)

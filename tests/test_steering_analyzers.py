@@ -175,3 +175,17 @@ def test_sweep_rows_baseline_and_samples(wide):
     assert s["monotone"] == bool(grid[0]["logodds_shift"] < 0 < grid[2]["logodds_shift"])
     assert [x["direction"] for x in res.tables["samples"]] == ["unsteered", "vector", "vector"]
     assert not wide.hook_dict[hook].fwd_hooks
+
+
+def test_omp_agrees_with_scikit_learn_on_a_realistic_dictionary():
+    from sklearn.linear_model import orthogonal_mp
+
+    rng = np.random.default_rng(4)
+    D = rng.standard_normal((512, 80))
+    U = D / np.linalg.norm(D, axis=1, keepdims=True)
+    v = U[:10].T @ rng.uniform(1, 3, 10) + 0.2 * rng.standard_normal(80)
+    ours = omp(D, v, 12)
+    ref = orthogonal_mp(U.T, v, n_nonzero_coefs=12)
+    assert set(ours["atoms"]) == set(np.flatnonzero(ref))
+    np.testing.assert_allclose(dict(zip(ours["atoms"], ours["coefficients"]))[ours["atoms"][0]],
+                               ref[ours["atoms"][0]], rtol=1e-8)
