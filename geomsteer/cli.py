@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="multipliers (default: -4 -2 -1 0 1 2 4)")
     sw.add_argument("--neutral", type=int, default=16,
                     help="neutral texts (WordNet glosses, first 24 tokens) for the KL divergence; 0 skips it (default: 16)")
+    sw.add_argument("--random", type=_positive_int, default=3,
+                    help="random directions of the vector's norm per cell, the null (KL for the first) (default: 3)")
     sw.add_argument("--samples", type=int, default=2, help="prompts to generate from at the extreme multipliers (default: 2)")
     sw.add_argument("--max-new-tokens", type=_positive_int, default=24, help="(default: 24)")
 
@@ -501,6 +503,7 @@ def _cmd_steer(args: argparse.Namespace, argv: Sequence[str]) -> int:
     elif c == "sweep":
         res = P.steer_sweep_job(args.model, args.vector, _eval_path(args.eval), args.out,
                                 hooks=[args.hook] if args.hook else None, alphas=args.alphas, n_neutral=args.neutral,
+                                n_random=args.random,
                                 n_samples=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed,
                                 force=args.force, command=cmd)
         for h, s in res["result"].metrics["per_hook"].items():

@@ -589,7 +589,7 @@ def _neutral_texts(n: int, seed: int) -> list[str]:
 
 
 def steer_sweep_job(model_name: str, vector_path: Path, eval_path: Path, out: Path, *, hooks: Sequence[str] | None = None,
-                    alphas: Sequence[float] = (-4, -2, -1, 0, 1, 2, 4), n_neutral: int = 16, n_samples: int = 2,
+                    alphas: Sequence[float] = (-4, -2, -1, 0, 1, 2, 4), n_neutral: int = 16, n_random: int = 3, n_samples: int = 2,
                     max_new_tokens: int = 24, seed: int = 0, force: bool = False,
                     command: Sequence[str] | None = None) -> dict:
     """Multiplier x layer grid: target log-odds shift, KL on neutral text, samples; random-direction nulls."""
@@ -607,7 +607,7 @@ def steer_sweep_job(model_name: str, vector_path: Path, eval_path: Path, out: Pa
     neutral_texts = _neutral_texts(n_neutral, seed) if n_neutral > 0 else []
     with step(f"Unsteered next-token distributions on {len(neutral_texts)} neutral texts (WordNet glosses)"):
         neutral = NeutralText(model, neutral_texts, max_tokens=24) if neutral_texts else None
-    sweep = SteeringSweep(alphas=alphas, n_samples=n_samples, max_new_tokens=max_new_tokens, seed=seed)
+    sweep = SteeringSweep(alphas=alphas, n_random=n_random, n_samples=n_samples, max_new_tokens=max_new_tokens, seed=seed)
     total = len(vectors) * len(alphas)
     bar = iter(track(range(total), f"Sweeping {len(vectors)} layer(s) x {len(alphas)} multipliers"))
     next(bar, None)

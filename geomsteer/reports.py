@@ -1194,9 +1194,13 @@ def _sweep_figures(doc: Mapping[str, Any], fig_dir: Path) -> dict[str, str]:
             else:
                 ax.plot(a, y, "o-", color=c, label=_short_hook(h))
             ax.plot(a, [r["random_" + key] for r in rows], ":", color=c, alpha=0.8)
+            if key == "logodds_shift":
+                mu = np.array([r["random_logodds_shift"] for r in rows])
+                sd = np.array([r["random_logodds_shift_sd"] for r in rows])
+                ax.fill_between(a, mu - sd, mu + sd, color=c, alpha=0.08, lw=0)
         ax.axhline(0, color="black", lw=0.5)
         ax.set(xlabel="multiplier", ylabel=ylabel)
-        ax.set_title("solid: steering vector; dotted: random direction of the same norm", fontsize=9)
+        ax.set_title("solid: steering vector; dotted (band: ± sd): random directions of the same norm", fontsize=9)
         ax.legend(fontsize=8, title="layer", title_fontsize=8)
         _save(fig, fig_dir, name, figs)
     return figs
@@ -1210,24 +1214,25 @@ def _sweep_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
           f"log p(negative targets) for the next token (each set's probability summed over its tokens); unsteered mean "
           f"{u['logodds_mean']:.3f} over {u['n_prompts']} prompts. Side effects: mean KL divergence of the steered "
           f"from the unsteered next-token distribution over {u['neutral_positions']} positions of neutral text. Every "
-          "cell has a random direction of the vector's norm beside it.", "",
+          f"cell has {pr['n_random']} random directions of the vector's norm beside it (their mean shift ± sd and "
+          "mean absolute shift; KL for the first).", "",
           "## Per layer", "",
-          "| hook | vector norm | Spearman (multiplier, shift) | monotone | shift at max | random | KL at max | random KL |",
-          "|---|---|---|---|---|---|---|---|"]
+          "| hook | vector norm | Spearman (multiplier, shift) | monotone | shift at max | random: mean (mean \\|shift\\|) "
+          "| KL at max | random KL |", "|---|---|---|---|---|---|---|---|"]
     for h, s in m["per_hook"].items():
         L.append(f"| {h} | {_fmt(s['vector_norm'], 1)} | {_fmt(s['spearman_alpha_shift'])} | "
                  f"{'yes' if s['monotone'] else 'no'} | {_fmt(s['shift_at_max_alpha'])} | "
-                 f"{_fmt(s['random_shift_at_max_alpha'])} | {_fmt(s['kl_at_max_alpha'])} | "
-                 f"{_fmt(s['random_kl_at_max_alpha'])} |")
+                 f"{_fmt(s['random_shift_at_max_alpha'])} ({_fmt(s['random_abs_shift_at_max_alpha'])}) | "
+                 f"{_fmt(s['kl_at_max_alpha'])} | {_fmt(s['random_kl_at_max_alpha'])} |")
     for key, title in (("dose_response", "Dose-response"), ("kl", "Side effects")):
         if key in figs:
             L += ["", f"![{title}](figures/{figs[key]})"]
     L += ["", "## Grid", "",
-          "| hook | multiplier | log-odds shift ± sem | random | log p(pos) shift | log p(neg) shift | prompts moved "
+          "| hook | multiplier | log-odds shift ± sem | random ± sd | log p(pos) shift | log p(neg) shift | prompts moved "
           "with the sign | KL | random KL |", "|---|---|---|---|---|---|---|---|---|"]
     for r in doc["tables"]["grid"]:
         L.append(f"| {r['hook']} | {r['alpha']:g} | {_fmt(r['logodds_shift'])} ± {_fmt(r['logodds_shift_sem'])} | "
-                 f"{_fmt(r['random_logodds_shift'])} | {_fmt(r['logp_positive_shift'])} | "
+                 f"{_fmt(r['random_logodds_shift'])} ± {_fmt(r['random_logodds_shift_sd'])} | {_fmt(r['logp_positive_shift'])} | "
                  f"{_fmt(r['logp_negative_shift'])} | {_fmt(r['prompts_moved_with_sign'], 2)} | "
                  f"{_fmt(r['kl_neutral'], 4)} | {_fmt(r['random_kl_neutral'], 4)} |")
     if doc["tables"]["samples"]:

@@ -159,7 +159,7 @@ def test_sweep_rows_baseline_and_samples(wide):
     rng = np.random.default_rng(6)
     vec = S.SteeringVector(rng.standard_normal(64).astype(np.float32), "tiny", hook, "last", "mean_diff", 2)
     neutral = S.NeutralText(wide, ["a small grey stone", "to run quickly"], max_tokens=6)
-    sw = SteeringSweep(alphas=[2.0, -2.0, 0.0], n_samples=1, max_new_tokens=3).fit(
+    sw = SteeringSweep(alphas=[2.0, -2.0, 0.0], n_random=2, n_samples=1, max_new_tokens=3).fit(
         wide, {hook: vec}, ITEMS, neutral, sample_prompts=["It was"])
     res = sw.result()
     grid = res.tables["grid"]
@@ -171,6 +171,13 @@ def test_sweep_rows_baseline_and_samples(wide):
         moved = S.target_logodds(wide, ITEMS)
     assert grid[2]["logodds_shift"] == pytest.approx(float((moved - base)[:, 0].mean()), abs=1e-5)
     assert grid[2]["kl_neutral"] > 0 and grid[2]["random_kl_neutral"] > 0
+    draws = []
+    for i in range(2):  # the null: random directions of the vector's norm, seeded per hook and draw
+        with S.steering(wide, S.random_direction(vec.vector, 1000 + i), 2.0, hook, start=1):
+            draws.append(float((S.target_logodds(wide, ITEMS) - base)[:, 0].mean()))
+    assert grid[2]["random_logodds_shift"] == pytest.approx(np.mean(draws), abs=1e-5)
+    assert grid[2]["random_logodds_shift_sd"] == pytest.approx(np.std(draws, ddof=1), abs=1e-5)
+    assert grid[2]["random_abs_logodds_shift"] == pytest.approx(np.mean(np.abs(draws)), abs=1e-5)
     s = res.metrics["per_hook"][hook]
     assert s["monotone"] == bool(grid[0]["logodds_shift"] < 0 < grid[2]["logodds_shift"])
     assert [x["direction"] for x in res.tables["samples"]] == ["unsteered", "vector", "vector"]

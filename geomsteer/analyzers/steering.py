@@ -62,16 +62,17 @@ class SteeringSweep:
     :class:`~geomsteer.steering.EvalPrompt`; ``neutral`` a :class:`~geomsteer.steering.NeutralText`.
     """
 
-    def __init__(self, alphas: Sequence[float] = DEFAULT_ALPHAS, n_samples: int = 2, max_new_tokens: int = 24,
-                 seed: int = 0, batch_size: int = 16) -> None:
+    def __init__(self, alphas: Sequence[float] = DEFAULT_ALPHAS, n_random: int = 3, n_samples: int = 2,
+                 max_new_tokens: int = 24, seed: int = 0, batch_size: int = 16) -> None:
         self.alphas = alphas
+        self.n_random = max(1, int(n_random))
         self.n_samples = n_samples
         self.max_new_tokens = max_new_tokens
         self.seed = seed
         self.batch_size = batch_size
 
     def get_params(self) -> dict[str, Any]:
-        return {"alphas": list(self.alphas), "n_samples": self.n_samples, "max_new_tokens": self.max_new_tokens,
+        return {"alphas": list(self.alphas), "n_random": self.n_random, "n_samples": self.n_samples, "max_new_tokens": self.max_new_tokens,
                 "seed": self.seed, "batch_size": self.batch_size}
 
     def fit(self, model: Any, vectors: Mapping[str, Any], items: Sequence[Any], neutral: Any = None,
@@ -94,27 +95,37 @@ class SteeringSweep:
                             "texts": generate(model, prompts, self.max_new_tokens, seed=self.seed)})
         for hi, (hook, sv) in enumerate(vectors.items()):
             v = np.asarray(getattr(sv, "vector", sv), dtype=np.float32)
-            rnd = random_direction(v, self.seed + 1000 + hi)
+            rnds = [random_direction(v, self.seed + 1000 + 100 * hi + i) for i in range(self.n_random)]
             for a in alphas:
                 if progress:
                     progress(f"{hook}, multiplier {a:g}")
                 row: dict[str, Any] = {"hook": hook, "layer": _layer(hook), "alpha": a}
-                for name, vec in (("vector", v), ("random", rnd)):
+                draws = []
+                for i, vec in enumerate([v] + rnds):
                     if a == 0:
                         s, kl = base, 0.0
                     else:
                         with steering(model, vec, a, hook, start=start):
                             s = target_logodds(model, items, self.batch_size, ids)
-                            kl = neutral.kl(model) if neutral is not None else None
+                            kl = neutral.kl(model) if neutral is not None and i <= 1 else None
                     d = s - base
-                    pre = "" if name == "vector" else "random_"
-                    row[pre + "logodds_shift"] = float(d[:, 0].mean())
-                    row[pre + "logodds_shift_sem"] = float(d[:, 0].std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
-                    row[pre + "logp_positive_shift"] = float(d[:, 1].mean())
-                    row[pre + "logp_negative_shift"] = float(d[:, 2].mean())
-                    row[pre + "kl_neutral"] = kl
-                    if name == "vector":
+                    if i == 0:
+                        row["logodds_shift"] = float(d[:, 0].mean())
+                        row["logodds_shift_sem"] = float(d[:, 0].std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+                        row["logp_positive_shift"] = float(d[:, 1].mean())
+                        row["logp_negative_shift"] = float(d[:, 2].mean())
+                        row["kl_neutral"] = kl
                         row["prompts_moved_with_sign"] = float(np.mean(np.sign(d[:, 0]) == np.sign(a))) if a else None
+                    else:
+                        draws.append(d.mean(0))
+                        if i == 1:
+                            row["random_kl_neutral"] = kl  # one draw: KL is the costly part
+                D = np.array(draws)
+                row["random_logodds_shift"] = float(D[:, 0].mean())
+                row["random_logodds_shift_sd"] = float(D[:, 0].std(ddof=1)) if len(D) > 1 else 0.0
+                row["random_abs_logodds_shift"] = float(np.abs(D[:, 0]).mean())
+                row["random_logp_positive_shift"] = float(D[:, 1].mean())
+                row["random_logp_negative_shift"] = float(D[:, 2].mean())
                 rows.append(row)
                 if prompts and a != 0 and a in (alphas[0], alphas[-1]):
                     samples.append({"hook": hook, "alpha": a, "direction": "vector",
@@ -127,6 +138,7 @@ class SteeringSweep:
                 "spearman_alpha_shift": _spearman(alphas, shifts),
                 "monotone": bool(np.all(np.diff(shifts) > 0)),
                 "shift_at_max_alpha": top["logodds_shift"], "random_shift_at_max_alpha": top["random_logodds_shift"],
+                "random_abs_shift_at_max_alpha": top["random_abs_logodds_shift"],
                 "kl_at_max_alpha": top["kl_neutral"], "random_kl_at_max_alpha": top["random_kl_neutral"],
             }
         self.rows_, self.samples_, self.summary_ = rows, samples, summary
