@@ -1319,14 +1319,10 @@ def _propagate_figures(doc: Mapping[str, Any], fig_dir: Path) -> dict[str, str]:
     top_a = alphas[-1]
     rows, labels = [], []
     for h in hooks:
-        last = next(r for r in grid if r["hook"] == h and r["direction"] == "vector" and r["alpha"] == top_a)
-        for f in last["top_features"][:5]:
-            vals = []
-            for a in alphas:
-                ra = next(r for r in grid if r["hook"] == h and r["direction"] == "vector" and r["alpha"] == a)
-                vals.append(next((t["mean_change"] for t in ra["top_features"] if t["feature"] == f["feature"]), np.nan))
+        t = doc["tables"]["tracked"][h]
+        for f, vals in list(zip(t["features"], t["mean_change"]))[:5]:
             rows.append(vals)
-            labels.append(f"{_short_hook(h)} f{f['feature']}")
+            labels.append(f"{_short_hook(h)} f{f}")
     figs: dict[str, str] = {}
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, max(3.2, 0.22 * len(labels) + 1)),
                                  gridspec_kw={"width_ratios": [1, 1.2]})

@@ -137,6 +137,11 @@ def test_propagation_counts_nothing_for_a_vanishing_multiplier_and_skips_earlier
     assert res.provenance["skipped_earlier_hooks"] == [h0] and res.provenance["sae_hooks"] == [h1]
     changed = res.metrics["per_layer"][h1]["features_changed"]
     assert changed[0] == 0 and changed[-1] > 0
+    tracked = res.tables["tracked"][h1]  # the most changed features at the largest multiplier, at every multiplier
+    top4 = next(r for r in res.tables["grid"] if r["alpha"] == 4.0 and r["direction"] == "vector")["top_features"]
+    assert tracked["features"] == [t["feature"] for t in top4]
+    np.testing.assert_allclose([m[-1] for m in tracked["mean_change"]], [t["mean_change"] for t in top4])
+    assert max(abs(m[0]) for m in tracked["mean_change"]) < 1e-3
     total = prop.table("vector", "total_abs_change")[0]
     assert total[0] < total[1] < total[2]
     # at the steering layer the residual moves by exactly alpha |v| relative to its size

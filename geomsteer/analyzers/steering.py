@@ -422,6 +422,7 @@ class SteeringPropagation:
         C0 = {h: encode(saes[h], X0[h]) for h in later}
         scale = {h: float(C0[h][C0[h] > 0].mean()) if (C0[h] > 0).any() else 1.0 for h in later}
         rows = []
+        means: dict[tuple[str, float], np.ndarray] = {}
         for a in alphas:
             for name, vec in (("vector", v), ("random", rnd)):
                 if progress:
@@ -437,12 +438,20 @@ class SteeringPropagation:
                            "relative_residual_change": float(moved.mean())}
                     if name == "vector":
                         mean = d.mean(0)
+                        means[(h, a)] = mean
                         order = np.argsort(-mean_abs)[: self.top]
                         row["top_features"] = [{"feature": int(j), "mean_change": float(mean[j]),
                                                 "mean_abs_change": float(mean_abs[j]),
                                                 "mean_unsteered": float(C0[h][:, j].mean())} for j in order]
                     rows.append(row)
         self.rows_ = rows
+        # each layer's most changed features at the largest multiplier, followed across all multipliers
+        self.tracked_ = {}
+        for h in later:
+            top_rows = next(r for r in rows if r["hook"] == h and r["direction"] == "vector" and r["alpha"] == alphas[-1])
+            feats = [t["feature"] for t in top_rows["top_features"]]
+            self.tracked_[h] = {"features": feats,
+                                "mean_change": [[float(means[(h, a)][f]) for a in alphas] for f in feats]}
         self.scale_ = scale
         self.hook_, self.hooks_, self.alphas_ = hook, later, alphas
         self.n_tokens_ = int(len(next(iter(X0.values()))))
@@ -472,5 +481,5 @@ class SteeringPropagation:
             provenance={"hook": self.hook_, "sae_hooks": self.hooks_, "skipped_earlier_hooks": self.skipped_,
                         "n_tokens": self.n_tokens_},
             metrics={"per_layer": per_layer, "alphas": self.alphas_},
-            tables={"grid": self.rows_},
+            tables={"grid": self.rows_, "tracked": self.tracked_},
         )
