@@ -478,7 +478,10 @@ class NeutralText:
             mask = pos < lengths[:, None]
             valid = mask & (pos >= self.start)
             ref = self._logp(model, ids, mask)[valid]
-            self.batches.append((ids, mask, valid, ref))
+            p_ref = ref.exp()
+            # KL(p || q) = sum p log p - sum p log q: the first term is fixed, computed once
+            self.batches.append((ids, mask, valid, p_ref, float((p_ref * ref).sum(dtype=torch.float64))))
+            del ref
             self.n_positions += int(valid.sum())
 
     @staticmethod
@@ -490,9 +493,9 @@ class NeutralText:
 
     def kl(self, model: Any) -> float:
         total = 0.0
-        for ids, mask, valid, ref in self.batches:
+        for ids, mask, valid, p_ref, neg_entropy in self.batches:
             cur = self._logp(model, ids, mask)[valid]
-            total += float((ref.exp() * (ref - cur)).sum())
+            total += neg_entropy - float((p_ref * cur).sum(dtype=torch.float64))
         return total / max(self.n_positions, 1)
 
 
