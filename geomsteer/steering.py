@@ -492,6 +492,8 @@ class NeutralText:
             return torch.log_softmax(model(ids, attention_mask=mask.long()).float(), -1)
 
     def kl(self, model: Any) -> float:
+        import torch
+
         total = 0.0
         for ids, mask, valid, p_ref, neg_entropy in self.batches:
             cur = self._logp(model, ids, mask)[valid]
