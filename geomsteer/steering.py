@@ -358,16 +358,27 @@ def _logits_at_last(model: Any, rows: Sequence[Sequence[int]]) -> Any:
     for i, r in enumerate(rows):
         ids[i, : len(r)] = torch.as_tensor(r)
     mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
-    at = torch.arange(len(rows)), lengths - 1
+    return logits_at(model, ids, mask, (torch.arange(len(rows)), lengths - 1))
+
+
+def logits_at(model: Any, ids: Any, mask: Any, where: Any) -> Any:
+    """Float32 logits (n, vocab) at the positions ``where`` (an index tuple or boolean mask) of a batch.
+
+    For a HookedTransformer only those positions are normalized and unembedded, with a plain
+    product: TransformerLens's ``Unembed`` copies the whole (d_model, vocab) matrix on every call
+    (670 MB for Gemma 3), which dominated one-token generation steps.
+    """
+    import torch
+
     with torch.no_grad():
-        if _unembeds_itself(model):  # unembed the last positions only: the vocabulary projection dominates
-            resid = model(ids, attention_mask=mask, stop_at_layer=model.cfg.n_layers)[at][:, None]
-            if model.cfg.normalization_type is not None:
-                resid = model.ln_final(resid)
-            logits = model.unembed(resid)[:, 0]
-            cap = getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0
-            return (cap * torch.tanh(logits / cap) if cap > 0 else logits).float()
-        return model(ids, attention_mask=mask)[at].float()
+        if not _unembeds_itself(model):
+            return model(ids, attention_mask=mask)[where].float()
+        resid = model(ids, attention_mask=mask, stop_at_layer=model.cfg.n_layers)[where]
+        if model.cfg.normalization_type is not None:
+            resid = model.ln_final(resid[:, None])[:, 0]
+        logits = resid @ model.W_U + model.b_U
+        cap = getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0
+        return (cap * torch.tanh(logits / cap) if cap > 0 else logits).float()
 
 
 def _unembeds_itself(model: Any) -> bool:
@@ -477,26 +488,19 @@ class NeutralText:
             pos = torch.arange(ids.shape[1])[None, :]
             mask = pos < lengths[:, None]
             valid = mask & (pos >= self.start)
-            ref = self._logp(model, ids, mask)[valid]
+            ref = torch.log_softmax(logits_at(model, ids, mask.long(), valid), -1)
             p_ref = ref.exp()
             # KL(p || q) = sum p log p - sum p log q: the first term is fixed, computed once
             self.batches.append((ids, mask, valid, p_ref, float((p_ref * ref).sum(dtype=torch.float64))))
             del ref
             self.n_positions += int(valid.sum())
 
-    @staticmethod
-    def _logp(model: Any, ids: Any, mask: Any) -> Any:
-        import torch
-
-        with torch.no_grad():
-            return torch.log_softmax(model(ids, attention_mask=mask.long()).float(), -1)
-
     def kl(self, model: Any) -> float:
         import torch
 
         total = 0.0
         for ids, mask, valid, p_ref, neg_entropy in self.batches:
-            cur = self._logp(model, ids, mask)[valid]
+            cur = torch.log_softmax(logits_at(model, ids, mask.long(), valid), -1)
             total += neg_entropy - float((p_ref * cur).sum(dtype=torch.float64))
         return total / max(self.n_positions, 1)
 
