@@ -21,6 +21,12 @@ __all__ = ["train_sae_job", "inspect_feature_job", "similarity_job", "parse_laye
            "steer_compute_job", "steer_apply_job", "steer_sweep_job", "steer_decompose_job", "steer_propagate_job"]
 
 
+def _held_out_tokens(store: Any, hook: str) -> dict[str, np.ndarray]:
+    """A store's activations at ``hook`` with each token's id, document and position, all shards joined."""
+    parts = list(store.iter_shards([hook, "token_ids", "doc_index", "position"]))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def _sorted_in_windows(texts: Sequence[str], window: int) -> list[str]:
     """Documents sorted by length inside consecutive windows: batches pad less, order stays mixed."""
     out: list[str] = []
@@ -121,8 +127,7 @@ def inspect_feature_job(sae_dir: Path, feature: int, n_contexts: int = 10, out: 
         raise DataError(f"the SAE reads vectors of size {sae.cfg.d_in} but the activations at {hook} have size "
                         f"{store.manifest['d'][hook]}; use an SAE trained on this model and hook")
     with step(f"Encoding {store.n_tokens:,} held-out tokens"):
-        parts = list(store.iter_shards([hook, "token_ids", "doc_index", "position"]))
-        cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        cat = _held_out_tokens(store, hook)
         acts = saes.encode(sae, cat[hook])[:, feature]
     emb = models.load_unembedding(info["model"])
     id_to_tok = emb.id_to_token
@@ -548,7 +553,7 @@ def _vector_provenance(vector_path: Path, vectors: dict) -> dict:
             "vector_method": first.method, "vector_n_pairs": first.n_pairs}
 
 
-def steer_apply_job(model_name: str, vector_path: Path, out: Path, *, hook: str | None = None, alpha: float = 2.0,
+def steer_apply_job(model_name: str, vector_path: Path, out: Path, *, hook: str | None = None, alpha: float = 4.0,
                     prompts: Sequence[str] = (), max_new_tokens: int = 32, temperature: float = 0.0, seed: int = 0,
                     force: bool = False, command: Sequence[str] | None = None) -> dict:
     """Generations with and without the vector (and with a random direction of its norm)."""
@@ -594,7 +599,7 @@ def steer_sweep_job(model_name: str, vector_path: Path, eval_path: Path, out: Pa
                     command: Sequence[str] | None = None) -> dict:
     """Multiplier x layer grid: target log-odds shift, KL on neutral text, samples; random-direction nulls."""
     from . import reports
-    from ._progress import track
+    from ._progress import counter
     from .analyzers.steering import SteeringSweep, _check_alphas
     from .steering import NeutralText, load_eval, target_ids
 
@@ -608,13 +613,10 @@ def steer_sweep_job(model_name: str, vector_path: Path, eval_path: Path, out: Pa
     with step(f"Unsteered next-token distributions on {len(neutral_texts)} neutral texts (WordNet glosses)"):
         neutral = NeutralText(model, neutral_texts, max_tokens=24) if neutral_texts else None
     sweep = SteeringSweep(alphas=alphas, n_random=n_random, n_samples=n_samples, max_new_tokens=max_new_tokens, seed=seed)
-    total = len(vectors) * len(alphas)
-    bar = iter(track(range(total), f"Sweeping {len(vectors)} layer(s) x {len(alphas)} multipliers"))
-    next(bar, None)
-    sweep.fit(model, vectors, items, neutral, sample_prompts=[it.prompt for it in items],
-              progress=lambda _msg: next(bar, None))
-    for _ in bar:
-        pass
+    with counter(f"Sweeping {len(vectors)} layer(s) x {len(alphas)} multipliers", len(vectors) * len(alphas),
+                 unit="cells") as advance:
+        sweep.fit(model, vectors, items, neutral, sample_prompts=[it.prompt for it in items],
+                  progress=lambda: advance(1))
     prov = {"model": model_name, "model_provenance": resolved.provenance, **_vector_provenance(vector_path, vectors),
             "eval": str(eval_path), "eval_sha256": eval_sha, "n_prompts": len(items),
             "neutral": {"source": "WordNet glosses (definitions), shuffled", "n_texts": len(neutral_texts),
@@ -636,8 +638,7 @@ def _feature_contexts(sae_dir: Path, sae: Any, features: Sequence[int], n: int) 
         say(f"(no top contexts: the held-out activations of {sae_dir} are no longer cached)")
         return {}
     hook = info["hook"]
-    parts = list(store.iter_shards([hook, "token_ids", "doc_index", "position"]))
-    cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    cat = _held_out_tokens(store, hook)
     codes = saes.encode(sae, cat[hook])[:, list(features)]
     tok = models.load_tokenizer(info["model"])
     out = {}
@@ -649,7 +650,7 @@ def _feature_contexts(sae_dir: Path, sae: Any, features: Sequence[int], n: int) 
 
 
 def steer_decompose_job(model_name: str, vector_path: Path, sae_dir: Path, eval_path: Path, out: Path, *,
-                        hook: str | None = None, alpha: float = 2.0, k: int = 32, nonneg: bool = False, top: int = 12,
+                        hook: str | None = None, alpha: float = 4.0, k: int = 32, nonneg: bool = False, top: int = 12,
                         n_contexts: int = 3, seed: int = 0, force: bool = False,
                         command: Sequence[str] | None = None) -> dict:
     """The vector in an SAE's feature space (sparse coding and code differences) and whether that steers."""
@@ -719,8 +720,11 @@ def steer_propagate_job(model_name: str, vector_path: Path, sae_dirs: Sequence[P
 
     check_hooks(model, list(by_hook))
     prop = SteeringPropagation(alphas=alphas, threshold=threshold, top=top, seed=seed)
-    with step(f"Steering at {h0} and encoding {len(by_hook)} layer(s) with SAEs, {len(alphas)} multipliers"):
-        prop.fit(model, sv, {h: s for h, (s, _) in by_hook.items()}, items)
+    from ._progress import counter
+
+    with counter(f"Steering at {h0}, encoding {len(by_hook)} layer(s) with SAEs", 2 * len(alphas),
+                 unit="passes") as advance:
+        prop.fit(model, sv, {h: s for h, (s, _) in by_hook.items()}, items, progress=lambda: advance(1))
     prov = {"model": model_name, "model_provenance": resolved.provenance, **_vector_provenance(vector_path, vectors),
             "saes": {h: d for h, (_, d) in by_hook.items()}, "eval": str(eval_path), "eval_sha256": eval_sha,
             "n_prompts": len(items)}

@@ -105,7 +105,7 @@ def _side_vectors(model: Any, texts: Sequence[str], prompts: Sequence[str], hook
             pids = tok(prompt, add_special_tokens=False)["input_ids"] if prompt else []
             aids = tok(text, add_special_tokens=False)["input_ids"]
             if not aids:
-                raise DataError(f"a text of the pair file tokenizes to nothing: {text!r}")
+                raise DataError(f"a text of the pair file tokenizes to nothing: {text!r}; give each side some text")
             ids = head + pids + aids
             start = len(head) + (len(pids) if position == "answer" else 0)
             if position == "mean":
@@ -205,13 +205,15 @@ def load_vectors(path: str | Path) -> dict[str, SteeringVector]:
 
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"steering vector file {str(p)!r} does not exist")
+        raise DataError(f"steering vector file {str(p)!r} does not exist: expected the vectors.safetensors that "
+                        "'geomsteer steer compute' writes")
     try:
         with safe_open(str(p), framework="numpy") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # not a safetensors file
-        raise DataError(f"{str(p)!r} is not a steering vector file written by geomsteer ({type(e).__name__})") from None
+        raise DataError(f"{str(p)!r} is not a steering vector file written by geomsteer ({type(e).__name__}): expected "
+                        "the vectors.safetensors that 'geomsteer steer compute' writes") from None
     if meta.get("format") != FORMAT:
         raise DataError(f"{str(p)!r} is not a geomsteer steering vector file (format {meta.get('format')!r}, "
                         f"expected {FORMAT!r})")
@@ -331,7 +333,7 @@ def target_ids(model: Any, items: Sequence[EvalPrompt]) -> list[tuple[list[int],
         if t not in cache:
             ids = tok(t, add_special_tokens=False)["input_ids"]
             if not ids:
-                raise DataError(f"target {t!r} tokenizes to nothing")
+                raise DataError(f"target {t!r} tokenizes to nothing: give targets with at least one token, such as \" good\"")
             cache[t] = ids[0]
         return cache[t]
 

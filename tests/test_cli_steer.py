@@ -48,10 +48,11 @@ def test_vector_errors_before_the_model_loads(tmp_path, capsys):
     assert e == "geomsteer: error: --alpha must be a finite number, got nan"
     e = err(capsys, "steer", "sweep", "--model", "gemma-3-270m", "--vector", str(f), "--alphas", "1", "inf",
             "--out", str(tmp_path / "o"))
-    assert e == "geomsteer: error: multipliers must be finite numbers, got [1.0, inf]"
+    assert e == "geomsteer: error: multipliers must be finite numbers, got [1.0, inf]; for example --alphas -4 -2 0 2 4"
     e = err(capsys, "steer", "sweep", "--model", "gemma-3-270m", "--vector", str(tmp_path / "none.safetensors"),
             "--out", str(tmp_path / "o"))
-    assert e == f"geomsteer: error: steering vector file {str(tmp_path / 'none.safetensors')!r} does not exist"
+    assert e == (f"geomsteer: error: steering vector file {str(tmp_path / 'none.safetensors')!r} does not exist: "
+                 "expected the vectors.safetensors that 'geomsteer steer compute' writes")
     two = vector_file(tmp_path, d=32, hooks=("blocks.3.hook_resid_post", "blocks.6.hook_resid_post"))
     e = err(capsys, "steer", "apply", "--model", "gemma-3-270m", "--vector", str(two), "--prompt", "x",
             "--out", str(tmp_path / "o"))

@@ -99,7 +99,8 @@ def test_save_and_load_round_trip(tiny, tmp_path):
     with pytest.raises(OutputExistsError):
         S.save_vectors(vs, path)
     (tmp_path / "x.safetensors").write_bytes(b"not a file")
-    with pytest.raises(DataError, match="is not a steering vector file written by geomsteer"):
+    with pytest.raises(DataError, match="is not a steering vector file written by geomsteer .*: expected the "
+                                        "vectors.safetensors that 'geomsteer steer compute' writes"):
         S.load_vectors(tmp_path / "x.safetensors")
 
 

@@ -132,7 +132,10 @@ def test_propagation_counts_nothing_for_a_vanishing_multiplier_and_skips_earlier
     saes = {h0: random_sae(64, 96, h0, seed=3), h1: random_sae(64, 96, h1, seed=4)}
     v = np.random.default_rng(5).standard_normal(64).astype(np.float32) * 3
     vec = S.SteeringVector(v, "tiny", h1, "last", "mean_diff", 2)
-    prop = SteeringPropagation(alphas=[1e-6, 1.0, 4.0], threshold=0.1).fit(wide, vec, saes, ITEMS)
+    ticks = []
+    prop = SteeringPropagation(alphas=[1e-6, 1.0, 4.0], threshold=0.1).fit(wide, vec, saes, ITEMS,
+                                                                         progress=lambda: ticks.append(1))
+    assert len(ticks) == 6  # one per multiplier and direction
     res = prop.result()
     assert res.provenance["skipped_earlier_hooks"] == [h0] and res.provenance["sae_hooks"] == [h1]
     changed = res.metrics["per_layer"][h1]["features_changed"]
@@ -164,8 +167,10 @@ def test_sweep_rows_baseline_and_samples(wide):
     rng = np.random.default_rng(6)
     vec = S.SteeringVector(rng.standard_normal(64).astype(np.float32), "tiny", hook, "last", "mean_diff", 2)
     neutral = S.NeutralText(wide, ["a small grey stone", "to run quickly"], max_tokens=6)
+    ticks = []
     sw = SteeringSweep(alphas=[2.0, -2.0, 0.0], n_random=2, n_samples=1, max_new_tokens=3).fit(
-        wide, {hook: vec}, ITEMS, neutral, sample_prompts=["It was"])
+        wide, {hook: vec}, ITEMS, neutral, sample_prompts=["It was"], progress=lambda: ticks.append(1))
+    assert len(ticks) == 3  # one per cell, for the progress bar
     res = sw.result()
     grid = res.tables["grid"]
     assert [r["alpha"] for r in grid] == [-2.0, 0.0, 2.0]  # sorted

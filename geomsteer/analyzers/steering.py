@@ -32,7 +32,7 @@ DEFAULT_ALPHAS = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
 def _check_alphas(alphas: Sequence[float]) -> list[float]:
     out = [float(a) for a in alphas]
     if not out or not all(np.isfinite(out)):
-        raise ConfigError(f"multipliers must be finite numbers, got {list(alphas)!r}")
+        raise ConfigError(f"multipliers must be finite numbers, got {list(alphas)!r}; for example --alphas -4 -2 0 2 4")
     return sorted(set(out))
 
 
@@ -76,7 +76,7 @@ class SteeringSweep:
                 "seed": self.seed, "batch_size": self.batch_size}
 
     def fit(self, model: Any, vectors: Mapping[str, Any], items: Sequence[Any], neutral: Any = None,
-            sample_prompts: Sequence[str] = (), progress: Callable[[str], None] | None = None) -> "SteeringSweep":
+            sample_prompts: Sequence[str] = (), progress: Callable[[], None] | None = None) -> "SteeringSweep":
         from ..activations import _bos
         from ..steering import generate, random_direction, steering, target_ids, target_logodds
 
@@ -97,8 +97,6 @@ class SteeringSweep:
             v = np.asarray(getattr(sv, "vector", sv), dtype=np.float32)
             rnds = [random_direction(v, self.seed + 1000 + 100 * hi + i) for i in range(self.n_random)]
             for a in alphas:
-                if progress:
-                    progress(f"{hook}, multiplier {a:g}")
                 row: dict[str, Any] = {"hook": hook, "layer": _layer(hook), "alpha": a}
                 draws = []
                 for i, vec in enumerate([v] + rnds):
@@ -130,6 +128,8 @@ class SteeringSweep:
                 if prompts and a != 0 and a in (alphas[0], alphas[-1]):
                     samples.append({"hook": hook, "alpha": a, "direction": "vector",
                                     "texts": generate(model, prompts, self.max_new_tokens, v, a, hook, seed=self.seed)})
+                if progress:
+                    progress()
             mine = [r for r in rows if r["hook"] == hook]
             shifts = [r["logodds_shift"] for r in mine]
             top = mine[-1]
@@ -395,7 +395,7 @@ class SteeringPropagation:
         return {"alphas": list(self.alphas), "threshold": self.threshold, "top": self.top, "seed": self.seed}
 
     def fit(self, model: Any, vector: Any, saes: Mapping[str, Any], texts: Sequence[Any],
-            progress: Callable[[str], None] | None = None) -> "SteeringPropagation":
+            progress: Callable[[], None] | None = None) -> "SteeringPropagation":
         from ..saes import encode
         from ..steering import random_direction
 
@@ -425,8 +425,6 @@ class SteeringPropagation:
         means: dict[tuple[str, float], np.ndarray] = {}
         for a in alphas:
             for name, vec in (("vector", v), ("random", rnd)):
-                if progress:
-                    progress(f"multiplier {a:g}, {name}")
                 X1 = _prompt_activations(model, texts, later, vec, a, hook, self.batch_size)
                 for h in later:
                     d = encode(saes[h], X1[h]).astype(np.float64) - C0[h]
@@ -444,6 +442,8 @@ class SteeringPropagation:
                                                 "mean_abs_change": float(mean_abs[j]),
                                                 "mean_unsteered": float(C0[h][:, j].mean())} for j in order]
                     rows.append(row)
+                if progress:
+                    progress()
         self.rows_ = rows
         # each layer's most changed features at the largest multiplier, followed across all multipliers
         self.tracked_ = {}
