@@ -396,18 +396,51 @@ def load_unembedding(model: str | ResolvedModel, dtype: str = "float32", device:
     The matrix is returned as float32 (vocab, d_model), unprocessed (no layer-norm folding).
     """
     r = model if isinstance(model, ResolvedModel) else resolve(model)
+    key = _unembedding_key(r, dtype) if device == "cpu" else None
+    cached = cache_dir() / "unembeddings" / key if key else None
     with step(f"Loading the unembedding of {r.name}"):
         tok = load_tokenizer(r)
-        hf = load_hf_model(r, dtype=dtype, device=device)
-        W = hf.get_output_embeddings().weight.detach().float().cpu().numpy()
         vocab = dict(tok.get_vocab())
-        n = max(vocab.values()) + 1
-        gamma = np.ascontiguousarray(W[: min(n, W.shape[0])])
-        scale = _final_norm_scale(hf)
-        del hf
+        if cached is not None and (cached / "meta.json").is_file():
+            gamma = np.load(cached / "gamma.npy", mmap_mode="r")
+            scale = np.load(cached / "scale.npy") if (cached / "scale.npy").is_file() else None
+        else:
+            hf = load_hf_model(r, dtype=dtype, device=device)
+            W = hf.get_output_embeddings().weight.detach().float().cpu().numpy()
+            n = max(vocab.values()) + 1
+            gamma = np.ascontiguousarray(W[: min(n, W.shape[0])])
+            scale = _final_norm_scale(hf)
+            del hf
+            if cached is not None:
+                _save_unembedding(cached, gamma, scale, r)
     prov = {**r.provenance, "d_model": int(gamma.shape[1]), "vocab_size": int(gamma.shape[0]),
             "tokenizer": type(tok).__name__}
     return Unembedding(gamma, vocab, r.name, type(tok).__name__, prov, scale)
+
+
+def _unembedding_key(r: ResolvedModel, dtype: str) -> str | None:
+    """A cache key for a model's unembedding: its files' checksums (from the model cache's
+    manifest) and the dtype. Models outside geomsteer's cache have no manifest and are not cached."""
+    manifest = Path(r.path) / MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError):
+        return None
+    import hashlib
+
+    text = json.dumps({"files": files, "dtype": dtype, "format": CACHE_FORMAT}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _save_unembedding(final: Path, gamma: np.ndarray, scale: np.ndarray | None, r: ResolvedModel) -> None:
+    """Keep the unembedding as .npy beside the model cache: a warm run maps it instead of loading the model."""
+    with _atomic.staged_dir(final, replace=True) as tmp:
+        np.save(tmp / "gamma.npy", gamma)
+        if scale is not None:
+            np.save(tmp / "scale.npy", scale)
+        _atomic.write_text(tmp / "meta.json", json.dumps({"model": r.name, "shape": list(gamma.shape)}))
 
 
 def _final_norm_scale(hf: Any) -> np.ndarray | None:

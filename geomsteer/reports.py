@@ -75,6 +75,7 @@ def write_hierarchy_report(analyzer: Any, hierarchy: Any, out: Path, force: bool
                        "platform": platform.platform()},
         "metrics": res.metrics,
         "categories": res.tables["categories"],
+        "simplices": res.tables["simplices"],
     }
     from .types import _jsonable
 
@@ -127,52 +128,69 @@ def _hierarchy_figures(a: Any, h: Any, fig_dir: Path) -> dict[str, str]:
 
     figs: dict[str, str] = {}
 
-    # 1. Held-out projection, observed vs shuffled g.
-    p = a.projection_values_
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    data = [p["train"], p["test"], p["random"]]
-    labels = ["train tokens", "held-out tokens", "random tokens"]
-    sp = a.metrics_["projection"].get("shuffled_tokens")
-    if sp is not None and getattr(a, "shuffled_projection_values_", None) is not None:
-        data.append(a.shuffled_projection_values_["test"])
-        labels.append("held-out, shuffled g")
-    ax.boxplot([np.asarray(d)[np.isfinite(d)] for d in data], showfliers=False)
-    ax.set_xticks(range(1, len(labels) + 1), labels, rotation=10)
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.axhline(1, color="grey", lw=0.5, ls=":")
-    ax.set_ylabel("mean  g(y)·ℓ / ‖ℓ‖²  per category")
-    ax.set_title("Projection onto category directions (70/30 split)")
-    fig.tight_layout()
-    fig.savefig(fig_dir / "projection.png", dpi=120)
-    plt.close(fig)
-    figs["projection"] = "figures/projection.png"
+    # 1. Each statistic against its null draws.
+    from .analyzers.hierarchy import STATISTICS
 
-    # 2. Orthogonality histograms against baselines.
-    vals = a.orthogonality_values_
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    stats = [k for k in STATISTICS if k in a.metrics_]
+    colors = {"shuffled_tokens": "tab:blue", "nested_random_sets": "tab:orange", "random_unembedding": "tab:green"}
+    ncol = 3
+    nrow = -(-len(stats) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(12, 3.1 * nrow), squeeze=False)
+    for ax, k in zip(axes.ravel(), stats):
+        st = a.metrics_[k]
+        for null, draws in a.null_draws_.get(k, {}).items():
+            v = np.asarray(draws, dtype=np.float64)
+            v = v[np.isfinite(v)]
+            if v.size:
+                ax.plot(v, np.full(v.size, float(list(colors).index(null)) if null in colors else 0.0), "|",
+                        color=colors.get(null, "grey"), ms=12, label=null.replace("_", " "))
+        if st["observed"] is not None:
+            ax.axvline(st["observed"], color="black", lw=2, label="observed")
+            if st["ci95"]:
+                ax.axvspan(*st["ci95"], color="black", alpha=0.12)
+        ax.set_yticks([])
+        ax.set_title(k.replace("_", " "), fontsize=9)
+        p = st.get("p_value")
+        ax.set_xlabel(f"p {_fmt(p, 2) if p is None or p >= 1e-3 else f'{p:.0e}'}, effect {_fmt(st.get('effect_size'), 1)}",
+                      fontsize=8)
+    for ax in axes.ravel()[len(stats):]:
+        ax.axis("off")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+    fig.suptitle("Observed (black line, shaded 95% bootstrap interval) against each null's draws (ticks)")
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    fig.savefig(fig_dir / "nulls.png", dpi=110)
+    plt.close(fig)
+    figs["nulls"] = "figures/nulls.png"
+
+    # 2. Per-edge orthogonality and per-category held-out AUC, observed against the pooled null draws.
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     bins = np.linspace(-1, 1, 81)
-    series = [("observed (LDA)", vals["lda"]["parent_child_values"], "black"),
-              ("random parent", vals["lda"]["random_parent_values"], "tab:red")]
-    for key, color in [("shuffled_tokens", "tab:blue"), ("random_categories", "tab:orange"),
-                       ("random_unembedding", "tab:green"), ("euclidean", "tab:purple")]:
-        if key in vals:
-            series.append((key.replace("_", " "), vals[key]["parent_child_values"], color))
+    panels = [("parent_child", "cos(ℓ_parent, ℓ_child − ℓ_parent)"), ("siblings", "cos(ℓ_parent, ℓ_child1 − ℓ_child0)")]
+    for ax, (key, xlabel) in zip(axes[:2], panels):
+        v = np.asarray(a.signed_[key])
+        ax.hist(v[np.isfinite(v)], bins=bins, histtype="step", density=True, color="black", lw=1.8, label="observed")
+        for null, sv in a.null_signed_.items():
+            w = np.asarray(sv[key])
+            ax.hist(w[np.isfinite(w)], bins=bins, histtype="step", density=True, color=colors.get(null, "grey"),
+                    label=null.replace("_", " "))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("density")
+        ax.legend(fontsize=7)
+    axes[0].set_title("Hierarchical orthogonality, per edge")
+    axes[1].set_title("Sibling differences, per pair")
+    series = [("observed", a.observed_units_["heldout_auc"], "black")]
+    series += [(n.replace("_", " "), u["heldout_auc"], colors.get(n, "grey")) for n, u in a.null_units_.items()]
+    ab = np.linspace(0, 1, 51)
     for name, v, c in series:
-        v = np.asarray(v)[np.isfinite(v)]
-        axes[0].hist(v, bins=bins, histtype="step", density=True, label=name, color=c, lw=1.5 if c == "black" else 1)
-    axes[0].set_xlabel("cos(ℓ_parent, ℓ_child − ℓ_parent)")
-    axes[0].set_ylabel("density")
-    axes[0].set_title("Hierarchical orthogonality: parent vs child − parent")
-    axes[0].legend(fontsize=7)
-    for key, c in [("lda", "black"), ("shuffled_tokens", "tab:blue"), ("random_unembedding", "tab:green"),
-                   ("euclidean", "tab:purple")]:
-        if key in vals:
-            v = np.asarray(vals[key]["chain_values"])
-            axes[1].hist(v[np.isfinite(v)], bins=bins, histtype="step", density=True,
-                         label="observed (LDA)" if key == "lda" else key.replace("_", " "), color=c)
-    axes[1].set_xlabel("cos(ℓ_child − ℓ_parent, ℓ_parent − ℓ_grandparent)")
-    axes[1].set_title("Successive differences along the tree")
-    axes[1].legend(fontsize=7)
+        v = np.asarray(v)
+        axes[2].hist(v[np.isfinite(v)], bins=ab, histtype="step", density=True, color=c, label=name,
+                     lw=1.8 if c == "black" else 1)
+    axes[2].axvline(0.5, color="grey", lw=0.5)
+    axes[2].set_xlabel("AUC: held-out tokens vs random tokens, per category")
+    axes[2].set_title("Held-out projection (split by lemma)")
+    axes[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(fig_dir / "orthogonality.png", dpi=120)
     plt.close(fig)
@@ -189,8 +207,8 @@ def _hierarchy_figures(a: Any, h: Any, fig_dir: Path) -> dict[str, str]:
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    r = a.metrics_["cosine_vs_tree_distance"]["observed"]["pearson"]
-    fig.suptitle(f"Pearson correlation of the two (upper triangles): {_fmt(r)}")
+    r = a.metrics_["cosine_vs_tree_distance"]["observed"]
+    fig.suptitle(f"Pearson correlation of the two (upper triangles, train-split directions): {_fmt(r)}")
     fig.tight_layout()
     fig.savefig(fig_dir / "heatmap.png", dpi=120)
     plt.close(fig)
@@ -248,10 +266,54 @@ def _concept_plane(a: Any, h: Any, fig_dir: Path, plt: Any) -> str | None:
     return "figures/concept_plane.png"
 
 
+def _p(p: Any) -> str:
+    if p is None:
+        return "–"
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def statistic_rows(metrics: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
+    """Markdown rows: statistic, n, observed [95% CI], each null's mean ± sd (draws), effect size, p."""
+    nulls: list[str] = []
+    for k in keys:
+        for nm in metrics[k].get("null", {}):
+            if nm not in nulls:
+                nulls.append(nm)
+    head = "| statistic | n | observed [95% CI] | " + " | ".join(
+        f"null: {n.replace('_', ' ')} mean ± sd (draws)" for n in nulls) + " | effect size | p |"
+    rows = [head, "|" + "---|" * (5 + len(nulls))]
+    for k in keys:
+        st = metrics[k]
+        ci = st.get("ci95")
+        obs = _fmt(st.get("observed")) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
+        cells = []
+        for n in nulls:
+            nd = st.get("null", {}).get(n)
+            cells.append(f"{_fmt(nd['mean'])} ± {_fmt(nd['sd'])} ({nd['n_draws']})" if nd else "–")
+        alt = {"greater": ">", "less": "<", "two-sided": "≠"}.get(st.get("alternative", ""), "")
+        rows.append(f"| {k.replace('_', ' ')} ({alt} null) | {st.get('n')} | {obs} | " + " | ".join(cells)
+                    + f" | {_fmt(st.get('effect_size'), 1)} | {_p(st.get('p_value'))} |")
+    return rows
+
+
+def _verdict(st: Mapping[str, Any], alpha: float = 0.01) -> str:
+    p, e = st.get("p_value"), st.get("effect_size")
+    if p is None:
+        return "no null computed"
+    if p < alpha:
+        return f"beyond every null (p {_p(p)}, effect {_fmt(e, 1)} sd against {st.get('conservative_null', '').replace('_', ' ')})"
+    return (f"**not distinguishable** from the {st.get('conservative_null', '').replace('_', ' ')} null "
+            f"(p {_p(p)}, effect {_fmt(e, 1)} sd)")
+
+
 def _hierarchy_markdown(doc: Mapping[str, Any], figs: Mapping[str, str], a: Any) -> str:
+    from .analyzers.hierarchy import NULLS, STATISTICS
+
     m = doc["metrics"]
     prov = doc["provenance"]
     cov = prov.get("hierarchy", {})
+    keys = [k for k in STATISTICS if k in m]
+    n_draws = doc["params"].get("n_null_draws")
     lines = [
         f"# Hierarchical concept directions: {doc['model']}",
         "",
@@ -260,8 +322,41 @@ def _hierarchy_markdown(doc: Mapping[str, Any], figs: Mapping[str, str], a: Any)
         "",
         "Method: Park, Choe, Jiang, Veitch (2024), *The Geometry of Categorical and Hierarchical Concepts "
         "in Large Language Models* (arXiv 2406.01506): whitened unembedding (causal inner product), "
-        "LDA directions with Ledoit-Wolf shrinkage. Every statistic stands beside null baselines, since "
-        "orthogonality and simplices also appear for nonsense categories and random unembeddings.",
+        "LDA directions with Ledoit-Wolf shrinkage. Orthogonality and simplices also appear for nonsense "
+        "categories and random unembeddings, so every statistic stands beside null distributions that keep "
+        "the tree's nesting.",
+        "",
+        "## Findings against the nulls",
+        "",
+    ]
+    lines += statistic_rows(m, keys)
+    lines += [
+        "",
+        f"Each null: {n_draws} independent draws; *effect size* = (observed − null mean) / null sd and *p* are "
+        "taken against the most conservative null (the largest p). p is the predictive t-test of the observed "
+        "value as one more draw from a normal null fitted to the draws; the Monte Carlo p of each null (never "
+        f"below {_p(1 / (1 + n_draws)) if n_draws else '–'}) is in result.json. 95% intervals: bootstrap over "
+        "the units (categories, edges, sibling pairs, parents). All statistics use directions fit to the "
+        "training lemmas, for the data and every null draw alike.",
+        "",
+    ]
+    for k in keys:
+        lines.append(f"- **{k.replace('_', ' ')}**: {_verdict(m[k])}. {STATISTICS[k][2]}.")
+    lines += ["", "Nulls (each keeps every child a subset of its parent):", ""]
+    lines += [f"- *{k.replace('_', ' ')}*: {v}." for k, v in NULLS.items() if any(k in m[s]["null"] for s in keys)]
+    if "nulls" in figs:
+        lines += ["", f"![nulls]({figs['nulls']})"]
+    con_rows = [k for k in keys if m[k].get("contrasts")]
+    if con_rows:
+        lines += ["", "## Contrasts (not nulls)", "",
+                  "| statistic | observed | Euclidean inner product | mean estimator | random parent (unnested) |",
+                  "|---|---|---|---|---|"]
+        for k in con_rows:
+            c = m[k]["contrasts"]
+            lines.append(f"| {k.replace('_', ' ')} | {_fmt(m[k]['observed'])} | {_fmt(c.get('euclidean'))} | "
+                         f"{_fmt(c.get('mean_estimator'))} | {_fmt(c.get('random_parent'))} |")
+        lines += ["", m[con_rows[0]].get("contrasts_note", "") + "."]
+    lines += [
         "",
         "## Categories",
         "",
@@ -272,81 +367,26 @@ def _hierarchy_markdown(doc: Mapping[str, Any], figs: Mapping[str, str], a: Any)
         f"- Word-start marker `{cov.get('word_start', '?')}`; lemmas: {cov.get('n_lemmas', '?')}, "
         f"multi-word {cov.get('n_lemmas_multiword', '?')}, single-word {cov.get('n_lemmas_single_word', '?')}, "
         f"kept (some form is one token) {cov.get('n_lemmas_kept', '?')}, dropped as multi-token "
-        f"{cov.get('n_lemmas_dropped_multitoken', '?')}; distinct tokens {cov.get('n_distinct_tokens', '?')}.",
-        "",
-        "## Held-out projection",
-        "",
-        "Mean over categories of the normalized projection g(y)·ℓ/‖ℓ‖² onto a direction fit on 70% of the "
-        "category's tokens (train ≈ 1 by construction).",
-        "",
-        "| condition | train | held-out | random tokens |",
-        "|---|---|---|---|",
-    ]
-    for k, v in m["projection"].items():
-        lines.append(f"| {k.replace('_', ' ')} | {_fmt(v['train_mean'])} | {_fmt(v['test_mean'])} ± {_fmt(v['test_std'])} "
-                     f"| {_fmt(v['random_mean'])} ± {_fmt(v['random_std'])} |")
-    if "projection" in figs:
-        lines += ["", f"![projection]({figs['projection']})"]
-    lines += [
-        "",
-        "## Hierarchical orthogonality",
-        "",
-        "cos(ℓ_parent, ℓ_child − ℓ_parent) over all parent-child edges (Park et al. predict 0), and "
-        "cos(ℓ_child − ℓ_parent, ℓ_parent − ℓ_grandparent) along the tree.",
-        "",
-        "| condition | n | mean cos | mean abs cos | median abs cos | chain: mean abs cos |",
-        "|---|---|---|---|---|---|",
-    ]
-    chain = m["orthogonality_child_grandparent"]
-    for k, v in m["orthogonality_parent_child"].items():
-        c = chain.get(k, {})
-        lines.append(f"| {k.replace('_', ' ')} | {v['n']} | {_fmt(v['mean'])} | {_fmt(v['mean_abs'])} | "
-                     f"{_fmt(v['median_abs'])} | {_fmt(c.get('mean_abs', float('nan')))} |")
-    lines += [
-        "",
-        "Baselines: *random parent* pairs each child with an unrelated category; *shuffled tokens* permutes the "
-        "vocabulary (categories keep sizes and nesting, lose meaning); *random categories* draws independent token "
-        "sets of the same sizes; *random unembedding* is an i.i.d. Gaussian matrix of the model's shape; "
-        "*euclidean* skips the whitening.",
+        f"{cov.get('n_lemmas_dropped_multitoken', '?')}; distinct tokens {cov.get('n_distinct_tokens', '?')} in "
+        f"{cov.get('n_lemma_groups', '?')} lemma groups.",
+        f"- Held-out split: {prov.get('split', '?')} ({doc['params'].get('test_size')} of the lemma groups); "
+        f"{prov.get('n_categories_split_on_their_own', 0)} categories split on their own. Train tokens project to "
+        "1 by construction; that is not a result.",
     ]
     if "orthogonality" in figs:
         lines += ["", f"![orthogonality]({figs['orthogonality']})"]
-    s = m["simplex"]["observed"]
-    lines += [
-        "",
-        "## Sibling simplices",
-        "",
-        f"{s['n_parents']} parents with ≥ 3 children; affinely independent: {_fmt(s['fraction_affinely_independent'])}. "
-        f"Held-out child tokens inside the simplex after projection onto its affine span: "
-        f"{_fmt(s['fraction_test_inside'])} (random tokens: {_fmt(s['fraction_random_inside'])}). "
-        f"Held-out tokens nearest their own child's vertex: {_fmt(s['nearest_vertex_accuracy'])} "
-        f"(chance {_fmt(s['chance_accuracy'])}).",
-    ]
-    sb = m["simplex"].get("baselines", {}).get("shuffled_tokens")
-    if sb:
-        lines.append(f"With shuffled tokens: inside {_fmt(sb['fraction_test_inside'])}, nearest-vertex "
-                     f"{_fmt(sb['nearest_vertex_accuracy'])} (chance {_fmt(sb['chance_accuracy'])}).")
-    h = m["cosine_vs_tree_distance"]
-    lines += [
-        "",
-        "## Cosine similarity against tree distance",
-        "",
-        "| condition | Pearson | Spearman | mean cos |",
-        "|---|---|---|---|",
-    ]
-    for k, v in h.items():
-        lines.append(f"| {k.replace('_', ' ')} | {_fmt(v['pearson'])} | {_fmt(v['spearman'])} | {_fmt(v['mean_cos'])} |")
     if "heatmap" in figs:
-        lines += ["", f"![heatmap]({figs['heatmap']})"]
+        lines += ["", "## Cosine similarity against tree distance", "", f"![heatmap]({figs['heatmap']})"]
     if "concept_plane" in figs:
         lines += ["", "## Animal, mammal, bird, plant", "", f"![concept plane]({figs['concept_plane']})"]
     lines += [
         "",
         "## Files",
         "",
-        "- `result.json`: every number above, per-category table, parameters and provenance.",
-        "- `directions.safetensors`: LDA and mean directions, the whitening matrix and mean, each category's "
-        "token ids (`token_ids`, `token_offsets`); category names in the metadata.",
+        "- `result.json`: every statistic in one shape (observed, ci95, null, effect_size, p_value, n), the "
+        "per-category and per-simplex tables, parameters and provenance.",
+        "- `directions.safetensors`: LDA and mean directions (all tokens), the whitening matrix and mean, each "
+        "category's token ids (`token_ids`, `token_offsets`); category names in the metadata.",
         "",
         "## Provenance",
         "",

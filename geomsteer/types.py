@@ -41,7 +41,9 @@ class ConceptHierarchy:
     ``graph`` is a networkx DiGraph with edges parent -> child; each node (a synset name) has
     attributes ``tokens`` (sorted int64 array of token ids), ``lemmas`` (the lemma forms
     matched), ``merged`` (synsets folded into it by single-child chain merging), ``depth``
-    and ``definition``. ``coverage`` counts lemmas kept and dropped.
+    and ``definition``. ``coverage`` counts lemmas kept and dropped. ``token_groups`` maps a
+    token id to its lemma group (all forms of a lemma, and of lemmas sharing a form, share a
+    group), so held-out splits can keep dog, Dog and dogs on one side.
     """
 
     graph: Any
@@ -50,6 +52,7 @@ class ConceptHierarchy:
     word_start: str
     min_tokens: int
     coverage: Mapping[str, Any]
+    token_groups: Mapping[int, int] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:

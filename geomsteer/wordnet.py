@@ -296,6 +296,7 @@ def build_hierarchy(
             tree.nodes[n]["depth"] = d
 
     all_tokens = set().union(*(closure[n] for n in tree))
+    groups = _lemma_groups(lemma_tokens, all_tokens)
     coverage = {
         "pos": pos,
         "word_start": marker,
@@ -310,8 +311,29 @@ def build_hierarchy(
         "n_merged_by_chain_merging": len(kept) - tree.number_of_nodes(),
         "n_edges": tree.number_of_edges(),
         "n_distinct_tokens": len(all_tokens),
+        "n_lemma_groups": len(set(groups.values())),
     }
-    return ConceptHierarchy(tree, pos, tokenizer, marker, int(min_tokens), coverage)
+    return ConceptHierarchy(tree, pos, tokenizer, marker, int(min_tokens), coverage, groups)
+
+
+def _lemma_groups(lemma_tokens: Mapping[str, frozenset[int]], tokens: set[int]) -> dict[int, int]:
+    """Token id -> lemma group: the forms of one lemma share a group, and two lemmas that share a
+    form (union-find) join theirs, so a split by group never puts one word on both sides."""
+    parent = {t: t for t in tokens}
+
+    def find(t: int) -> int:
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    for ids in lemma_tokens.values():
+        ids = [t for t in ids if t in parent]
+        for t in ids[1:]:
+            a, b = find(ids[0]), find(t)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    return {t: find(t) for t in tokens}
 
 
 def lemma_names(names: Iterable[str], wordnet: WordNet | None = None) -> dict[str, str]:

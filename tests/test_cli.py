@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from geomsteer import cli, models
+from geomsteer.stats import STAT_KEYS
 
 KNOWN = ", ".join(models.MODELS)
 
@@ -111,7 +112,8 @@ def test_interrupt_leaves_no_half_written_report(tmp_path, capsys, monkeypatch):
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "gemma"
-    assert cli.main(["hierarchy", "--model", "gemma-3-270m", "--out", str(out), "--seed", "0"]) == 0
+    # two draws per null keep the suite quick; the statistics and their shape are the same as at the default
+    assert cli.main(["hierarchy", "--model", "gemma-3-270m", "--out", str(out), "--seed", "0", "--null-draws", "2"]) == 0
     return out
 
 
@@ -120,37 +122,38 @@ def test_real_run_writes_the_report(demo_run):
     out = demo_run
     assert sorted(p.name for p in out.iterdir()) == ["directions.safetensors", "figures", "report.md", "result.json"]
     assert sorted(p.name for p in (out / "figures").iterdir()) == [
-        "concept_plane.png", "heatmap.png", "orthogonality.png", "projection.png"]
+        "concept_plane.png", "heatmap.png", "nulls.png", "orthogonality.png"]
     doc = json.loads((out / "result.json").read_text())
     assert doc["model"] == "gemma-3-270m"
     assert doc["n_categories"] >= 500
     assert doc["provenance"]["packages"]["geomsteer"]
     assert doc["provenance"]["unembedding"]["gguf_sha256"].startswith("a5fd3b62")
+    assert doc["provenance"]["split"].startswith("by lemma group")
     m = doc["metrics"]
-    assert set(m["orthogonality_parent_child"]) >= {"lda", "random_parent", "shuffled_tokens", "random_categories",
-                                                    "random_unembedding", "euclidean", "mean_estimator"}
+    for name, st in m.items():
+        assert set(STAT_KEYS) <= set(st), name
+        assert set(st["null"]) == {"shuffled_tokens", "nested_random_sets", "random_unembedding"}, name
+    assert set(m["orthogonality_parent_child"]["contrasts"]) == {"euclidean", "mean_estimator", "random_parent"}
     cats = doc["categories"]
     assert len(cats) == doc["n_categories"]
     row = next(c for c in cats if c["synset"] == "animal.n.01")
     assert row["parent"] is not None and row["n_tokens"] > 500
-    for key in ("train_projection", "test_projection", "orthogonality_cos"):
+    for key in ("train_projection", "test_projection", "heldout_auc", "orthogonality_cos"):
         assert isinstance(row[key], float)
     report = (out / "report.md").read_text()
-    assert "## Hierarchical orthogonality" in report and "figures/orthogonality.png" in report
+    assert "## Findings against the nulls" in report and "figures/nulls.png" in report
+    assert "## Contrasts (not nulls)" in report
 
 
 @pytest.mark.real_model
-def test_real_run_findings_beside_their_baselines(demo_run):
+def test_real_run_keeps_a_strong_held_out_effect(demo_run):
     m = json.loads((demo_run / "result.json").read_text())["metrics"]
-    p = m["projection"]
-    # Held-out tokens of a category project near 1, random tokens near 0, and shuffling kills it.
-    assert p["observed"]["test_mean"] > 0.6
-    assert abs(p["observed"]["random_mean"]) < 0.1
-    assert abs(p["shuffled_tokens"]["test_mean"]) < 0.1
-    o = m["orthogonality_parent_child"]
-    assert o["lda"]["mean_abs"] < 0.2
-    assert o["random_parent"]["mean_abs"] > 0.3
-    assert m["cosine_vs_tree_distance"]["observed"]["pearson"] > 0.2
+    # Held-out words (split by lemma) separate from random tokens far beyond every nested null,
+    # including random nested sets of the same nouns.
+    st = m["heldout_auc"]
+    assert st["observed"] > 0.9
+    assert st["p_value"] < 0.001 and st["effect_size"] > 4
+    assert st["observed"] > st["null"]["nested_random_sets"]["mean"] + 0.05
 
 
 @pytest.mark.real_model
@@ -209,3 +212,10 @@ def test_output_path_that_is_a_file(tmp_path, capsys):
     assert cli.main(["hierarchy", "--model", "gemma-7", "--out", str(f), "--force"]) == 2
     assert capsys.readouterr().err == f"geomsteer: error: --out {str(f)!r} is a file, not a directory; choose another --out\n"
     assert f.read_text() == "not a directory"
+
+
+def test_one_null_draw_is_refused_before_any_work(tmp_path, capsys):
+    assert cli.main(["hierarchy", "--model", "gemma-3-270m", "--null-draws", "1", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "geomsteer: error: --null-draws must be at least 2 (a null needs a spread), got 1")
+    assert not (tmp_path / "o").exists()

@@ -6,62 +6,86 @@ from conftest import make_hierarchy, planted
 
 from geomsteer.analyzers.hierarchy import HierarchyAnalyzer
 from geomsteer.errors import ConfigError, DataError, NotFittedError
+from geomsteer.stats import STAT_KEYS
 from geomsteer.types import Directions
 
 
 @pytest.fixture(scope="module")
 def fitted():
     gamma, h = planted(seed=0)
-    return HierarchyAnalyzer(seed=0, n_random_tokens=500, progress=False).fit(gamma, h), gamma, h
+    return HierarchyAnalyzer(seed=0, n_random_tokens=500, n_null_draws=8, progress=False).fit(gamma, h), gamma, h
 
 
-def test_planted_hierarchy_is_orthogonal_and_random_parents_are_not(fitted):
+def test_every_statistic_has_the_shared_shape(fitted):
+    a, _, _ = fitted
+    for name, st in a.metrics_.items():
+        assert set(STAT_KEYS) <= set(st), name
+        assert set(st["null"]) == {"shuffled_tokens", "nested_random_sets", "random_unembedding"}, name
+        for nd in st["null"].values():
+            assert nd["n_draws"] == 8 and nd["sd"] is not None and nd["p_min"] == pytest.approx(1 / 9)
+        assert st["ci95"] is None or st["ci95"][0] <= st["observed"] <= st["ci95"][1] + 1e-12, name
+        assert st["n"] > 0
+
+
+def test_planted_hierarchy_is_more_orthogonal_than_every_nested_null(fitted):
     a, _, _ = fitted
     o = a.metrics_["orthogonality_parent_child"]
-    assert o["lda"]["n"] == 8
-    assert o["lda"]["mean_abs"] < 0.15
-    # A child paired with an unrelated category is far from orthogonal (cos ~ -|l_r| / |l_c - l_r|).
-    assert o["random_parent"]["mean"] < -0.3
-    assert o["random_parent"]["mean_abs"] > 3 * o["lda"]["mean_abs"]
+    assert o["n"] == 8 and o["alternative"] == "less"
+    assert o["observed"] < 0.05
+    assert o["p_value"] < 0.05 and o["effect_size"] < -2
+    s = a.metrics_["orthogonality_siblings"]
+    assert s["n"] == 7  # root: 1 pair, A and B: 3 each
+    assert all(s["observed"] < nd["mean"] for nd in s["null"].values())
+    assert s["null"]["shuffled_tokens"]["p_value"] < 0.01 and s["null"]["random_unembedding"]["p_value"] < 0.01
+    # The unnested 'random parent' is a contrast, not a null: its cosine is large whatever the model does.
+    assert o["contrasts"]["random_parent"] > 0.3
+    assert "random_parent" not in o["null"]
 
 
-def test_planted_projection_separates_categories_and_shuffling_destroys_it(fitted):
+def test_planted_held_out_tokens_and_simplices_beat_every_null(fitted):
     a, _, _ = fitted
-    p = a.metrics_["projection"]
-    assert p["observed"]["train_mean"] == pytest.approx(1.0, abs=1e-9)  # by construction
-    assert p["observed"]["test_mean"] > 0.8
-    assert abs(p["observed"]["random_mean"]) < 0.25
-    assert abs(p["shuffled_tokens"]["test_mean"]) < 0.3
-    assert p["observed"]["test_mean"] - p["shuffled_tokens"]["test_mean"] > 0.6
+    for name in ("heldout_auc", "simplex_nearest_vertex", "simplex_span_auc"):
+        st = a.metrics_[name]
+        assert st["p_value"] < 0.01 and st["effect_size"] > 4, name
+    assert a.metrics_["heldout_auc"]["observed"] > 0.95
+    assert all(row["train_projection"] == pytest.approx(1.0, abs=1e-9) for row in a.categories_)
+    # chance is 1/k but it is not the null: the nulls' own nearest-vertex rates are
+    assert a.simplices_[0]["chance_one_over_k"] == pytest.approx(1 / 3)
 
 
-def test_planted_siblings_form_a_simplex(fitted):
-    a, _, _ = fitted
-    s = a.metrics_["simplex"]["observed"]
-    assert s["n_parents"] == 2
-    assert s["fraction_affinely_independent"] == 1.0
-    assert s["nearest_vertex_accuracy"] > 0.9
-    assert s["chance_accuracy"] == pytest.approx(1 / 3)
+def test_random_unembedding_with_a_planted_tree_finds_nothing():
+    gamma, h = planted(seed=0)
+    noise = np.random.default_rng(7).standard_normal(gamma.shape).astype(np.float32)
+    a = HierarchyAnalyzer(seed=1, n_random_tokens=500, n_null_draws=8, progress=False).fit(noise, h)
+    for name, st in a.metrics_.items():
+        assert not (st["p_value"] < 0.001 and abs(st["effect_size"]) > 4), (name, st["p_value"], st["effect_size"])
 
 
-def test_cosines_follow_tree_distance_on_planted_data(fitted):
-    a, _, _ = fitted
-    heat = a.metrics_["cosine_vs_tree_distance"]
-    assert heat["observed"]["pearson"] > 0.5
-    assert a.cosine_matrix_.shape == (9, 9)
-    np.testing.assert_allclose(np.diag(a.cosine_matrix_), 1.0, atol=1e-12)
+def test_held_out_split_keeps_each_lemma_on_one_side():
+    from geomsteer.analyzers.hierarchy import tree_split
+
+    gamma, h = planted(seed=0)
+    sets = [h.tokens(n) for n in h.names]
+    groups = {int(t): int(t) // 3 for t in np.unique(np.concatenate(sets))}  # lemmas of three forms
+    splits, n_local = tree_split(sets, groups, 0.3, np.random.default_rng(0))
+    assert n_local == 0
+    train_groups = {groups[int(t)] for tr, _ in splits for t in tr}
+    test_groups = {groups[int(t)] for _, te in splits for t in te}
+    assert not train_groups & test_groups
+    # one split for the tree: a child's train tokens are inside its parent's train tokens
+    idx = {n: i for i, n in enumerate(h.names)}
+    for p, c in h.graph.edges:
+        assert set(splits[idx[c]][0]) <= set(splits[idx[p]][0])
 
 
-def test_every_statistic_has_its_baselines(fitted):
-    a, _, _ = fitted
-    m = a.metrics_
-    for key in ("shuffled_tokens", "random_categories", "euclidean", "random_unembedding", "random_parent", "lda"):
-        assert key in m["orthogonality_parent_child"]
-    for key in ("observed", "shuffled_tokens", "random_unembedding"):
-        assert key in m["projection"]
-    for key in ("observed", "shuffled_tokens", "random_categories", "euclidean", "random_unembedding"):
-        assert key in m["cosine_vs_tree_distance"]
-    assert "shuffled_tokens" in m["simplex"]["baselines"]
+def test_lemma_split_of_one_category():
+    from geomsteer.analyzers.hierarchy import lemma_split
+
+    toks = np.arange(40)
+    groups = {t: t // 4 for t in range(40)}
+    tr, te = lemma_split(toks, groups, 0.3, np.random.default_rng(0))
+    assert len(te) == 12 and len(tr) == 28
+    assert not {t // 4 for t in tr} & {t // 4 for t in te}
 
 
 def test_same_seed_same_result_and_inputs_untouched():
@@ -71,6 +95,7 @@ def test_same_seed_same_result_and_inputs_untouched():
     r2 = HierarchyAnalyzer(seed=5, n_random_tokens=300, progress=False, n_jobs=1).fit(gamma, h).result().to_dict()
     np.testing.assert_array_equal(gamma, before)
     r1["params"].pop("n_jobs"), r2["params"].pop("n_jobs")
+    r1["provenance"].pop("seconds"), r2["provenance"].pop("seconds")  # wall-clock times differ
     assert r1 == r2
 
 
@@ -81,7 +106,8 @@ def test_directions_input_carries_model_name_into_the_result():
     res = a.result()
     assert res.provenance["model"] == "toy-model"
     assert a.directions_.model == "toy-model" and a.directions_.vectors.shape == (9, gamma.shape[1])
-    assert "shuffled_tokens" not in res.metrics["projection"]
+    assert res.metrics["heldout_auc"]["null"] == {} and res.metrics["heldout_auc"]["p_value"] is None
+    assert res.metrics["heldout_auc"]["p_reason"].startswith("nulls skipped")
     assert len(res.tables["categories"]) == 9
     assert res.to_json()  # serializable
 
@@ -95,6 +121,12 @@ def test_unknown_estimator_is_rejected_with_the_choices():
     gamma, h = planted()
     with pytest.raises(ConfigError, match=r"^unknown estimator 'pca': expected one of lda, lda_reference, mean$"):
         HierarchyAnalyzer(estimator="pca").fit(gamma, h)
+
+
+def test_too_few_null_draws_are_rejected():
+    gamma, h = planted()
+    with pytest.raises(ConfigError, match=r"^n_null_draws must be an integer >= 2 \(a null needs a spread\), got 1$"):
+        HierarchyAnalyzer(n_null_draws=1).fit(gamma, h)
 
 
 def test_bad_test_size_is_rejected():
@@ -137,3 +169,19 @@ def test_category_table_matches_the_directions(fitted):
         expected = lp @ (lc - lp) / np.linalg.norm(lp) / np.linalg.norm(lc - lp)
         assert row["orthogonality_cos"] == pytest.approx(expected, abs=1e-5)
         assert row["n_train"] + row["n_test"] == row["n_tokens"] == len(h.tokens(row["synset"]))
+
+
+@pytest.mark.real_model
+def test_random_gaussian_unembedding_with_the_real_wordnet_tree_is_not_a_finding(gemma_unembedding):
+    """The review's case: today's report would show orthogonality and simplices as findings here."""
+    from geomsteer.wordnet import build_hierarchy
+
+    e = gemma_unembedding
+    h = build_hierarchy(e.vocab, "n", 50)
+    noise = np.random.default_rng(0).standard_normal((len(e.gamma), 64)).astype(np.float32)
+    a = HierarchyAnalyzer(seed=0, n_null_draws=5, progress=False).fit(noise, h)
+    for name, st in a.metrics_.items():
+        assert not (st["p_value"] < 0.001 and abs(st["effect_size"]) > 4), (name, st["p_value"], st["effect_size"])
+    # the statistics that used to look like findings sit inside their nulls
+    assert a.metrics_["simplex_nearest_vertex"]["p_value"] > 0.01
+    assert a.metrics_["heldout_auc"]["p_value"] > 0.01

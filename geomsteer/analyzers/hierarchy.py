@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -111,10 +111,15 @@ def ledoit_wolf_shrinkage(X: np.ndarray) -> tuple[float, float]:
 
 def _shrinkage_from_stats(row_sq: np.ndarray, gram: np.ndarray, n: int, d: int) -> tuple[float, float]:
     """Ledoit-Wolf shrinkage from the squared row norms and either Gram matrix of centred data."""
-    trace = row_sq.sum() / n
+    return _shrinkage_from_sums(float(row_sq.sum()), float(np.sum(row_sq**2)), float(np.sum(gram * gram)), n, d)
+
+
+def _shrinkage_from_sums(sum_sq: float, sum_sq2: float, gram_fro2: float, n: int, d: int) -> tuple[float, float]:
+    """Ledoit-Wolf shrinkage from sum_k ||x_k||^2, sum_k ||x_k||^4 and ||Xc^T Xc||_F^2 (centred rows)."""
+    trace = sum_sq / n
     mu = trace / d
-    delta_ = float(np.sum(gram * gram)) / n**2
-    beta_ = float(np.sum(row_sq**2))
+    delta_ = gram_fro2 / n**2
+    beta_ = sum_sq2
     beta = (beta_ / n - delta_) / (d * n)
     if abs(beta_ / n - delta_) <= 1e-12 * max(beta_ / n, delta_):
         beta = 0.0  # a difference at rounding level is an exact zero (n = 2 gives exactly 0), not a shrinkage
@@ -136,24 +141,29 @@ def lda_direction(G: np.ndarray, rcond: float = 1e-15) -> np.ndarray:
     """
     from scipy.linalg import LinAlgError, cho_factor, cho_solve
 
-    X = np.asarray(G, dtype=np.float64)
+    X = np.asarray(G)
+    if X.dtype != np.float32:
+        X = X.astype(np.float64, copy=False)
     if X.ndim != 2 or X.shape[0] < 2:
         raise DataError(f"expected a category's (n, d) token matrix with n >= 2, got shape {X.shape}")
     n, d = X.shape
-    mu = X.mean(axis=0)
+    mu = X.mean(axis=0, dtype=np.float64)
     small = n <= d
     if small:
-        Xc = X - mu  # at most d x d numbers
-        gram = Xc @ Xc.T
-        row_sq = np.einsum("ij,ij->i", Xc, Xc)
+        Xc = X - mu.astype(X.dtype)  # at most d x d numbers
+        gram = (Xc @ Xc.T).astype(np.float64)
+        row_sq = np.einsum("ij,ij->i", Xc, Xc).astype(np.float64)
+        Xc = Xc.astype(np.float64)
     else:
         # Centre chunk by chunk in one reused buffer: exact centring without a full copy of X.
+        # Float32 input (the null draws) keeps float32 products per chunk, summed in float64.
         gram = np.zeros((d, d))
         row_sq = np.empty(n)
-        buf = np.empty((min(n, 4096), d))
+        buf = np.empty((min(n, 4096), d), dtype=X.dtype)
+        mu_w = mu.astype(X.dtype)
         for i in range(0, n, len(buf)):
             c = buf[: min(len(buf), n - i)]
-            np.subtract(X[i : i + len(c)], mu, out=c)
+            np.subtract(X[i : i + len(c)], mu_w, out=c)
             gram += c.T @ c
             row_sq[i : i + len(c)] = np.einsum("ij,ij->i", c, c)
     s, m = _shrinkage_from_stats(row_sq, gram, n, d)
@@ -176,12 +186,12 @@ def lda_direction(G: np.ndarray, rcond: float = 1e-15) -> np.ndarray:
     if small:
         gram = Xc @ Xc.T  # the solve above may have modified it in place
     else:
-        Xc = X - mu
+        Xc = X.astype(np.float64) - mu
         gram = Xc.T @ Xc
     return _scale(_pinv_solve(Xc, gram, small, a, b, mu, rcond), mu)
 
 
-def _pinv_solve(Xc, gram, small, a, b, mu, rcond):
+def _pinv_solve(Xc, gram, small, a, b, mu, rcond):  # Xc is only read when small
     """Sigma^+ mu from the eigenpairs of the smaller Gram matrix (the singular or near-singular case).
 
     Eigenvalues of Sigma below ``rcond`` times the largest are treated as zero, as a pseudo-inverse
@@ -235,7 +245,7 @@ ESTIMATORS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 # --------------------------------------------------------------------------------------------
-# Small statistics
+# Small pieces
 
 
 def _cos_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -245,27 +255,146 @@ def _cos_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return np.where((na > 0) & (nb > 0), out, np.nan)
 
 
-def summarize(values: np.ndarray) -> dict[str, float]:
-    """Mean, mean |.|, median |.| and spread of a set of cosines (NaNs dropped)."""
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return {"n": 0, "mean": float("nan"), "mean_abs": float("nan"), "median_abs": float("nan"), "std": float("nan")}
-    return {"n": int(v.size), "mean": float(v.mean()), "mean_abs": float(np.abs(v).mean()),
-            "median_abs": float(np.median(np.abs(v))), "std": float(v.std())}
-
-
 def _tree_distance_similarity(hierarchy: ConceptHierarchy, names: Sequence[str]) -> np.ndarray:
-    import networkx as nx
+    """1 / (1 + tree distance) between all categories (0 across separate trees)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import shortest_path
 
-    und = hierarchy.graph.to_undirected(as_view=True)
     idx = {n: i for i, n in enumerate(names)}
-    S = np.zeros((len(names), len(names)))
-    for src, dists in nx.all_pairs_shortest_path_length(und):
-        i = idx[src]
-        for dst, dd in dists.items():
-            S[i, idx[dst]] = 1.0 / (1.0 + dd)
-    return S
+    e = np.array([(idx[p], idx[c]) for p, c in hierarchy.graph.edges], dtype=np.int64).reshape(-1, 2)
+    A = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(len(names), len(names)))
+    D = shortest_path(A, directed=False, unweighted=True)
+    return np.where(np.isfinite(D), 1.0 / (1.0 + D), 0.0)
+
+
+def _pearson_upper(C: np.ndarray, S: np.ndarray, keep: np.ndarray | None = None) -> float:
+    iu = np.triu_indices(len(C), k=1)
+    x, y = C[iu], S[iu]
+    if keep is not None:
+        x, y = x[keep], y[keep]
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _unit_cos(L: np.ndarray) -> np.ndarray:
+    Ln = L / np.maximum(np.linalg.norm(L, axis=1, keepdims=True), 1e-300)
+    return Ln @ Ln.T
+
+
+# The statistics, each measured identically on the data and on every null draw:
+# name -> (unit, alternative, description). "less" means: closer to 0 than the null (more orthogonal).
+STATISTICS: dict[str, tuple[str, str, str]] = {
+    "heldout_auc": ("category", "greater",
+                    "AUC of held-out tokens (split by lemma) against random vocabulary tokens, both projected on "
+                    "the direction fit on the train split; 0.5 = no separation"),
+    "heldout_projection": ("category", "greater",
+                           "mean normalized projection g(y)·ℓ/‖ℓ‖² of held-out tokens on the train-split direction "
+                           "(train tokens give 1 by construction)"),
+    "orthogonality_parent_child": ("edge", "less", "|cos(ℓ_parent, ℓ_child − ℓ_parent)| (Park et al. predict 0)"),
+    "orthogonality_siblings": ("sibling pair", "less", "|cos(ℓ_parent, ℓ_child1 − ℓ_child0)| (Park et al. predict 0)"),
+    "orthogonality_chain": ("chain", "less", "|cos(ℓ_child − ℓ_parent, ℓ_parent − ℓ_grandparent)|"),
+    "simplex_nearest_vertex": ("parent", "greater",
+                               "fraction of held-out child tokens whose largest barycentric coordinate in the "
+                               "children's affine span is their own child (parents with ≥ 3 children)"),
+    "simplex_span_auc": ("parent", "greater",
+                         "AUC: held-out child tokens lie closer to the children's affine span than random tokens"),
+    "simplex_min_singular_value": ("parent", "two-sided",
+                                   "smallest nonzero singular value of the centred matrix of the children's vectors "
+                                   "(how far the simplex is from degenerate)"),
+    "cosine_vs_tree_distance": ("category pair", "greater",
+                                "Pearson r between cos(ℓ_w, ℓ_z) and 1/(1 + tree distance), all category pairs"),
+}
+
+NULLS: dict[str, str] = {
+    "shuffled_tokens": "a random permutation of the whole vocabulary applied to every category: sizes, nesting and "
+                       "overlaps kept, meaning gone",
+    "nested_random_sets": "a random permutation of the tree's own tokens (the words of this part of speech): the "
+                          "same nested sets of the same sizes, filled with the wrong words",
+    "random_unembedding": "an i.i.d. Gaussian unembedding, whitened (rows of N(0, I)): the same tree and tokens, a "
+                          "model that knows nothing",
+}
+
+
+@dataclass(frozen=True)
+class _Tree:
+    """Index structures of the hierarchy, shared by the observed run and every null draw."""
+
+    names: list[str]
+    edges: np.ndarray  # (E, 2) parent, child
+    chains: np.ndarray  # (C, 3) grandparent, parent, child
+    siblings: np.ndarray  # (S, 3) parent, child0, child1
+    simplices: list[tuple[int, np.ndarray]]  # (parent, children) for parents with >= 3 children
+    sim: np.ndarray  # 1 / (1 + tree distance)
+
+
+def _tree(h: ConceptHierarchy, names: Sequence[str]) -> _Tree:
+    idx = {n: i for i, n in enumerate(names)}
+    edges = sorted(((idx[p], idx[c]) for p, c in h.graph.edges), key=lambda e: (e[1], e[0]))
+    chains = [(idx[gp], p, c) for p, c in edges if (gp := h.parent(names[p])) is not None]
+    siblings, simplices = [], []
+    for p in names:
+        kids = sorted((idx[c] for c in h.graph.successors(p)))
+        siblings.extend((idx[p], a, b) for i, a in enumerate(kids) for b in kids[i + 1:])
+        if len(kids) >= 3:
+            simplices.append((idx[p], np.array(kids)))
+    return _Tree(list(names), np.array(edges, dtype=np.int64).reshape(-1, 2),
+                 np.array(chains, dtype=np.int64).reshape(-1, 3), np.array(siblings, dtype=np.int64).reshape(-1, 3),
+                 simplices, _tree_distance_similarity(h, names))
+
+
+def lemma_split(tokens: np.ndarray, groups: Mapping[int, int], test_size: float,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Split a category's tokens into (train, test) with every lemma's forms on one side.
+
+    ``groups`` maps a token id to its lemma group (tokens shared by two lemmas join their groups);
+    a token without a group is a group of its own. Groups are taken in random order into the
+    test side until it holds ``test_size`` of the tokens; both sides keep at least one token
+    (the train side two, for a direction).
+    """
+    toks = np.asarray(tokens)
+    gid = np.array([groups.get(int(t), -1 - int(t)) for t in toks])
+    uniq = rng.permutation(np.unique(gid))
+    target = max(1, int(round(test_size * len(toks))))
+    test_mask = np.zeros(len(toks), dtype=bool)
+    for gr in uniq:
+        if test_mask.sum() >= target:
+            break
+        cand = test_mask | (gid == gr)
+        if len(toks) - cand.sum() < 2:
+            continue
+        test_mask = cand
+    if not test_mask.any():  # one big group: fall back to tokens
+        test_mask[rng.permutation(len(toks))[:target]] = True
+    return np.sort(toks[~test_mask]), np.sort(toks[test_mask])
+
+
+def tree_split(token_sets: Sequence[np.ndarray], groups: Mapping[int, int], test_size: float,
+               rng: np.random.Generator) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+    """One held-out split for the whole tree: a random ``test_size`` of the lemma groups is held out
+    in every category at once, so the train sets stay nested like the categories (and a word is
+    never on the train side of one category and the test side of its parent). A category left
+    with no held-out token or fewer than two train tokens is split on its own by
+    :func:`lemma_split`. Returns the splits and how many categories needed that.
+    """
+    used = np.unique(np.concatenate([np.asarray(t) for t in token_sets]))
+    gid = np.array([groups.get(int(t), -1 - int(t)) for t in used])
+    uniq = rng.permutation(np.unique(gid))
+    held = set(uniq[: max(1, int(round(test_size * len(uniq))))].tolist())
+    is_test = np.zeros(int(used.max()) + 1, dtype=bool)
+    is_test[used] = [x in held for x in gid]
+    out, n_local = [], 0
+    for toks in token_sets:
+        toks = np.asarray(toks)
+        te = is_test[toks]
+        if te.sum() < 1 or (~te).sum() < 2:
+            out.append(lemma_split(toks, groups, test_size, rng))
+            n_local += 1
+        else:
+            out.append((toks[~te], toks[te]))
+    return out, n_local
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,25 +407,29 @@ class HierarchyAnalyzer:
     Parameters (stored as given; validated in :meth:`fit`)
     ----------
     estimator: ``"lda"`` (Park et al.'s, fast path), ``"lda_reference"`` (plain, slow) or ``"mean"``.
-    test_size: fraction of each category's tokens held out for the projection and simplex checks.
-    n_random_tokens: size of the pool of random vocabulary tokens used as the null for projections.
+    test_size: fraction of each category's tokens held out (split by lemma) for projections and simplices.
+    n_random_tokens: size of the pool of random vocabulary tokens that held-out tokens are compared with.
+    n_null_draws: draws of each null (shuffled tokens, nested random sets, random unembedding).
     eig_floor: eigenvalues of Cov(gamma) below this fraction of the largest are floored.
-    baselines: compute the shuffled-token, random-category, random-unembedding and Euclidean runs.
-    seed: seeds every random choice (splits, shuffles, random unembedding).
+    baselines: draw the nulls and compute the contrasts (Euclidean, mean estimator, random parent).
+    seed: seeds every random choice (splits, shuffles, random unembeddings).
     n_jobs: threads estimating categories in parallel (default: all cores); each runs BLAS on
         one thread, which on small matrices is much faster than one multi-threaded BLAS call.
 
     After ``fit``: ``whitening_``, ``directions_`` (:class:`~geomsteer.types.Directions` in the
-    whitened space), ``mean_directions_``, ``categories_`` (a table), ``metrics_``,
-    ``cosine_matrix_``; :meth:`result` returns an :class:`~geomsteer.types.AnalysisResult`.
+    whitened space), ``mean_directions_``, ``categories_`` and ``simplices_`` (tables),
+    ``metrics_`` (every statistic in :mod:`geomsteer.stats`' shape), ``null_draws_`` (each
+    statistic's draws per null), ``cosine_matrix_``; :meth:`result` returns an
+    :class:`~geomsteer.types.AnalysisResult`.
     """
 
     def __init__(self, estimator: str = "lda", test_size: float = 0.3, n_random_tokens: int = 1000,
-                 eig_floor: float = 1e-10, baselines: bool = True, seed: int = 0, n_jobs: int | None = None,
-                 progress: bool = True):
+                 n_null_draws: int = 10, eig_floor: float = 1e-10, baselines: bool = True, seed: int = 0,
+                 n_jobs: int | None = None, progress: bool = True):
         self.estimator = estimator
         self.test_size = test_size
         self.n_random_tokens = n_random_tokens
+        self.n_null_draws = n_null_draws
         self.eig_floor = eig_floor
         self.baselines = baselines
         self.seed = seed
@@ -304,8 +437,8 @@ class HierarchyAnalyzer:
         self.progress = progress
 
     def get_params(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in
-                ("estimator", "test_size", "n_random_tokens", "eig_floor", "baselines", "seed", "n_jobs")}
+        return {k: getattr(self, k) for k in ("estimator", "test_size", "n_random_tokens", "n_null_draws",
+                                              "eig_floor", "baselines", "seed", "n_jobs")}
 
     # -- validation -----------------------------------------------------------------------
     def _validate(self, gamma: np.ndarray, hierarchy: ConceptHierarchy) -> None:
@@ -315,6 +448,8 @@ class HierarchyAnalyzer:
             raise ConfigError(f"test_size must be a float strictly between 0 and 1, got {self.test_size!r}")
         if not isinstance(self.n_random_tokens, (int, np.integer)) or self.n_random_tokens < 1:
             raise ConfigError(f"n_random_tokens must be a positive integer, got {self.n_random_tokens!r}")
+        if not isinstance(self.n_null_draws, (int, np.integer)) or self.n_null_draws < 2:
+            raise ConfigError(f"n_null_draws must be an integer >= 2 (a null needs a spread), got {self.n_null_draws!r}")
         if gamma.ndim != 2:
             raise DataError(f"expected a 2-D unembedding matrix (vocab, d), got an array of shape {gamma.shape}")
         if len(hierarchy) == 0:
@@ -334,23 +469,27 @@ class HierarchyAnalyzer:
 
     # -- fitting --------------------------------------------------------------------------
     def fit(self, unembedding: Directions | np.ndarray, hierarchy: ConceptHierarchy) -> "HierarchyAnalyzer":
-        from .._progress import step
+        import time
+
+        from .._progress import step, track
 
         if isinstance(unembedding, Directions):
             gamma, model, prov = np.asarray(unembedding.vectors), unembedding.model, dict(unembedding.provenance)
         else:
             gamma, model, prov = np.asarray(unembedding), "array", {}
         self._validate(gamma, hierarchy)
+        t_start = time.perf_counter()
         rng = np.random.default_rng(self.seed)
         names = hierarchy.names
         token_sets = [hierarchy.tokens(n) for n in names]
         V, d = gamma.shape
         estimate = ESTIMATORS[self.estimator]
         quiet = not self.progress
-
         n_jobs = self.n_jobs or os.cpu_count() or 1
 
-        def run(embed: Callable[[np.ndarray], np.ndarray], sets: Sequence[np.ndarray], label: str,
+        tree = _tree(hierarchy, names)
+
+        def run(embed: Callable[[np.ndarray], np.ndarray], sets: Sequence[np.ndarray], label: str | None = None,
                 fn: Callable[[np.ndarray], np.ndarray] = estimate) -> np.ndarray:
             return _map_categories(lambda i: fn(embed(sets[i])), len(sets), n_jobs,
                                    None if quiet else label, sizes=[len(x) for x in sets])
@@ -358,83 +497,71 @@ class HierarchyAnalyzer:
         with step("Whitening the unembedding (causal inner product)") if not quiet else contextlib.nullcontext():
             wh = fit_whitening(gamma, self.eig_floor)
         used = np.unique(np.concatenate(token_sets))
-        pool = rng.choice(V, size=min(self.n_random_tokens, V), replace=False)
+        pool = np.sort(rng.choice(V, size=min(self.n_random_tokens, V), replace=False))
         rows = np.unique(np.concatenate([used, pool]))
         g_cache = _RowCache(rows, wh(gamma[rows]))
         g = g_cache.get
+        groups = dict(getattr(hierarchy, "token_groups", None) or {})
+        splits, n_local_splits = tree_split(token_sets, groups, self.test_size, rng)
+        timings: dict[str, float] = {}
 
-        # Train/test split of every category (70/30 by default), seeded.
-        splits = []
-        for toks in token_sets:
-            perm = rng.permutation(len(toks))
-            n_test = max(1, int(round(self.test_size * len(toks))))
-            splits.append((np.sort(toks[perm[n_test:]]), np.sort(toks[perm[:n_test]])))
-
+        # Every statistic is measured on directions fit to the training lemmas, for the data and for
+        # each null draw alike; the directions saved and drawn are fit to all tokens.
+        train_sets = [s_[0] for s_ in splits]
+        t0 = time.perf_counter()
         L = run(g, token_sets, f"{self.estimator} directions ({len(names)} categories)")
-        L_mean = run(g, token_sets, "mean directions", mean_direction)
-        L_train = run(g, [s[0] for s in splits], "held-out directions (train split)")
+        L_train = run(g, train_sets, "held-out directions (train split)")
+        obs = _measure(L_train, g, splits, pool, token_sets, tree, train_projection=True)
+        L_mean = run(g, token_sets, None, mean_direction)
+        timings["observed"] = time.perf_counter() - t0
 
-        edges, chains = _edges_and_chains(hierarchy, names)
-        rand_parent = _random_parents(hierarchy, names, edges, rng)
-        metrics: dict[str, Any] = {}
-
-        # Projection of train, test and random tokens onto the train-split direction.
-        proj = _projections(g, L_train, splits, pool, token_sets)
-        metrics["projection"] = {"observed": _proj_summary(proj)}
-
-        ortho = {"lda": _orthogonality(L, edges, chains, rand_parent)}
-        ortho["mean_estimator"] = _orthogonality(L_mean, edges, chains, rand_parent)
-        Sim = _tree_distance_similarity(hierarchy, names)
-        heat = {"observed": _heat_corr(L, Sim)}
-        simplex = _simplices(hierarchy, names, g, L_train, splits, pool)
-
+        null_draws: dict[str, list[dict[str, Any]]] = {}
+        contrasts: dict[str, dict[str, Any]] = {}
         if self.baselines:
-            # Shuffled tokens: a random permutation of the vocabulary, so each category keeps its
-            # size and nesting but its tokens are arbitrary.
-            perm = rng.permutation(V)
-            shuf_rows = np.unique(np.concatenate([perm[rows]]))
-            g_shuf_cache = _RowCache(shuf_rows, wh(gamma[shuf_rows]))
-            g_shuf = lambda ids: g_shuf_cache.get(perm[ids])  # noqa: E731
-            L_shuf = run(g_shuf, token_sets, "baseline: shuffled tokens")
-            L_shuf_train = run(g_shuf, [s[0] for s in splits], "baseline: shuffled tokens (train split)")
-            proj_s = _projections(g_shuf, L_shuf_train, splits, pool, token_sets)
-            self.shuffled_projection_values_ = proj_s
-            metrics["projection"]["shuffled_tokens"] = _proj_summary(proj_s)
-            ortho["shuffled_tokens"] = _orthogonality(L_shuf, edges, chains, rand_parent)
-            heat["shuffled_tokens"] = _heat_corr(L_shuf, Sim)
-            simplex_s = _simplices(hierarchy, names, g_shuf, L_shuf_train, splits, pool)
+            B = int(self.n_null_draws)
+            g32 = _RowCache(rows, g_cache.rows.astype(np.float32)).get
+            jobs = [(k, null, b) for k, null in enumerate(NULLS) for b in range(B)]
 
-            # Random categories: independent random token sets of the same sizes (no nesting).
-            rand_sets = [np.sort(rng.choice(rows, size=len(t), replace=False)) for t in token_sets]
-            L_rcat = run(g, rand_sets, "baseline: random categories")
-            ortho["random_categories"] = _orthogonality(L_rcat, edges, chains, rand_parent)
-            heat["random_categories"] = _heat_corr(L_rcat, Sim)
+            def one_draw(job: tuple[int, str, int]) -> dict[str, Any]:
+                k, null, b = job
+                r = np.random.default_rng([self.seed, k + 1, b])
+                ge, sets_b, splits_b = self._null_draw(null, r, gamma, wh, used, pool, token_sets, splits, g32, d)
+                Lb = np.stack([estimate(ge(s_[0])) for s_ in splits_b])
+                return _measure(Lb, ge, splits_b, pool, sets_b, tree)
 
-            # Euclidean: the same estimator on the centred, unwhitened unembedding.
-            g_euc_cache = _RowCache(rows, np.asarray(gamma[rows], dtype=np.float64) - wh.mean)
-            L_euc = run(g_euc_cache.get, token_sets, "baseline: Euclidean inner product")
-            ortho["euclidean"] = _orthogonality(L_euc, edges, chains, rand_parent)
-            heat["euclidean"] = _heat_corr(L_euc, Sim)
+            # Draws run side by side, each on one BLAS thread: the measuring is partly Python, and
+            # two draws at once keep both cores busy where one draw's threads would not.
+            from concurrent.futures import ThreadPoolExecutor
 
-            # Random unembedding: i.i.d. Gaussian of the same shape, whitened the same way.
-            g_rand_cache, wh_rand = _random_unembedding(V, d, rows, self.seed, self.eig_floor)
-            L_rand = run(g_rand_cache.get, token_sets, "baseline: random unembedding")
-            L_rand_train = run(g_rand_cache.get, [s[0] for s in splits], "baseline: random unembedding (train split)")
-            metrics["projection"]["random_unembedding"] = _proj_summary(
-                _projections(g_rand_cache.get, L_rand_train, splits, pool, token_sets))
-            ortho["random_unembedding"] = _orthogonality(L_rand, edges, chains, rand_parent)
-            heat["random_unembedding"] = _heat_corr(L_rand, Sim)
-            simplex["baselines"] = {"shuffled_tokens": simplex_s["observed"]}
+            from threadpoolctl import threadpool_limits
 
-        metrics["orthogonality_parent_child"] = {k: v["parent_child"] for k, v in ortho.items()}
-        metrics["orthogonality_parent_child"]["random_parent"] = ortho["lda"]["random_parent"]
-        metrics["orthogonality_child_grandparent"] = {k: v["chain"] for k, v in ortho.items()}
-        metrics["simplex"] = simplex
-        metrics["cosine_vs_tree_distance"] = heat
+            t0 = time.perf_counter()
+            with threadpool_limits(1), ThreadPoolExecutor(max(1, n_jobs)) as ex:
+                results = ex.map(one_draw, jobs)
+                if not quiet:
+                    results = track(results, f"null distributions: {len(NULLS)} nulls x {B} draws", total=len(jobs))
+                for (k, null, b), res in zip(jobs, results):
+                    null_draws.setdefault(null, []).append(res)
+            timings["null_draws"] = time.perf_counter() - t0
+            # Contrasts (not nulls): the plain inner product, the mean estimator, an unrelated parent.
+            t0 = time.perf_counter()
+            g_euc = _RowCache(rows, np.asarray(gamma[rows], dtype=np.float64) - wh.mean).get
+            L_euc = run(g_euc, train_sets, None if quiet else "contrast: Euclidean inner product")
+            L_mean_train = run(g, train_sets, None, mean_direction)
+            for cname, Lc in (("euclidean", L_euc), ("mean_estimator", L_mean_train)):
+                cu = _orthogonality_units(Lc, tree)
+                cu.pop("_signed")
+                contrasts[cname] = cu | {"cosine_vs_tree_distance": _pearson_upper(_unit_cos(Lc), tree.sim)}
+            rp = np.array(_random_parents(hierarchy, names, tree.edges, rng), dtype=np.int64).reshape(-1, 2)
+            contrasts["random_parent"] = {"orthogonality_parent_child": np.abs(
+                _cos_rows(L_train[rp[:, 0]], L_train[rp[:, 1]] - L_train[rp[:, 0]])) if len(rp) else np.array([])}
+            timings["contrasts"] = time.perf_counter() - t0
 
-        # Per-category table.
-        pos = {n: i for i, n in enumerate(names)}
-        pc_cos = {names[c]: float(v) for (_, c), v in zip(edges, ortho["lda"]["parent_child_values"])}
+        metrics = self._assemble(obs, null_draws, contrasts, tree)
+
+        e = tree.edges
+        pc_full = _cos_rows(L[e[:, 0]], L[e[:, 1]] - L[e[:, 0]]) if len(e) else np.array([])
+        pc_cos = dict(zip(e[:, 1].tolist(), pc_full.tolist()))
         table = []
         for i, n in enumerate(names):
             table.append({
@@ -444,16 +571,21 @@ class HierarchyAnalyzer:
                 "n_tokens": int(len(token_sets[i])),
                 "n_train": int(len(splits[i][0])),
                 "n_test": int(len(splits[i][1])),
-                "train_projection": proj["train"][i],
-                "test_projection": proj["test"][i],
-                "random_projection": proj["random"][i],
-                "orthogonality_cos": pc_cos.get(n, float("nan")),
-                "norm": float(np.linalg.norm(L[pos[n]])),
+                "train_projection": float(obs["train_projection"][i]),
+                "test_projection": float(obs["units"]["heldout_projection"][i]),
+                "random_projection": float(obs["random_projection"][i]),
+                "heldout_auc": float(obs["units"]["heldout_auc"][i]),
+                "orthogonality_cos": pc_cos.get(i, float("nan")),
+                "norm": float(np.linalg.norm(L[i])),
                 "merged": list(hierarchy.graph.nodes[n].get("merged", [])),
             })
+        simplex_rows = [{"parent": names[p], "n_children": int(len(kids)), "children": [names[c] for c in kids],
+                         "nearest_vertex": float(obs["units"]["simplex_nearest_vertex"][j]),
+                         "chance_one_over_k": 1.0 / len(kids),
+                         "span_auc": float(obs["units"]["simplex_span_auc"][j]),
+                         "min_singular_value": float(obs["units"]["simplex_min_singular_value"][j])}
+                        for j, (p, kids) in enumerate(tree.simplices)]
 
-        if not self.baselines:
-            self.shuffled_projection_values_ = None
         self.whitening_ = wh
         self._embedded = g_cache
         self.names_ = names
@@ -462,19 +594,85 @@ class HierarchyAnalyzer:
         self.mean_directions_ = Directions(L_mean.astype(np.float32), names, "causal:unembed", model,
                                            {"estimator": "mean", **prov})
         self.token_ids_ = token_sets
+        self.splits_ = splits
         self.categories_ = table
+        self.simplices_ = simplex_rows
         self.metrics_ = metrics
-        Ln = L / np.maximum(np.linalg.norm(L, axis=1, keepdims=True), 1e-300)
-        self.cosine_matrix_ = Ln @ Ln.T
-        self.tree_similarity_ = Sim
-        self.orthogonality_values_ = {k: {kk: vv for kk, vv in v.items() if kk.endswith("_values")}
-                                      for k, v in ortho.items()}
-        self.projection_values_ = proj
-        self.edges_ = edges
+        self.observed_units_ = obs["units"]
+        self.signed_ = obs["signed"]
+        self.null_draws_ = {
+            s: {nm: np.array([_summary(dr["units"].get(s, dr["scalars"].get(s))) for dr in draws])
+                for nm, draws in null_draws.items()} for s in STATISTICS}
+        self.null_signed_ = {nm: {k: np.concatenate([dr["signed"][k] for dr in draws]) for k in obs["signed"]}
+                             for nm, draws in null_draws.items()}
+        self.null_units_ = {nm: {s: np.concatenate([np.ravel(dr["units"][s]) for dr in draws])
+                                 for s in obs["units"]} for nm, draws in null_draws.items()}
+        self.contrasts_ = contrasts
+        self.cosine_matrix_ = _unit_cos(L)
+        self.tree_similarity_ = tree.sim
+        self.edges_ = [tuple(e) for e in tree.edges.tolist()]
         self.model_ = model
+        timings["total"] = time.perf_counter() - t_start
+        self.timings_ = {k: round(v, 2) for k, v in timings.items()}
         self.provenance_ = {"model": model, "unembedding": prov, "hierarchy": dict(hierarchy.coverage),
-                            "n_whitening_eigenvalues_floored": wh.n_floored}
+                            "n_whitening_eigenvalues_floored": wh.n_floored,
+                            "split": ("by lemma group, one held-out set for the whole tree" if groups
+                                      else "by token, one held-out set for the whole tree (the hierarchy carries "
+                                           "no lemma groups)"),
+                            "n_categories_split_on_their_own": n_local_splits,
+                            "nulls": {k: NULLS[k] for k in null_draws}, "seconds": self.timings_}
         return self
+
+    def _null_draw(self, null: str, r: np.random.Generator, gamma, wh, used, pool, token_sets, splits, g, d):
+        """One draw of a null: (embedding lookup, token sets, splits), nesting and split structure kept."""
+        if null == "random_unembedding":
+            ids = np.unique(np.concatenate([used, pool]))
+            cache = _RowCache(ids, r.standard_normal((len(ids), d), dtype=np.float32))
+            return cache.get, token_sets, splits
+        if null == "shuffled_tokens":
+            perm = r.permutation(gamma.shape[0])
+            mapping = lambda t: perm[t]  # noqa: E731
+            targets = perm[used]
+            ids = np.unique(np.concatenate([targets, pool]))
+            ge = _RowCache(ids, wh(gamma[ids]).astype(np.float32)).get
+        else:  # nested_random_sets: permute the tree's own tokens
+            lut = np.arange(int(used.max()) + 1)
+            lut[used] = used[r.permutation(len(used))]
+            mapping = lambda t: lut[t]  # noqa: E731
+            ge = g
+        sets = [np.sort(mapping(t)) for t in token_sets]
+        spl = [(np.sort(mapping(tr)), np.sort(mapping(te))) for tr, te in splits]
+        return ge, sets, spl
+
+    def _assemble(self, obs, null_draws, contrasts, tree: _Tree) -> dict[str, Any]:
+        from ..stats import bootstrap_ci, null_summary, statistic
+
+        metrics: dict[str, Any] = {}
+        for s, (unit, alt, desc) in STATISTICS.items():
+            if s in obs["units"]:
+                u = obs["units"][s]
+                observed = _summary(u)
+                n = int(np.isfinite(u).sum())
+                ci = bootstrap_ci(u, seed=self.seed)
+                nulls = {nm: null_summary(observed, [_summary(dr["units"][s]) for dr in draws], alt)
+                         for nm, draws in null_draws.items()}
+            else:
+                observed = obs["scalars"][s]
+                n = len(tree.names) * (len(tree.names) - 1) // 2
+                ci = _pair_bootstrap_ci(obs["cos"], tree.sim, seed=self.seed)
+                nulls = {nm: null_summary(observed, [dr["scalars"][s] for dr in draws], alt)
+                         for nm, draws in null_draws.items()}
+            con = {}
+            for cn, cv in contrasts.items():
+                if s in cv:
+                    v = cv[s]
+                    con[cn] = _summary(v) if np.ndim(v) else float(v)
+            metrics[s] = statistic(
+                observed, n, nulls=nulls, ci95=ci, alternative=alt,
+                p_reason=None if self.baselines else "nulls skipped (baselines=False); not for reporting",
+                unit=unit, description=desc,
+                contrasts=con, **({"contrasts_note": CONTRAST_NOTE} if con else {}))
+        return metrics
 
     def embed_(self, token_ids: np.ndarray) -> np.ndarray:
         """Whitened unembedding rows g(y) of tokens that belong to a category (after ``fit``)."""
@@ -490,12 +688,120 @@ class HierarchyAnalyzer:
             params=self.get_params(),
             provenance=self.provenance_,
             metrics=self.metrics_,
-            tables={"categories": self.categories_},
+            tables={"categories": self.categories_, "simplices": self.simplices_},
         )
+
+
+CONTRAST_NOTE = ("contrasts are not nulls: 'euclidean' is the same estimator without the whitening (Park et al. "
+                 "expect orthogonality to vanish there), 'mean_estimator' uses mean vectors instead of LDA, and "
+                 "'random_parent' pairs each child with a category it is not a subset of, so its cosine is about "
+                 "-0.6 whatever the model does")
+
+
+def _summary(v: Any) -> float:
+    a = np.asarray(v, dtype=np.float64)
+    if a.ndim == 0:
+        return float(a)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else float("nan")
+
+
+def _pair_bootstrap_ci(C: np.ndarray, S: np.ndarray, seed: int, n_boot: int = 100) -> list[float] | None:
+    """Bootstrap over categories of the Pearson r between cosines and tree similarity (pairs of
+    distinct original categories only)."""
+    k = len(C)
+    if k < 4:
+        return None
+    rng = np.random.default_rng([seed, 0xC05])
+    vals = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, k, size=k)
+        distinct = (idx[:, None] != idx[None, :])[np.triu_indices(k, k=1)]
+        vals.append(_pearson_upper(C[np.ix_(idx, idx)], S[np.ix_(idx, idx)], keep=distinct))
+    vals = np.asarray(vals)
+    vals = vals[np.isfinite(vals)]
+    if vals.size < 10:
+        return None
+    return [float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975))]
 
 
 # --------------------------------------------------------------------------------------------
 # Pieces of fit
+
+
+def _orthogonality_units(L: np.ndarray, tree: _Tree) -> dict[str, np.ndarray]:
+    e, ch, sb = tree.edges, tree.chains, tree.siblings
+    pc = _cos_rows(L[e[:, 0]], L[e[:, 1]] - L[e[:, 0]]) if len(e) else np.array([])
+    chain = _cos_rows(L[ch[:, 2]] - L[ch[:, 1]], L[ch[:, 1]] - L[ch[:, 0]]) if len(ch) else np.array([])
+    sib = _cos_rows(L[sb[:, 0]], L[sb[:, 2]] - L[sb[:, 1]]) if len(sb) else np.array([])
+    return {"orthogonality_parent_child": np.abs(pc), "orthogonality_siblings": np.abs(sib),
+            "orthogonality_chain": np.abs(chain), "_signed": {"parent_child": pc, "siblings": sib, "chain": chain}}
+
+
+def _measure(L_train: np.ndarray, g: Callable[[np.ndarray], np.ndarray], splits, pool: np.ndarray,
+             token_sets, tree: _Tree, train_projection: bool = False) -> dict[str, Any]:
+    """Every statistic's per-unit values for one set of train-split directions (the data or a null draw).
+
+    All token projections come from two products: the tree's tokens and the random pool against
+    every direction at once.
+    """
+    from ..stats import auc
+
+    o = _orthogonality_units(L_train, tree)
+    signed = o.pop("_signed")
+    k = len(token_sets)
+    ids = np.unique(np.concatenate([np.asarray(t) for t in token_sets]))
+    G = g(ids)
+    P = np.asarray(G @ L_train.T.astype(G.dtype), dtype=np.float64)  # (tokens, categories)
+    Gp = g(pool)
+    Pp = np.asarray(Gp @ L_train.T.astype(G.dtype), dtype=np.float64)  # (pool, categories)
+    Gp = np.asarray(Gp, dtype=np.float64)
+    nn = np.einsum("ij,ij->i", L_train, L_train)
+    member = np.zeros(max(int(ids.max()), int(pool.max())) + 1, dtype=bool)
+    test_proj, train_proj, rand_proj, aucs = (np.full(k, np.nan) for _ in range(4))
+    for i, (tr, te) in enumerate(splits):
+        if nn[i] == 0 or not np.isfinite(nn[i]):
+            continue
+        member[token_sets[i]] = True
+        pr = Pp[~member[pool], i] / nn[i]
+        member[token_sets[i]] = False
+        pt = P[np.searchsorted(ids, te), i] / nn[i]
+        test_proj[i], rand_proj[i] = pt.mean(), pr.mean()
+        if train_projection:
+            train_proj[i] = float(P[np.searchsorted(ids, tr), i].mean() / nn[i])
+        aucs[i] = auc(pt, pr)
+    m = len(tree.simplices)
+    nearest, span_auc, min_sv = np.full(m, np.nan), np.full(m, np.nan), np.full(m, np.nan)
+    for j, (p, kids) in enumerate(tree.simplices):
+        Lk = L_train[kids]
+        sv = np.linalg.svd(Lk - Lk.mean(axis=0), compute_uv=False)
+        min_sv[j] = sv[len(kids) - 2] if len(sv) >= len(kids) - 1 else 0.0
+        Q, R = np.linalg.qr((Lk[1:] - Lk[0]).T)  # the affine span: Lk[0] + span(Q)
+        tests = [splits[c][1] for c in kids]
+        X = np.asarray(G[np.searchsorted(ids, np.concatenate(tests))], dtype=np.float64) - Lk[0]
+        XQ = X @ Q
+        try:
+            lam = np.linalg.solve(R, XQ.T)  # barycentric coordinates of the projection, but the first
+        except np.linalg.LinAlgError:
+            continue
+        bary = np.vstack([1.0 - lam.sum(axis=0), lam])
+        own = np.repeat(np.arange(len(kids)), [len(t) for t in tests])
+        nearest[j] = float((bary.argmax(axis=0) == own).mean())
+        member[token_sets[p]] = True
+        n_rnd = int((~member[pool]).sum())
+        if n_rnd:
+            Rr = Gp[~member[pool]] - Lk[0]
+            dist_t = np.einsum("ij,ij->i", X, X) - np.einsum("ij,ij->i", XQ, XQ)
+            RQ = Rr @ Q
+            dist_r = np.einsum("ij,ij->i", Rr, Rr) - np.einsum("ij,ij->i", RQ, RQ)
+            span_auc[j] = auc(-dist_t, -dist_r)
+        member[token_sets[p]] = False
+    C = _unit_cos(L_train)
+    units = dict(o)
+    units.update({"heldout_auc": aucs, "heldout_projection": test_proj, "simplex_nearest_vertex": nearest,
+                  "simplex_span_auc": span_auc, "simplex_min_singular_value": min_sv})
+    return {"units": units, "scalars": {"cosine_vs_tree_distance": _pearson_upper(C, tree.sim)},
+            "signed": signed, "train_projection": train_proj, "random_projection": rand_proj, "cos": C}
 
 
 def _map_categories(fn: Callable[[int], np.ndarray], n: int, n_jobs: int, label: str | None,
@@ -526,41 +832,13 @@ class _RowCache:
         self.index[self.ids] = np.arange(len(self.ids))
 
     def get(self, ids: np.ndarray) -> np.ndarray:
-        ix = self.index[np.asarray(ids)]
+        ids = np.asarray(ids)
+        if ids.size and int(ids.max()) >= len(self.index):
+            raise KeyError("token id outside the cached rows")
+        ix = self.index[ids]
         if (ix < 0).any():
             raise KeyError("token id outside the cached rows")
         return self.rows[ix]
-
-
-def _random_unembedding(V: int, d: int, rows: np.ndarray, seed: int, eig_floor: float,
-                        chunk: int = 16384) -> tuple[_RowCache, Whitening]:
-    """Whiten an i.i.d. N(0, 1) matrix of shape (V, d), generated chunk by chunk; keep ``rows``."""
-    rng = np.random.default_rng([seed, 0xBA5E])
-    total = np.zeros(d)
-    cross = np.zeros((d, d))
-    keep = np.zeros((len(rows), d))
-    for start in range(0, V, chunk):
-        x = rng.standard_normal((min(chunk, V - start), d))
-        total += x.sum(axis=0)
-        cross += x.T @ x
-        sel = (rows >= start) & (rows < start + len(x))
-        keep[sel] = x[rows[sel] - start]
-    mean = total / V
-    cov = cross / V - np.outer(mean, mean)
-    wh = _whitening_from_cov(mean, cov, eig_floor)
-    return _RowCache(rows, wh(keep)), wh
-
-
-def _edges_and_chains(h: ConceptHierarchy, names: Sequence[str]):
-    idx = {n: i for i, n in enumerate(names)}
-    edges = [(idx[p], idx[c]) for p, c in h.graph.edges]
-    edges.sort(key=lambda e: (e[1], e[0]))
-    chains = []
-    for p, c in edges:
-        gp = h.parent(names[p])
-        if gp is not None:
-            chains.append((idx[gp], p, c))
-    return edges, chains
 
 
 def _random_parents(h: ConceptHierarchy, names: Sequence[str], edges, rng) -> list[tuple[int, int]]:
@@ -573,108 +851,5 @@ def _random_parents(h: ConceptHierarchy, names: Sequence[str], edges, rng) -> li
         related = {idx[x] for x in nx.ancestors(h.graph, names[c]) | nx.descendants(h.graph, names[c])} | {c}
         candidates = [i for i in range(len(names)) if i not in related]
         if candidates:
-            out.append((int(rng.choice(candidates)), c))
+            out.append((int(rng.choice(candidates)), int(c)))
     return out
-
-
-def _orthogonality(L: np.ndarray, edges, chains, rand_parent) -> dict[str, Any]:
-    e = np.array(edges, dtype=np.int64).reshape(-1, 2)
-    pc = _cos_rows(L[e[:, 0]], L[e[:, 1]] - L[e[:, 0]]) if len(e) else np.array([])
-    ch = np.array(chains, dtype=np.int64).reshape(-1, 3)
-    chain = _cos_rows(L[ch[:, 2]] - L[ch[:, 1]], L[ch[:, 1]] - L[ch[:, 0]]) if len(ch) else np.array([])
-    r = np.array(rand_parent, dtype=np.int64).reshape(-1, 2)
-    rp = _cos_rows(L[r[:, 0]], L[r[:, 1]] - L[r[:, 0]]) if len(r) else np.array([])
-    return {"parent_child": summarize(pc), "chain": summarize(chain), "random_parent": summarize(rp),
-            "parent_child_values": pc, "chain_values": chain, "random_parent_values": rp}
-
-
-def _projections(g, L_train, splits, pool, token_sets) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {"train": [], "test": [], "random": []}
-    for i, (tr, te) in enumerate(splits):
-        l = L_train[i]
-        nn = float(l @ l)
-        if nn == 0:
-            for k in out:
-                out[k].append(float("nan"))
-            continue
-        rnd = np.setdiff1d(pool, token_sets[i], assume_unique=False)
-        out["train"].append(float((g(tr) @ l).mean() / nn))
-        out["test"].append(float((g(te) @ l).mean() / nn))
-        out["random"].append(float((g(rnd) @ l).mean() / nn))
-    return out
-
-
-def _proj_summary(p: dict[str, list[float]]) -> dict[str, float]:
-    return {f"{k}_mean": float(np.nanmean(v)) for k, v in p.items()} | {
-        f"{k}_std": float(np.nanstd(v)) for k, v in p.items()}
-
-
-def _heat_corr(L: np.ndarray, Sim: np.ndarray) -> dict[str, float]:
-    from scipy.stats import pearsonr, spearmanr
-
-    Ln = L / np.maximum(np.linalg.norm(L, axis=1, keepdims=True), 1e-300)
-    C = Ln @ Ln.T
-    iu = np.triu_indices(len(L), k=1)
-    x, y = C[iu], Sim[iu]
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return {"pearson": float("nan"), "spearman": float("nan"), "mean_cos": float(np.mean(x)) if len(x) else float("nan")}
-    return {"pearson": float(pearsonr(x, y)[0]), "spearman": float(spearmanr(x, y)[0]), "mean_cos": float(x.mean())}
-
-
-def _simplices(h: ConceptHierarchy, names, g, L_train, splits, pool) -> dict[str, Any]:
-    """For parents with >= 3 children: are the children's vectors affinely independent, and where
-    do held-out child tokens land after projection onto the affine span of those vectors?
-
-    ``fraction_test_inside``: held-out tokens whose barycentric coordinates are all >= 0;
-    ``fraction_random_inside``: the same for random vocabulary tokens outside the parent;
-    ``nearest_vertex_accuracy``: held-out tokens whose largest coordinate is their own child's
-    vertex, against ``chance_accuracy`` = 1 / (number of children).
-    """
-    idx = {n: i for i, n in enumerate(names)}
-    rows = []
-    acc = dict.fromkeys(["inside", "total", "hit", "chance", "r_inside", "r_total"], 0.0)
-    for p in names:
-        kids = sorted(h.graph.successors(p), key=idx.get)
-        if len(kids) < 3:
-            continue
-        k = [idx[c] for c in kids]
-        Lk = L_train[k]
-        D = (Lk[1:] - Lk[0]).T  # (d, m-1)
-        sv = np.linalg.svd(D, compute_uv=False)
-        independent = bool(sv.min() > 1e-8 * sv.max()) if sv.size else False
-        rnd = np.setdiff1d(pool, h.tokens(p))
-
-        def barycentric(ids: np.ndarray, Lk: np.ndarray = Lk, D: np.ndarray = D) -> np.ndarray:
-            X = g(ids) - Lk[0]  # (n, d)
-            lam_rest, *_ = np.linalg.lstsq(D, X.T, rcond=None)  # (m-1, n)
-            return np.vstack([1.0 - lam_rest.sum(axis=0), lam_rest])  # (m, n), columns sum to 1
-
-        n_in = n_tot = n_hit = 0
-        for j, i in enumerate(k):
-            te = splits[i][1]
-            lam = barycentric(te)
-            n_in += int((lam >= 0).all(axis=0).sum())
-            n_hit += int((lam.argmax(axis=0) == j).sum())
-            n_tot += len(te)
-        lam_r = barycentric(rnd) if len(rnd) else np.zeros((len(k), 0))
-        r_in, r_tot = int((lam_r >= 0).all(axis=0).sum()), lam_r.shape[1]
-        acc["inside"] += n_in
-        acc["total"] += n_tot
-        acc["hit"] += n_hit
-        acc["chance"] += n_tot / len(k)
-        acc["r_inside"] += r_in
-        acc["r_total"] += r_tot
-        rows.append({"parent": p, "n_children": len(kids), "affinely_independent": independent,
-                     "fraction_test_inside": n_in / n_tot if n_tot else float("nan"),
-                     "fraction_random_inside": r_in / r_tot if r_tot else float("nan"),
-                     "nearest_vertex_accuracy": n_hit / n_tot if n_tot else float("nan"),
-                     "chance_accuracy": 1.0 / len(k)})
-    summary = {
-        "n_parents": len(rows),
-        "fraction_affinely_independent": float(np.mean([r["affinely_independent"] for r in rows])) if rows else float("nan"),
-        "fraction_test_inside": acc["inside"] / acc["total"] if acc["total"] else float("nan"),
-        "fraction_random_inside": acc["r_inside"] / acc["r_total"] if acc["r_total"] else float("nan"),
-        "nearest_vertex_accuracy": acc["hit"] / acc["total"] if acc["total"] else float("nan"),
-        "chance_accuracy": acc["chance"] / acc["total"] if acc["total"] else float("nan"),
-    }
-    return {"observed": summary, "parents": rows}
