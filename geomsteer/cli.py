@@ -100,8 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--layers", default="all",
                     help="residual layers to scan in each model: all, every:K, or a list such as 0,6,12 (default: all)")
     sm.add_argument("--k", type=_positive_int, default=10, help="neighbours for the k-NN metrics (default: 10)")
-    sm.add_argument("--permutations", type=_positive_int, default=20,
-                    help="shuffled pairings per detailed comparison (default: 20; scans use one per cell)")
+    sm.add_argument("--permutations", type=_positive_int, default=1000,
+                    help="shuffled pairings for linear CKA, debiased CKA and mutual k-NN at the best pairs and in each "
+                         "group (default: 1000; the other metrics take at most 20, or 5 for those that build n x n "
+                         "matrices per call)")
+    sm.add_argument("--scan-permutations", type=_positive_int, default=200,
+                    help="shuffled pairings for the max-statistic null of the best layer pair (default: 200, on at "
+                         "most 1,000 words)")
     sm.add_argument("--no-random-model", action="store_true",
                     help="skip the re-randomized-model baseline (faster; not for reporting)")
     sm.add_argument("--sae", nargs="+", default=None, metavar="DIR",
@@ -397,6 +402,7 @@ def _cmd_similarity(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     res = similarity_job(args.models, args.out, n_words=args.words, rule=args.rule, prefix=args.prefix,
                          max_tokens=args.max_tokens, layers=args.layers, k=args.k, n_permutations=args.permutations,
+                         scan_permutations=args.scan_permutations,
                          random_baseline=not args.no_random_model, sae_dirs=args.sae, feature_texts=args.texts,
                          seed=args.seed, force=args.force, command=["geomsteer", *argv])
     a, m = res["analyzer"], res["matcher"]

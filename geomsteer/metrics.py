@@ -380,7 +380,8 @@ def svcca(X, Y, keep: float = 0.99, max_dims: int | None = None, seed: int = 0) 
     of samples (two independent 640-d Gaussians score 0.98 at n = 100), so here the samples are split
     in two halves at random (``seed``). On one half each centred representation keeps its top
     singular directions explaining ``keep`` of its variance (``keep`` >= 1: that many directions),
-    at most ``max_dims`` (default: a quarter of the half), and CCA between the reduced
+    at most ``max_dims`` (default: the half's size minus 2, so the kept directions never span the
+    whole sample space, where canonical directions become arbitrary), and CCA between the reduced
     representations gives canonical direction pairs; the score is the mean correlation of those
     pairs on the other half (centred with the first half's means), averaged over both ways round.
     About 0 for independent data at any n (it can be slightly negative), about 1 when Y is an
@@ -392,7 +393,7 @@ def svcca(X, Y, keep: float = 0.99, max_dims: int | None = None, seed: int = 0) 
     n = len(A)
     perm = np.random.default_rng([seed, 0x5CCA]).permutation(n)
     halves = (perm[: n // 2], perm[n // 2:])
-    cap = max(1, (n // 2) // 4) if max_dims is None else int(max_dims)
+    cap = max(1, n // 2 - 2) if max_dims is None else int(max_dims)
 
     def reduce(M):
         mean = M.mean(0)
@@ -673,3 +674,132 @@ def match_features(C, method: str = "hungarian") -> tuple[np.ndarray, np.ndarray
     corr = M[ia, ib]
     order = np.argsort(-corr, kind="stable")
     return ia[order], ib[order], corr[order]
+
+
+# --------------------------------------------------------------------------------------------
+# Permutation nulls from Gram matrices
+
+
+def _centred_gram(X, dtype=np.float32) -> np.ndarray:
+    A = np.asarray(X, dtype=np.float64)
+    A = A - A.mean(0)
+    return (A @ A.T).astype(dtype)
+
+
+def _cka_terms(K: np.ndarray) -> dict[str, Any]:
+    """What linear CKA (biased and debiased) of K against any re-pairing of another Gram needs."""
+    n = len(K)
+    diag = np.diag(K).astype(np.float64)
+    r = K.sum(1, dtype=np.float64) - diag  # row sums with the diagonal zeroed
+    s = float(r.sum())
+    full = float(np.sum(K.astype(np.float64) ** 2))
+    tr_tilde = full - float(diag @ diag)
+    self_u = (tr_tilde + s * s / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * float(r @ r)) / (n * (n - 3))
+    return {"diag": diag, "r": r, "s": s, "self_b": full, "self_u": self_u, "n": n}
+
+
+def linear_cka_permutations(X, Y, permutations: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Linear CKA and its debiased form for X against Y and against Y with its rows re-paired by
+    each permutation, from the two n x n Gram matrices: one gather and one dot per permutation,
+    instead of an n x d x d product. Returns ``{"linear_cka", "linear_cka_debiased"}`` observed
+    values and ``{"..._null"}`` arrays; agrees with :func:`linear_cka` on ``(X, Y[perm])``.
+
+    Centred Grams K = Xc Xc^T and L = Yc Yc^T; biased HSIC = sum(K * L); the unbiased HSIC
+    (Song et al. 2012) uses K and L with zeroed diagonals. Re-pairing Y by pi turns L into
+    L[pi][:, pi], which keeps every term but the two products with K.
+    """
+    A, B = _pair(X, Y, 4, "linear CKA")
+    n = len(A)
+    K, L = _centred_gram(A), _centred_gram(B)
+    tk, tl = _cka_terms(K), _cka_terms(L)
+    if tk["self_b"] <= 0 or tl["self_b"] <= 0:
+        raise DataError("linear CKA is undefined: a representation has no variance")
+
+    def both(Lp: np.ndarray, diag_l: np.ndarray, r_l: np.ndarray) -> tuple[float, float]:
+        t = float(np.dot(K.ravel(), Lp.ravel()))
+        b = t / np.sqrt(tk["self_b"] * tl["self_b"])
+        tt = t - float(tk["diag"] @ diag_l)
+        u = (tt + tk["s"] * tl["s"] / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * float(tk["r"] @ r_l)) / (n * (n - 3))
+        den = tk["self_u"] * tl["self_u"]
+        return b, (u / np.sqrt(den) if den > 0 else float("nan"))
+
+    obs = both(L, tl["diag"], tl["r"])
+    nb, nu = [], []
+    for p in permutations:
+        p = np.asarray(p)
+        b, u = both(L[np.ix_(p, p)], tl["diag"][p], tl["r"][p])
+        nb.append(b)
+        nu.append(u)
+    return {"linear_cka": obs[0], "linear_cka_debiased": obs[1], "linear_cka_null": np.array(nb),
+            "linear_cka_debiased_null": np.array(nu)}
+
+
+def cka_scan_max_null(As: Sequence[np.ndarray], Bs: Sequence[np.ndarray], permutations: Sequence[np.ndarray]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Debiased linear CKA of every layer pair, and for each permutation (the same re-pairing of
+    the samples for every pair) the largest debiased CKA over all pairs: the max-statistic null
+    for choosing the best pair of a scan. Returns (scan (len(As), len(Bs)), maxima (n_perms,)).
+    """
+    n = len(np.asarray(As[0]))
+    Ka = [_centred_gram(x) for x in As]
+    Lb = [_centred_gram(y) for y in Bs]
+    ta, tb = [_cka_terms(K) for K in Ka], [_cka_terms(L) for L in Lb]
+    FA = np.stack([K.ravel() for K in Ka])
+    DA = np.stack([t["diag"] for t in ta])
+    RA = np.stack([t["r"] for t in ta])
+    SA = np.array([t["s"] for t in ta])
+    UA = np.array([t["self_u"] for t in ta])
+    SB = np.array([t["s"] for t in tb])
+    UB = np.array([t["self_u"] for t in tb])
+    den = np.sqrt(np.outer(UA, UB))
+
+    def scan(perm: np.ndarray | None) -> np.ndarray:
+        if perm is None:
+            FB = np.stack([L.ravel() for L in Lb])
+            DB = np.stack([t["diag"] for t in tb])
+            RB = np.stack([t["r"] for t in tb])
+        else:
+            FB = np.stack([L[np.ix_(perm, perm)].ravel() for L in Lb])
+            DB = np.stack([t["diag"][perm] for t in tb])
+            RB = np.stack([t["r"][perm] for t in tb])
+        T = (FA @ FB.T).astype(np.float64) - DA @ DB.T
+        U = (T + np.outer(SA, SB) / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (RA @ RB.T)) / (n * (n - 3))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, U / den, np.nan)
+
+    obs = scan(None)
+    maxima = np.array([np.nanmax(scan(np.asarray(p))) for p in permutations])
+    return obs, maxima
+
+
+def rsa_permutations(X, Y, permutations: Sequence[np.ndarray]) -> tuple[float, np.ndarray]:
+    """Spearman RSA of X and Y (as :func:`rsa`) and of X against Y with its rows re-paired by each
+    permutation. The ranks of Y's dissimilarities are taken once: re-pairing the samples permutes
+    the rank matrix, so each draw is one gather and one dot product."""
+    from scipy.stats import rankdata
+
+    A, B = _pair(X, Y, 3, "RSA")
+    for M_, name in ((A, "X"), (B, "Y")):
+        if (np.ptp(M_, axis=1) == 0).any():
+            raise DataError(f"{name} has constant row(s): the correlation distance is undefined for them; drop those "
+                            "samples from X and Y")
+    n = len(A)
+    iu = np.triu_indices(n, 1)
+
+    def rank_matrix(M: np.ndarray) -> np.ndarray:
+        r = rankdata((1 - np.corrcoef(M.astype(np.float64)))[iu])
+        R = np.zeros((n, n))
+        R[iu] = r
+        return R + R.T
+
+    Ra, Rb = rank_matrix(A), rank_matrix(B)
+    ra = Ra[iu]
+    ra_c = ra - ra.mean()
+    rb = Rb[iu]
+    norm = np.sqrt((ra_c @ ra_c) * ((rb - rb.mean()) @ (rb - rb.mean())))
+
+    def score(R: np.ndarray) -> float:
+        v = R[iu]
+        return float(ra_c @ (v - v.mean()) / norm) if norm > 0 else float("nan")
+
+    return score(Rb), np.array([score(Rb[np.ix_(p, p)]) for p in permutations])

@@ -201,7 +201,8 @@ def parse_layers(spec: str, n_layers: int, model_name: str) -> list[int]:
 
 def similarity_job(model_names: Sequence[str], out: Path, *, n_words: int = 4000, rule: str = "last",
                    prefix: str = "", max_tokens: int = 3, layers: str = "all", k: int = 10,
-                   n_permutations: int = 20, random_baseline: bool = True, sae_dirs: Sequence[str] | None = None,
+                   n_permutations: int = 1000, random_baseline: bool = True, scan_permutations: int = 200,
+                   sae_dirs: Sequence[str] | None = None,
                    feature_texts: int = 2000, seed: int = 0, force: bool = False,
                    command: Sequence[str] | None = None) -> dict:
     """Word-aligned layer x layer similarity of two models with baselines, and optional SAE matching."""
@@ -292,7 +293,8 @@ def similarity_job(model_names: Sequence[str], out: Path, *, n_words: int = 4000
     groups = [word_group[w] for w in labels]
     t_fit = time.perf_counter()
     with step("Layer x layer scans, best pairs and semantic groups"):
-        analyzer = SimilarityAnalyzer(k=k, n_permutations=n_permutations, seed=seed).fit(
+        analyzer = SimilarityAnalyzer(k=k, n_permutations=n_permutations, scan_permutations=scan_permutations,
+                                      seed=seed).fit(
             a, b, random_a=ra, random_b=rb, groups=groups)
     seconds["scans and comparisons"] = round(time.perf_counter() - t_fit, 1)
     matcher = None

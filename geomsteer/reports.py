@@ -487,6 +487,7 @@ def write_similarity_report(analyzer: Any, matcher: Any, provenance: Mapping[str
         "params": res.params,
         "provenance": {**provenance, "platform": platform.platform()},
         "metrics_at_best_pair": res.metrics,
+        "best_pair_max_statistic": res.metrics.get("best_pair_max_statistic"),
         "best_layer_per_layer_a": res.tables["best_layer_per_layer_a"],
         "best_pairs": res.tables["best_pairs"],
         "groups": res.tables["groups"],
@@ -582,10 +583,22 @@ def _similarity_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str
           f"Words: {w['source']}. Seed {prov['seed']}. Re-randomized baseline: {prov['random_baseline']}.",
           "Time (s): " + ", ".join(f"{k} {v}" for k, v in prov.get("seconds", {}).items())
           + f"; total {prov.get('elapsed_seconds')}.", ""]
+    mx = doc.get("best_pair_max_statistic")
+    if mx:
+        nd = mx["null"]["max_over_pairs_shuffled"]
+        L += ["## Is the best layer pair better than chance?", "",
+              f"The best pair ({mx['layer_a']} x {mx['layer_b']}) is the maximum of {mx['n_layer_pairs']} layer pairs, "
+              f"so it is tested against the maximum over all pairs when {models[1]}'s samples are shuffled (the same "
+              f"shuffle for every pair; {nd['n_draws']} shuffles on {mx['n']} samples): debiased CKA "
+              f"{_fmt(mx['observed'])} against a null maximum of {_fmt(nd['mean'])} ± {_fmt(nd['sd'])}, effect "
+              f"{_fmt(mx['effect_size'], 1)} sd, p {_fmt(mx['p_value'])} (never below {_fmt(nd['p_min'])}).", ""]
     L += ["## Best-aligned layer pairs", "",
-          "Every metric at the pairs with the highest debiased linear CKA, beside the mean of "
-          f"{doc['params']['n_permutations']} shuffled pairings (p: fraction of shuffles at least as extreme) "
-          f"and the same layer of re-randomized {models[1]}.", ""]
+          "Every metric at the pairs with the highest debiased linear CKA, beside its shuffled-pairing null: "
+          f"{doc['params']['n_permutations']} shuffles for linear CKA, debiased CKA and mutual k-NN (on at most 1,500 "
+          "samples), 20 for k-NN Jaccard, SVCCA and Procrustes, 5 for RBF CKA, CKNNA and RSA. p is the larger of the "
+          "Monte Carlo p and a t-test against the shuffles with 99 or more draws, the t-test alone with fewer (see "
+          f"the statistics guide). The same layer of re-randomized {models[1]} is shown beside it. These pairs were "
+          "chosen as the best of the scan: read their p-values with the max-statistic test above.", ""]
     for bp in doc["best_pairs"]:
         L += [f"### {bp['layer_a']} ({models[0]}) x {bp['layer_b']} ({models[1]}), n = {bp['n']}", "",
               "| metric | observed | shuffled pairing (mean ± sd) | p | re-randomized model |", "|---|---|---|---|---|"]
@@ -614,13 +627,19 @@ def _similarity_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str
         g0 = doc["groups"][0]
         L += ["## Semantic subspaces", "",
               f"The words of one WordNet group at a time, at {g0['layer_a']} x {g0['layer_b']}.", "",
-              "| group | n | debiased CKA | shuffled | re-randomized | mutual k-NN | shuffled | SVCCA | shuffled |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "p is adjusted across groups by Benjamini-Hochberg (per metric).", "",
+              "| group | n | debiased CKA | shuffled | p (BH) | re-randomized | mutual k-NN | shuffled | p (BH) | SVCCA | "
+              "shuffled |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+        def bh(e):
+            return _fmt(e.get("statistic", {}).get("p_value_bh"))
+
         for g in doc["groups"]:
             c, m, s = g["linear_cka_debiased"], g["mutual_knn"], g["svcca"]
-            L.append(f"| {g['group']} | {g['n']} | {_fmt(c.get('score'))} | {_fmt(c['permutation']['mean'])} | "
+            L.append(f"| {g['group']} | {g['n']} | {_fmt(c.get('score'))} | {_fmt(c['permutation']['mean'])} | {bh(c)} | "
                      f"{_fmt(c.get('random_model'))} | {_fmt(m.get('score'))} | {_fmt(m['permutation']['mean'])} | "
-                     f"{_fmt(s.get('score'))} | {_fmt(s['permutation']['mean'])} |")
+                     f"{bh(m)} | {_fmt(s.get('score'))} | {_fmt(s['permutation']['mean'])} |")
         L += ["", f"![groups](figures/{figs['groups']})", ""]
     fm = doc.get("feature_matching")
     if fm:

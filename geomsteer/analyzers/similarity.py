@@ -44,9 +44,15 @@ DETAIL_METRICS: dict[str, tuple[Any, bool]] = {
     "rsa": (lambda X, Y, k: M.rsa(X, Y), True),
 }
 SCAN_METRICS = ("linear_cka_debiased", "mutual_knn")
+# metrics with a fast permutation path (Gram matrices, neighbour sets): n_permutations shuffles each
+FAST_METRICS = frozenset({"linear_cka", "linear_cka_debiased", "mutual_knn"})
 # metrics that build several n x n matrices per call: at most this many shuffles each
 GRAM_METRICS = frozenset({"rbf_cka", "cknna", "rsa"})
 MAX_GRAM_SHUFFLES = 5
+# the other metrics (k-NN Jaccard, SVCCA, Procrustes): at most this many shuffles each
+MAX_OTHER_SHUFFLES = 20
+# permutation tests on Gram matrices use at most this many samples (a seeded subsample, recorded)
+PERMUTATION_MAX_SAMPLES = 1500
 
 
 def _check_side(acts: Sequence[Activations], name: str) -> list[Activations]:
@@ -64,29 +70,51 @@ def _check_side(acts: Sequence[Activations], name: str) -> list[Activations]:
 
 
 def _summary(observed: float, null: np.ndarray, higher: bool) -> dict[str, Any]:
+    """The null's mean, sd and count, and the p-value of :func:`geomsteer.stats.null_summary`."""
+    from ..stats import null_summary
+
     null = np.asarray(null, dtype=np.float64)
     null = null[np.isfinite(null)]
     if not len(null):
-        return {"mean": None, "sd": None, "p": None, "n": 0}
-    extreme = (null >= observed) if higher else (null <= observed)
-    return {"mean": float(null.mean()), "sd": float(null.std(ddof=1)) if len(null) > 1 else 0.0,
-            "p": float((1 + extreme.sum()) / (1 + len(null))), "n": int(len(null))}
+        return {"mean": None, "sd": None, "p": None, "n": 0, "n_draws": 0}
+    ns = null_summary(float(observed), null, "greater" if higher else "less")
+    return {**ns, "sd": ns["sd"] if ns["sd"] is not None else 0.0, "p": ns["p_value"], "n": int(len(null))}
+
+
+def _stat(entry: Mapping[str, Any], n: int, **extra: Any) -> dict[str, Any]:
+    """The shared statistic shape for one metric's entry (observed, shuffled-pairing null, random model)."""
+    from ..stats import statistic
+
+    nulls = {}
+    if entry.get("permutation", {}).get("n"):
+        nulls["shuffled_pairing"] = {k: v for k, v in entry["permutation"].items() if k not in ("p", "n")}
+    contrasts = {"random_model": entry["random_model"]} if entry.get("random_model") is not None else {}
+    return statistic(entry["score"], n, nulls=nulls, ci95=None,
+                     ci95_reason="not computed: resampling words repeats rows, which biases kernel metrics",
+                     alternative="greater" if entry.get("higher_is_more_similar", True) else "less",
+                     contrasts=contrasts, **extra)
 
 
 class SimilarityAnalyzer:
     """Layer x layer similarity of two models (or one) with shuffled-pairing and random-model nulls.
 
     Parameters: ``k`` neighbours for the k-NN metrics; ``n_permutations`` shuffled pairings for
-    the detailed comparisons (at most 5 for RBF CKA, CKNNA and RSA, which build n x n matrices;
-    the scans use one shuffled pairing per cell, the same for every cell); ``top_pairs`` how many best-aligned cross-model layer pairs get every metric;
+    linear CKA, debiased CKA and mutual k-NN at the best pairs and in each group (from Gram
+    matrices and neighbour sets on at most 1,500 samples; the other metrics take at most 20, and 5
+    for RBF CKA, CKNNA and RSA, which build n x n matrices per call; the scans show one shuffled
+    pairing per cell); ``scan_permutations`` shuffled pairings for the max-statistic null of the
+    best pair (on at most ``scan_max_samples`` samples); ``top_pairs`` how many best-aligned cross-model layer pairs get every metric;
     ``min_group`` the smallest semantic group compared on its own; ``detail_max_samples`` caps
     the samples given to the metrics that build n x n matrices (a seeded subsample, recorded).
     """
 
-    def __init__(self, k: int = 10, n_permutations: int = 20, top_pairs: int = 3, min_group: int = 50,
-                 detail_max_samples: int = 3000, seed: int = 0):
+    def __init__(self, k: int = 10, n_permutations: int = 1000, top_pairs: int = 3, min_group: int = 50,
+                 detail_max_samples: int = 3000, scan_permutations: int = 200, scan_max_samples: int = 1000,
+                 seed: int = 0):
         self.k = k
         self.n_permutations = n_permutations
+        self.scan_permutations = scan_permutations
+        self.scan_max_samples = scan_max_samples
         self.top_pairs = top_pairs
         self.min_group = min_group
         self.detail_max_samples = detail_max_samples
@@ -94,7 +122,9 @@ class SimilarityAnalyzer:
 
     def get_params(self) -> dict[str, Any]:
         return {"k": self.k, "n_permutations": self.n_permutations, "top_pairs": self.top_pairs,
-                "min_group": self.min_group, "detail_max_samples": self.detail_max_samples, "seed": self.seed}
+                "min_group": self.min_group, "detail_max_samples": self.detail_max_samples,
+                "scan_permutations": self.scan_permutations, "scan_max_samples": self.scan_max_samples,
+                "seed": self.seed}
 
     # ----------------------------------------------------------------------------------------
 
@@ -106,9 +136,9 @@ class SimilarityAnalyzer:
         ``random_a``/``random_b`` are the same samples through the re-randomized models (same
         layers); ``groups`` gives each sample's semantic group ("" for none).
         """
-        if self.k < 1 or self.n_permutations < 1 or self.top_pairs < 1:
-            raise ConfigError(f"k, n_permutations and top_pairs must be positive, got {self.k}, "
-                              f"{self.n_permutations} and {self.top_pairs}")
+        if self.k < 1 or self.n_permutations < 1 or self.top_pairs < 1 or self.scan_permutations < 1:
+            raise ConfigError(f"k, n_permutations, scan_permutations and top_pairs must be positive, got {self.k}, "
+                              f"{self.n_permutations}, {self.scan_permutations} and {self.top_pairs}")
         a = _check_side(a, "a")
         sides = {"a": a}
         if b is not None:
@@ -158,9 +188,37 @@ class SimilarityAnalyzer:
                 scan[metric] = entry
             self.scans_[key] = scan
 
+        self.scan_max_statistic_ = self._scan_max_statistic(X, rng) if "b" in X else None
         self.best_pairs_ = self._best_pairs(X, rng)
         self.groups_ = self._groups(X, groups, rng) if groups is not None and "b" in X else []
         return self
+
+    def _scan_max_statistic(self, X: Mapping[str, list[np.ndarray]], rng: np.random.Generator) -> dict[str, Any]:
+        """Is the best cross-model layer pair better than the best pair of a scan with no correspondence?
+
+        The best pair is chosen as the maximum over all pairs, so its null is the maximum over all
+        pairs under one shuffled pairing of the samples, applied to every pair at once (on a seeded
+        subsample of at most ``scan_max_samples`` samples, the observed maximum taken there too).
+        """
+        from .._progress import step
+        from ..stats import null_summary, statistic
+
+        n = self.n_samples_
+        m = min(n, self.scan_max_samples)
+        sub = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
+        perms = [rng.permutation(m) for _ in range(self.scan_permutations)]
+        with step(f"Max-statistic null of the scan: {len(perms)} shuffled pairings x "
+                  f"{len(X['a'])} x {len(X['b'])} layer pairs on {m} samples"):
+            obs, maxima = M.cka_scan_max_null([x[sub] for x in X["a"]], [y[sub] for y in X["b"]], perms)
+        i, j = np.unravel_index(int(np.nanargmax(obs)), obs.shape)
+        best = float(obs[i, j])
+        return statistic(best, m, nulls={"max_over_pairs_shuffled": null_summary(best, maxima, "greater")},
+                         ci95=None, ci95_reason="a maximum over layer pairs has no simple resampling interval",
+                         alternative="greater", layer_a=self.layers_["a"][i], layer_b=self.layers_["b"][j],
+                         metric="linear_cka_debiased", n_layer_pairs=int(obs.size),
+                         description="the best cross-model layer pair's debiased CKA against the maximum over all "
+                                     "layer pairs when the samples of model B are shuffled (one shuffle for "
+                                     "every pair)")
 
     def _pair_detail(self, Xa: np.ndarray, Xb: np.ndarray, ra: np.ndarray | None, rb: np.ndarray | None,
                      rng: np.random.Generator, names: Sequence[str]) -> dict[str, Any]:
@@ -173,6 +231,20 @@ class SimilarityAnalyzer:
         k = min(self.k, n - 1)
         perms = [rng.permutation(n) for _ in range(self.n_permutations)]
         out: dict[str, Any] = {"n": n, "k": k}
+        fast: dict[str, Any] = {}
+        if any(x in FAST_METRICS for x in names):
+            m = min(n, PERMUTATION_MAX_SAMPLES)
+            sub = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
+            sperms = [rng.permutation(m) for _ in range(self.n_permutations)]
+            try:
+                fast = M.linear_cka_permutations(Xa[sub], Xb[sub], sperms)
+            except DataError as e:
+                fast = {"error": str(e)}
+            km = min(self.k, m - 1)
+            na, nb = M.knn_indices(Xa[sub], km), M.knn_indices(Xb[sub], km)
+            fast["mutual_knn_null"] = np.array([M.mutual_knn_matrix([na], [nb], permutation=pp)[0, 0]
+                                                for pp in sperms])
+            fast["permutation_samples"] = m
         for name in names:
             fn, higher = DETAIL_METRICS[name]
             try:
@@ -180,11 +252,24 @@ class SimilarityAnalyzer:
             except DataError as e:
                 out[name] = {"score": None, "error": str(e)}
                 continue
-            use = perms[:MAX_GRAM_SHUFFLES] if name in GRAM_METRICS else perms
-            null = np.array([fn(Xa, Xb[pp], k) for pp in use])
-            entry = {"score": obs, "higher_is_more_similar": higher, "permutation": _summary(obs, null, higher)}
+            if name in FAST_METRICS and f"{name}_null" in fast:
+                null = fast[f"{name}_null"]
+                # the null was drawn on a subsample; compare it with the observed value on the same samples
+                obs_sub = fast.get(name, obs) if name != "mutual_knn" else None
+                if name == "mutual_knn":
+                    m = fast["permutation_samples"]
+                    obs_sub = obs if m == n else M.mutual_knn(Xa[sub], Xb[sub], min(self.k, m - 1))
+                perm = _summary(obs_sub, null, higher)
+                perm["observed_on_permutation_samples"] = float(obs_sub)
+                perm["permutation_samples"] = fast["permutation_samples"]
+            else:
+                cap = MAX_GRAM_SHUFFLES if name in GRAM_METRICS else MAX_OTHER_SHUFFLES
+                null = np.array([fn(Xa, Xb[pp], k) for pp in perms[:cap]])
+                perm = _summary(obs, null, higher)
+            entry = {"score": obs, "higher_is_more_similar": higher, "permutation": perm}
             if rb is not None:
                 entry["random_model"] = fn(Xa, rb, k)
+            entry["statistic"] = _stat(entry, n)
             out[name] = entry
         return out
 
@@ -221,6 +306,14 @@ class SimilarityAnalyzer:
             d = self._pair_detail(X["a"][i][idx], X["b"][j][idx], None, rb, rng,
                                   ["linear_cka_debiased", "mutual_knn", "svcca"])
             out.append({"group": name, "layer_a": best["layer_a"], "layer_b": best["layer_b"], **d})
+        # several groups are tested at once: Benjamini-Hochberg across groups, per metric
+        from ..stats import benjamini_hochberg
+
+        for metric in ("linear_cka_debiased", "mutual_knn", "svcca"):
+            ps = [g.get(metric, {}).get("statistic", {}).get("p_value") for g in out]
+            for g, q in zip(out, benjamini_hochberg(ps)):
+                if metric in g and "statistic" in g[metric]:
+                    g[metric]["statistic"]["p_value_bh"] = q
         return out
 
     # ----------------------------------------------------------------------------------------
@@ -234,10 +327,9 @@ class SimilarityAnalyzer:
             for name in DETAIL_METRICS:
                 e = top.get(name, {})
                 if e.get("score") is not None:
-                    metrics[name] = {"observed": e["score"], "permutation_mean": e["permutation"]["mean"],
-                                     "permutation_p": e["permutation"]["p"],
-                                     "random_model": e.get("random_model"),
-                                     "layers": [top["layer_a"], top["layer_b"]]}
+                    metrics[name] = {**e["statistic"], "layers": [top["layer_a"], top["layer_b"]]}
+        if getattr(self, "scan_max_statistic_", None) is not None:
+            metrics["best_pair_max_statistic"] = self.scan_max_statistic_
         rows = []
         if "cross" in self.scans_:
             S = self.scans_["cross"]["linear_cka_debiased"]
@@ -265,19 +357,22 @@ class FeatureMatcher:
     same n samples (aligned words or tokens), decoders (f, d) the SAEs' decoder directions.
     Features that never vary on the samples are left out. For the one-to-one (Hungarian) pairs,
     and for those whose correlation reaches ``threshold``, SVCCA and RSA of the paired decoder
-    rows are compared with ``n_random`` random pairings of live features; the matched
-    correlations are compared with the matching redone on shuffled samples.
+    rows are compared with the same features re-paired at random among themselves (``n_random``
+    draws for RSA, from one rank matrix; ``n_random_svcca`` for SVCCA, which refits per draw);
+    the matched correlations are compared with the matching redone on shuffled samples.
     """
 
-    def __init__(self, threshold: float = 0.5, n_random: int = 10, max_pairs: int = 2000, seed: int = 0):
+    def __init__(self, threshold: float = 0.5, n_random: int = 1000, max_pairs: int = 2000, seed: int = 0,
+                 n_random_svcca: int = 100):
         self.threshold = threshold
         self.n_random = n_random
+        self.n_random_svcca = n_random_svcca
         self.max_pairs = max_pairs
         self.seed = seed
 
     def get_params(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "n_random": self.n_random, "max_pairs": self.max_pairs,
-                "seed": self.seed}
+        return {"threshold": self.threshold, "n_random": self.n_random, "n_random_svcca": self.n_random_svcca,
+                "max_pairs": self.max_pairs, "seed": self.seed}
 
     def fit(self, codes_a, codes_b, decoder_a, decoder_b, provenance: Mapping[str, Any] | None = None
             ) -> "FeatureMatcher":
@@ -312,7 +407,6 @@ class FeatureMatcher:
             out[method]["shuffled_samples_mean_correlation"] = float(corr.mean())
             self.shuffled_correlations_[method] = corr
         ia, ib, corr = pairs["hungarian"]
-        live_a, live_b = np.flatnonzero(~np.isnan(C).all(1)), np.flatnonzero(~np.isnan(C).all(0))
         self.decoder_similarity_ = []
         for label, sel in (("all one-to-one pairs", np.ones(len(ia), bool)),
                            (f"pairs with correlation >= {self.threshold}", corr >= self.threshold)):
@@ -325,11 +419,17 @@ class FeatureMatcher:
                 row["note"] = "fewer than 10 pairs: not compared"
                 self.decoder_similarity_.append(row)
                 continue
-            for name, fn in (("svcca", M.svcca), ("rsa", M.rsa)):
-                obs = fn(Da[pa], Db[pb])
-                null = np.array([fn(Da[rng.choice(live_a, len(pa), replace=False)],
-                                    Db[rng.choice(live_b, len(pa), replace=False)]) for _ in range(self.n_random)])
-                row[name] = {"score": float(obs), "random_pairing": _summary(obs, null, True)}
+            # the null re-pairs the matched features among themselves (same features, wrong partners)
+            perms = [rng.permutation(len(pa)) for _ in range(self.n_random)]
+            obs, null = M.rsa_permutations(Da[pa], Db[pb], perms)
+            row["rsa"] = {"score": float(obs), "random_pairing": _summary(obs, null, True)}
+            obs = M.svcca(Da[pa], Db[pb])
+            null = np.array([M.svcca(Da[pa], Db[pb][pp]) for pp in perms[: self.n_random_svcca]])
+            row["svcca"] = {"score": float(obs), "random_pairing": _summary(obs, null, True)}
+            for name in ("svcca", "rsa"):
+                e = row[name]
+                e["statistic"] = _stat({"score": e["score"], "permutation": e["random_pairing"]}, len(pa))
+                e["statistic"]["null"] = {"re_paired_matches": e["statistic"]["null"].pop("shuffled_pairing")}
             self.decoder_similarity_.append(row)
         self.matching_ = out
         self.top_pairs_ = [{"feature_a": int(x), "feature_b": int(y), "correlation": float(c)}
