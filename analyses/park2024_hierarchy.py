@@ -2,8 +2,9 @@
 
     python analyses/park2024_hierarchy.py [gemma-3-270m qwen2.5-0.5b ...]
 
-Prints, per model, the number of categories and mean |cos(l_parent, l_child - l_parent)| for the
-observed directions and each baseline. geomsteer is imported; this script is never imported by it.
+Prints, per model, each statistic with its 95% interval, each nested null's mean and sd, and the
+effect size and p-value against the most conservative null. geomsteer is imported; this script is
+never imported by it.
 """
 
 import sys
@@ -19,9 +20,10 @@ def main(names):
         e = models.load_unembedding(name)
         h = build_hierarchy(e.vocab, "n", 50)
         a = HierarchyAnalyzer(seed=0).fit(Directions(e.gamma, e.id_to_token, "unembed", name), h)
-        o = a.metrics_["orthogonality_parent_child"]
-        row = "  ".join(f"{k}={v['mean_abs']:.3f}" for k, v in o.items())
-        print(f"{name}: {len(h)} categories; mean |cos|: {row}")
+        print(f"{name}: {len(h)} categories")
+        for k, st in a.metrics_.items():
+            nulls = "  ".join(f"{n}={v['mean']:.3f}±{v['sd']:.3f}" for n, v in st["null"].items())
+            print(f"  {k:<28} {st['observed']:.3f}  {nulls}  effect {st['effect_size']:+.1f} sd, p {st['p_value']:.1e}")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
     python benchmarks/bench_hierarchy.py            # LDA fast path vs the plain reference, all categories
     python benchmarks/bench_hierarchy.py --e2e      # also: warm and cold `geomsteer hierarchy` end to end
 
-Targets (issue 3): fast path >= 20x faster than the reference with cosine >= 0.9999 for every
-category; warm end-to-end run under 60 s and a cold first run (dequantization included) under
-3 minutes on a 2-core CPU. These are printed, not asserted: the machines are noisy.
+Targets: fast path >= 20x faster than the reference with cosine >= 0.9999 for every category
+(issue 3); a warm end-to-end run with all nulls under 90 s (issue 12) and a cold first run
+(dequantization included) under 3 minutes on a 2-core CPU. The end-to-end run prints its stage
+times from result.json. These are printed, not asserted: the machines are noisy.
 """
 
 from __future__ import annotations
@@ -63,7 +64,12 @@ def e2e_benchmark() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         subprocess.run(exe + ["--out", f"{tmp}/warm"], check=True, capture_output=True)
-        print(f"warm `geomsteer hierarchy --model gemma-3-270m`: {time.perf_counter() - t:6.1f} s (target < 60 s)")
+        print(f"warm `geomsteer hierarchy --model gemma-3-270m` (all nulls): {time.perf_counter() - t:6.1f} s "
+              "(target < 90 s)")
+        import json
+
+        prov = json.loads(open(f"{tmp}/warm/result.json").read())["provenance"]
+        print("  stages (s):", ", ".join(f"{k} {v}" for k, v in prov["seconds"].items()))
         env = {**os.environ, "GEOMSTEER_CACHE": f"{tmp}/cache"}
         t = time.perf_counter()
         subprocess.run(exe + ["--out", f"{tmp}/cold"], check=True, capture_output=True, env=env)

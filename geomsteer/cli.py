@@ -391,7 +391,8 @@ def _cmd_sae(args: argparse.Namespace, argv: Sequence[str]) -> int:
                         pack=not args.no_pack, epochs=args.epochs, force=args.force, command=["geomsteer", *argv])
     m = res["metrics"]
     print(f"SAE ({args.architecture}, {args.d_sae} latents) at {args.hook}: L0 {m['l0']:.1f}, variance explained "
-          f"{m['fraction_variance_explained']:.3f}, CE loss recovered {m['ce_loss_recovered']:.3f}, "
+          f"{m['fraction_variance_explained']:.3f}, CE loss recovered {m['ce_loss_recovered']:.3f} "
+          f"(against mean ablation {m['ce_loss_recovered_mean_ablation']:.3f}; +{m['delta_ce']:.3f} nats/token), "
           f"dead {m['dead_fraction']:.1%}")
     print(f"SAE: {args.out} (load with sae_lens.SAE.load_from_disk)")
     return 0

@@ -104,7 +104,9 @@ def train_sae_job(model_name: str, hook: str, out: Path, *, tokens: int = 300_00
     }
     saes.save_sae(sae, out, metrics=metrics, extra=extra, replace=force)
     say(f"  L0 {metrics['l0']:.1f}, variance explained {metrics['fraction_variance_explained']:.3f}, "
-        f"CE loss recovered {metrics['ce_loss_recovered']:.3f}, dead {metrics['dead_fraction']:.1%}")
+        f"CE loss recovered {metrics['ce_loss_recovered']:.3f} (mean ablation: "
+        f"{metrics['ce_loss_recovered_mean_ablation']:.3f}; delta CE {metrics['delta_ce']:.3f} nats), "
+        f"dead {metrics['dead_fraction']:.1%}")
     return {"metrics": metrics, **extra}
 
 

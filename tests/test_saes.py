@@ -123,6 +123,28 @@ def test_ce_loss_recovered_is_one_for_a_perfect_sae_and_zero_for_ablation():
     logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, torch.as_tensor(ids)[:, 1:, None])[..., 0]
     valid = torch.as_tensor(mask[:, 1:] & mask[:, :-1])
     assert perfect["ce_clean"] == pytest.approx(float(-logp[valid].mean()), rel=1e-5)
+    assert perfect["delta_ce"] == pytest.approx(0.0, abs=1e-6)
+    assert zero["ce_sae"] == pytest.approx(zero["ce_zero_ablation"], abs=1e-9)  # an SAE that outputs 0 is ablation
+    assert np.isfinite(zero["ce_mean_ablation"]) and zero["ce_mean_ablation"] != zero["ce_zero_ablation"]
+
+
+def test_ce_loss_recovered_leaves_the_start_token_unspliced():
+    """With two-token rows the only prediction is made at the start token, so an SAE that destroys
+    everything costs nothing when the start token is left alone, and a lot when it is not."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=2, d_model=16, d_head=4, n_heads=4, n_ctx=16, d_vocab=50, act_fn="relu", seed=2)
+    model = HookedTransformer(cfg).eval()
+    rng = np.random.default_rng(1)
+    ids = rng.integers(1, 50, (6, 2))
+    ids[:, 0] = 0  # the start token
+    batches = [(ids, np.ones_like(ids, dtype=bool))]
+    kept = saes.ce_loss_recovered(model, _FakeSAE(False), "blocks.0.hook_resid_post", batches, bos_id=0)
+    assert kept["ce_sae"] == pytest.approx(kept["ce_clean"], abs=1e-6) and kept["ce_positions_spliced"] == 6
+    spliced = saes.ce_loss_recovered(model, _FakeSAE(False), "blocks.0.hook_resid_post", batches, bos_id=99)
+    assert abs(spliced["ce_sae"] - spliced["ce_clean"]) > 1e-3 and spliced["ce_positions_spliced"] == 12
+    lo, hi = spliced["delta_ce_ci95"]
+    assert lo <= spliced["delta_ce"] <= hi
 
 
 def test_top_contexts_known_answer():
