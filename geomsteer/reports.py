@@ -151,8 +151,7 @@ def _hierarchy_figures(a: Any, h: Any, fig_dir: Path) -> dict[str, str]:
         ax.set_yticks([])
         ax.set_title(k.replace("_", " "), fontsize=9)
         p = st.get("p_value")
-        ax.set_xlabel(f"p {_fmt(p, 2) if p is None or p >= 1e-3 else f'{p:.0e}'}, effect {_fmt(st.get('effect_size'), 1)}",
-                      fontsize=8)
+        ax.set_xlabel(f"p {_p(p)}, effect {_fmt(st.get('effect_size'), 1)} sd", fontsize=8)
     for ax in axes.ravel()[len(stats):]:
         ax.axis("off")
     handles, labels = axes[0, 0].get_legend_handles_labels()
@@ -300,10 +299,15 @@ def _verdict(st: Mapping[str, Any], alpha: float = 0.01) -> str:
     p, e = st.get("p_value"), st.get("effect_size")
     if p is None:
         return "no null computed"
+    null = st.get("conservative_null", "").replace("_", " ")
     if p < alpha:
-        return f"beyond every null (p {_p(p)}, effect {_fmt(e, 1)} sd against {st.get('conservative_null', '').replace('_', ' ')})"
-    return (f"**not distinguishable** from the {st.get('conservative_null', '').replace('_', ' ')} null "
-            f"(p {_p(p)}, effect {_fmt(e, 1)} sd)")
+        return f"beyond every null (p {_p(p)}, effect {_fmt(e, 1)} sd against {null})"
+    alt = st.get("alternative")
+    if e is not None and abs(e) > 2 and ((alt == "less" and e > 0) or (alt == "greater" and e < 0)):
+        side = "further from 0" if alt == "less" else "lower"
+        return (f"**the opposite of the prediction**: {side} than the {null} null (effect {_fmt(e, 1)} sd, "
+                f"p {_p(p)} for the predicted direction)")
+    return f"**not distinguishable** from the {null} null (p {_p(p)}, effect {_fmt(e, 1)} sd)"
 
 
 def _hierarchy_markdown(doc: Mapping[str, Any], figs: Mapping[str, str], a: Any) -> str:

@@ -66,3 +66,13 @@ def test_auc_matches_the_pairwise_definition():
     ref = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (30 * 40)
     assert auc(pos, neg) == pytest.approx(ref)
     assert np.isnan(auc([], neg))
+
+
+def test_report_verdicts_say_which_way_a_statistic_went():
+    from geomsteer.reports import _verdict
+
+    base = {"conservative_null": "nested_random_sets", "alternative": "less"}
+    assert _verdict({**base, "p_value": 1e-4, "effect_size": -6.0}).startswith("beyond every null")
+    assert _verdict({**base, "p_value": 0.99, "effect_size": 9.6}).startswith("**the opposite of the prediction**")
+    assert _verdict({**base, "p_value": 0.3, "effect_size": -0.5}).startswith("**not distinguishable**")
+    assert _verdict({"p_value": None}) == "no null computed"
