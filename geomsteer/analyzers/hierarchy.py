@@ -424,7 +424,7 @@ class HierarchyAnalyzer:
     """
 
     def __init__(self, estimator: str = "lda", test_size: float = 0.3, n_random_tokens: int = 1000,
-                 n_null_draws: int = 10, eig_floor: float = 1e-10, baselines: bool = True, seed: int = 0,
+                 n_null_draws: int = 4, eig_floor: float = 1e-10, baselines: bool = True, seed: int = 0,
                  n_jobs: int | None = None, progress: bool = True):
         self.estimator = estimator
         self.test_size = test_size
