@@ -328,7 +328,8 @@ def _cmd_hierarchy(args: argparse.Namespace, argv: Sequence[str]) -> int:
     reports.check_output_dir(args.out, args.force)  # fail before any heavy work
     models.check_device(args.device)
     if args.null_draws < 2:
-        raise ConfigError(f"--null-draws must be at least 2 (a null needs a spread), got {args.null_draws}")
+        raise ConfigError(f"--null-draws must be at least 2 (a null needs a spread), got {args.null_draws}; "
+                          "use --null-draws 2 or more (default 4)")
     t0 = time.perf_counter()
     resolved = models.resolve(args.model)
     emb = models.load_unembedding(resolved, dtype=args.dtype, device=args.device)
@@ -349,12 +350,22 @@ def _cmd_hierarchy(args: argparse.Namespace, argv: Sequence[str]) -> int:
     m = analyzer.metrics_
     print(f"{len(hier)} categories; statistic: observed [95% CI], effect size and p against the most conservative null")
     for k, st in m.items():
-        ci = st["ci95"]
-        p = st["p_value"]
-        print(f"  {k:<28} {st['observed']:8.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"  {k:<28} {st['observed']:8.3f}",
-              "" if p is None else f" effect {st['effect_size']:+.1f} sd, p {p:.1e} ({st['conservative_null'].replace('_', ' ')})")
+        print(f"  {k:<28} {_stat_line(st)}")
     print(f"Report: {Path(args.out) / 'report.md'}")
     return 0
+
+
+def _stat_line(st: dict) -> str:
+    """observed [95% CI], effect size and p against the most conservative null; 'undefined' where missing."""
+    def num(x: float | None, spec: str) -> str:
+        return "undefined" if x is None else format(x, spec)
+
+    ci = st.get("ci95")
+    text = num(st.get("observed"), "8.3f") + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+    if st.get("p_value") is not None:
+        text += (f"  effect {num(st.get('effect_size'), '+.1f')} sd, p {st['p_value']:.1e} "
+                 f"({st.get('conservative_null', '').replace('_', ' ')})")
+    return text
 
 
 def _cmd_models(args: argparse.Namespace, argv: Sequence[str]) -> int:

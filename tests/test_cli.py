@@ -217,5 +217,14 @@ def test_output_path_that_is_a_file(tmp_path, capsys):
 def test_one_null_draw_is_refused_before_any_work(tmp_path, capsys):
     assert cli.main(["hierarchy", "--model", "gemma-3-270m", "--null-draws", "1", "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "geomsteer: error: --null-draws must be at least 2 (a null needs a spread), got 1")
+        "geomsteer: error: --null-draws must be at least 2 (a null needs a spread), got 1; "
+        "use --null-draws 2 or more (default 4)")
     assert not (tmp_path / "o").exists()
+
+
+def test_summary_line_says_undefined_for_missing_values():
+    from geomsteer.cli import _stat_line
+
+    st = {"observed": None, "ci95": None, "p_value": 0.5, "effect_size": None, "conservative_null": "shuffled_tokens"}
+    assert _stat_line(st) == "undefined  effect undefined sd, p 5.0e-01 (shuffled tokens)"
+    assert _stat_line({"observed": 0.5, "ci95": [0.4, 0.6], "p_value": None}) == "   0.500 [0.400, 0.600]"

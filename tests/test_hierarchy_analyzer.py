@@ -125,7 +125,8 @@ def test_unknown_estimator_is_rejected_with_the_choices():
 
 def test_too_few_null_draws_are_rejected():
     gamma, h = planted()
-    with pytest.raises(ConfigError, match=r"^n_null_draws must be an integer >= 2 \(a null needs a spread\), got 1$"):
+    with pytest.raises(ConfigError, match=r"^n_null_draws must be an integer >= 2 \(a null needs a spread\), got 1; "
+                                         r"pass n_null_draws=2 or more \(the CLI's default is 4\)$"):
         HierarchyAnalyzer(n_null_draws=1).fit(gamma, h)
 
 
@@ -185,3 +186,17 @@ def test_random_gaussian_unembedding_with_the_real_wordnet_tree_is_not_a_finding
     # the statistics that used to look like findings sit inside their nulls
     assert a.metrics_["simplex_nearest_vertex"]["p_value"] > 0.01
     assert a.metrics_["heldout_auc"]["p_value"] > 0.01
+
+
+def test_report_is_written_with_and_without_nulls(tmp_path):
+    from geomsteer import reports
+
+    gamma, h = planted(seed=4)
+    for baselines in (False, True):
+        a = HierarchyAnalyzer(baselines=baselines, n_random_tokens=300, progress=False).fit(gamma, h)
+        out = tmp_path / str(baselines)
+        reports.write_hierarchy_report(a, h, out)
+        assert sorted(p.name for p in (out / "figures").iterdir()) == ["heatmap.png", "nulls.png", "orthogonality.png"]
+        text = (out / "report.md").read_text()
+        assert ("## Contrasts (not nulls)" in text) == baselines
+        assert ("no null computed" in text) == (not baselines)

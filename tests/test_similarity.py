@@ -358,5 +358,9 @@ def test_fast_cka_permutations_agree_with_the_plain_formula():
     for p, b, u in zip(perms, r["linear_cka_null"], r["linear_cka_debiased_null"]):
         assert b == pytest.approx(M.linear_cka(X, Y[p]), abs=1e-6)
         assert u == pytest.approx(M.linear_cka(X, Y[p], debiased=True), abs=1e-6)
-    obs, _ = M.cka_scan_max_null([X, X[:, :5]], [Y, rng.normal(size=(120, 4))], perms)
-    assert obs[0, 0] == pytest.approx(M.linear_cka(X, Y, debiased=True), abs=1e-6)
+    Bs = [Y, rng.normal(size=(120, 4))]
+    for As in ([X, X[:, :5]], [X]):  # the second gathers model A's side, which has fewer layers
+        obs, maxima = M.cka_scan_max_null(As, Bs, perms)
+        assert obs[0, 0] == pytest.approx(M.linear_cka(X, Y, debiased=True), abs=1e-6)
+        for p, mx in zip(perms, maxima):
+            assert mx == pytest.approx(max(M.linear_cka(a, b[p], debiased=True) for a in As for b in Bs), abs=1e-6)

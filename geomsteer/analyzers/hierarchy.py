@@ -449,7 +449,8 @@ class HierarchyAnalyzer:
         if not isinstance(self.n_random_tokens, (int, np.integer)) or self.n_random_tokens < 1:
             raise ConfigError(f"n_random_tokens must be a positive integer, got {self.n_random_tokens!r}")
         if not isinstance(self.n_null_draws, (int, np.integer)) or self.n_null_draws < 2:
-            raise ConfigError(f"n_null_draws must be an integer >= 2 (a null needs a spread), got {self.n_null_draws!r}")
+            raise ConfigError(f"n_null_draws must be an integer >= 2 (a null needs a spread), got {self.n_null_draws!r}; "
+                              "pass n_null_draws=2 or more (the CLI's default is 4)")
         if gamma.ndim != 2:
             raise DataError(f"expected a 2-D unembedding matrix (vocab, d), got an array of shape {gamma.shape}")
         if len(hierarchy) == 0:

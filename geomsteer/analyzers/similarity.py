@@ -242,6 +242,7 @@ class SimilarityAnalyzer:
                 fast = {"error": str(e)}
             km = min(self.k, m - 1)
             na, nb = M.knn_indices(Xa[sub], km), M.knn_indices(Xb[sub], km)
+            fast["mutual_knn"] = float(M.mutual_knn_matrix([na], [nb])[0, 0])
             fast["mutual_knn_null"] = np.array([M.mutual_knn_matrix([na], [nb], permutation=pp)[0, 0]
                                                 for pp in sperms])
             fast["permutation_samples"] = m
@@ -255,10 +256,7 @@ class SimilarityAnalyzer:
             if name in FAST_METRICS and f"{name}_null" in fast:
                 null = fast[f"{name}_null"]
                 # the null was drawn on a subsample; compare it with the observed value on the same samples
-                obs_sub = fast.get(name, obs) if name != "mutual_knn" else None
-                if name == "mutual_knn":
-                    m = fast["permutation_samples"]
-                    obs_sub = obs if m == n else M.mutual_knn(Xa[sub], Xb[sub], min(self.k, m - 1))
+                obs_sub = fast[name]
                 perm = _summary(obs_sub, null, higher)
                 perm["observed_on_permutation_samples"] = float(obs_sub)
                 perm["permutation_samples"] = fast["permutation_samples"]
