@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .errors import ConfigError, GeomsteerError
 
@@ -152,10 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--components", type=_positive_int, default=2, help="lens dimensions for pca/umap (default: 2)")
     mp.add_argument("--cubes", type=_positive_int, default=10, help="cubes per lens dimension (default: 10)")
     mp.add_argument("--overlap", type=float, default=0.3, help="overlap of neighbouring cubes, 0..1 (default: 0.3)")
-    mp.add_argument("--min-samples", type=_positive_int, default=3, help="DBSCAN min_samples (default: 3)")
-    mp.add_argument("--eps-scale", type=float, default=1.5,
-                    help="DBSCAN radius in units of the median distance to the 10th neighbour (default: 1.5)")
-    mp.add_argument("--bootstrap", type=int, default=5, help="refits on 80%% subsamples for stability (default: 5)")
+    mp.add_argument("--min-samples", type=_positive_int, default=5, help="DBSCAN min_samples (default: 5)")
+    mp.add_argument("--eps-scale", type=float, default=1.0,
+                    help="DBSCAN radius in units of the median distance to the 10th neighbour (default: 1.0)")
+    mp.add_argument("--bootstrap", type=int, default=5,
+                    help="refits (lens and graph) on 80%% subsamples for stability (default: 5)")
+    mp.add_argument("--null-draws", type=int, default=20,
+                    help="Gaussian surrogates with the data's covariance, run through the same cover and clusterer: "
+                         "the null for the graph's statistics; 0 skips them (default: 20)")
 
     cl = sub.add_parser(
         "cluster",
@@ -198,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--out", type=Path, required=True, help="output directory (must not exist unless --force)")
         sp.add_argument("--force", action="store_true", help="replace --out if it exists")
 
+    def null_arg(sp: argparse.ArgumentParser, where: str) -> None:
+        sp.add_argument("--null-draws", type=int, default=20,
+                        help=f"draws of each null {where}: vectors from the same pairs with shuffled labels, and "
+                             "random directions from the activation covariance with the vector's norm (default: 20)")
+
     def eval_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--eval", type=Path, default=None,
                         help="JSONL of held-out prompts with 'positive'/'negative' target tokens "
@@ -239,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--neutral", type=int, default=16,
                     help="neutral texts (WordNet glosses, first 24 tokens) for the KL divergence; 0 skips it (default: 16)")
     sw.add_argument("--random", type=_positive_int, default=3,
-                    help="random directions of the vector's norm per cell, the null (KL for the first) (default: 3)")
+                    help="random directions per cell, drawn from the activation covariance with the vector's norm: "
+                         "the band of the figure (KL for the first) (default: 3)")
+    null_arg(sw, "at the most negative and the most positive multiplier")
     sw.add_argument("--samples", type=int, default=2, help="prompts to generate from at the extreme multipliers (default: 2)")
     sw.add_argument("--max-new-tokens", type=_positive_int, default=24, help="(default: 24)")
 
@@ -258,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     sd.add_argument("--nonneg", action="store_true", help="non-negative sparse coding (features only added)")
     sd.add_argument("--top", type=_positive_int, default=12, help="features listed from each method (default: 12)")
     sd.add_argument("--contexts", type=int, default=3, help="top contexts per listed feature (default: 3)")
+    null_arg(sd, "(explained fractions, and steering effects on the held-out half of the prompts)")
 
     sp = st_sub.add_parser("propagate", help="steer at layer k, watch SAE features change at each later layer",
                            description="Add the vector at its layer and encode the activations at each later layer "
@@ -272,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a feature changes when its mean |code change| exceeds this x the layer's mean active code "
                          "(default: 0.1)")
     sp.add_argument("--top", type=_positive_int, default=8, help="most changed features listed per layer (default: 8)")
+    null_arg(sp, "at the multiplier of largest magnitude")
 
     sae = sub.add_parser("sae", help="sparse autoencoders: train with SAELens on a model's activations")
     sae_sub = sae.add_subparsers(dest="sae_command", required=True, parser_class=_Parser)
@@ -298,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float, default=2e-3, help="learning rate (default: 2e-3)")
     tr.add_argument("--epochs", type=_positive_int, default=2, help="passes over the training tokens (default: 2)")
     tr.add_argument("--context-length", type=_positive_int, default=128, help="tokens per document (default: 128)")
+    tr.add_argument("--eval-tokens", type=_positive_int, default=20_000,
+                    help="held-out tokens for L0, variance explained, dead features and top contexts (default: 20000)")
+    tr.add_argument("--ce-documents", type=_positive_int, default=96,
+                    help="held-out documents for the cross-entropy measures, 16 to a batch (default: 96)")
     tr.add_argument("--no-pack", action="store_true",
                     help="one document per context (default: pack whole short documents into each context)")
     tr.add_argument("--seed", type=int, default=0, help="seed for corpus order and training (default: 0)")
@@ -399,7 +416,8 @@ def _cmd_sae(args: argparse.Namespace, argv: Sequence[str]) -> int:
     res = train_sae_job(args.model, args.hook, args.out, tokens=args.tokens, d_sae=args.d_sae,
                         architecture=args.architecture, k=args.k, corpus_files=args.corpus, seed=args.seed,
                         batch_size=args.batch_size, lr=args.lr, context_length=args.context_length,
-                        pack=not args.no_pack, epochs=args.epochs, force=args.force, command=["geomsteer", *argv])
+                        pack=not args.no_pack, epochs=args.epochs, eval_tokens=args.eval_tokens,
+                        ce_documents=args.ce_documents, force=args.force, command=["geomsteer", *argv])
     m = res["metrics"]
     print(f"SAE ({args.architecture}, {args.d_sae} latents) at {args.hook}: L0 {m['l0']:.1f}, variance explained "
           f"{m['fraction_variance_explained']:.3f}, CE loss recovered {m['ce_loss_recovered']:.3f} "
@@ -458,14 +476,16 @@ def _cmd_mapper(args: argparse.Namespace, argv: Sequence[str]) -> int:
     res = mapper_job(args.model, args.hook, args.sae, _concepts(args.concepts), args.out, max_words=args.words,
                      lens=lens, features=features, n_components=args.components, n_cubes=args.cubes,
                      overlap=args.overlap, min_samples=args.min_samples, eps_scale=args.eps_scale,
-                     n_bootstrap=args.bootstrap, prefix=args.prefix, rule=args.rule, seed=args.seed, force=args.force,
-                     command=["geomsteer", *argv])
+                     n_bootstrap=args.bootstrap, n_null=args.null_draws, prefix=args.prefix, rule=args.rule,
+                     seed=args.seed, force=args.force, command=["geomsteer", *argv])
     m = res["analyzer"].result().metrics
     kg, st = m["kmapper_graph"], m["stability"]
     print(f"Mapper graph: {kg['nodes']} nodes, {kg['edges']} edges, {kg['components']} component(s); nerve Betti "
           f"numbers {m['gudhi_nerve']['betti'][:3]}"
           + (f"; bootstrap: same Betti numbers in {st['same_graph_betti']:.0%}, node Jaccard {st['node_jaccard_mean']:.2f}"
              if st.get("n") else ""))
+    for name, stat in m["statistics"].items():
+        print(f"  {name.replace('_', ' ')}: {_stat_line(stat)}")
     print(f"Report: {Path(args.out) / 'report.md'}; interactive graph: {Path(args.out) / 'mapper.html'}")
     return 0
 
@@ -477,9 +497,9 @@ def _cmd_cluster(args: argparse.Namespace, argv: Sequence[str]) -> int:
                       n_clusters=args.clusters, max_words=args.words, min_fires=args.min_fires, prefix=args.prefix,
                       rule=args.rule, seed=args.seed, force=args.force, command=["geomsteer", *argv])
     s = res["analyzer"].scores_
-    print(f"{res['provenance']['rows']}: purity {s['purity']['observed']:.3f} (shuffled {s['purity']['shuffled_mean']:.3f}), "
-          f"NMI {s['nmi']['observed']:.3f} (shuffled {s['nmi']['shuffled_mean']:.3f}), adjusted Rand "
-          f"{s['adjusted_rand']['observed']:.3f} (shuffled {s['adjusted_rand']['shuffled_mean']:.3f})")
+    print(f"{res['provenance']['rows']}:")
+    for name, stat in s.items():
+        print(f"  {name.replace('_', ' ')}: {_stat_line(stat)}")
     print(f"Report: {Path(args.out) / 'report.md'}")
     return 0
 
@@ -503,6 +523,19 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
 
         prompts = [it.prompt for it in load_eval(_eval_path(None))[0][:4]]
     return prompts
+
+
+def _stat_line(st: dict) -> str:
+    """'observed (null mean ± sd, effect e sd, p p)' against the most conservative null."""
+    def f(x: Any, d: int = 3) -> str:
+        return "undefined" if x is None else f"{x:.{d}g}"
+
+    null = st.get("null", {}).get(st.get("conservative_null", ""), {})
+    if not null:
+        return f"{f(st.get('observed'))} (no null)"
+    return (f"{f(st.get('observed'))} vs {st['conservative_null'].replace('_', ' ')} {f(null.get('mean'))} ± "
+            f"{f(null.get('sd'))} ({null.get('n_draws')} draws), effect {f(st.get('effect_size'), 2)} sd, "
+            f"p {f(st.get('p_value'), 2)}")
 
 
 def _cmd_steer(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -530,16 +563,19 @@ def _cmd_steer(args: argparse.Namespace, argv: Sequence[str]) -> int:
                                 hooks=[args.hook] if args.hook else None, alphas=args.alphas, n_neutral=args.neutral,
                                 n_random=args.random,
                                 n_samples=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                                force=args.force, command=cmd)
+                                n_null=args.null_draws, force=args.force, command=cmd)
         for h, s in res["result"].metrics["per_hook"].items():
             print(f"{h}: log-odds shift at the largest multiplier {s['shift_at_max_alpha']:+.3f} (random direction "
                   f"{s['random_shift_at_max_alpha']:+.3f}), Spearman {s['spearman_alpha_shift']:.2f}, "
                   f"{'monotone' if s['monotone'] else 'not monotone'}")
+            for name, st in s["statistics"].items():
+                print(f"  {name.replace('_', ' ')}: {_stat_line(st)}")
         print(f"Report: {Path(args.out) / 'report.md'}")
     elif c == "decompose":
         res = P.steer_decompose_job(args.model, args.vector, args.sae, _eval_path(args.eval), args.out, hook=args.hook,
                                     alpha=args.alpha, k=args.k, nonneg=args.nonneg, top=args.top,
-                                    n_contexts=args.contexts, seed=args.seed, force=args.force, command=cmd)
+                                    n_contexts=args.contexts, seed=args.seed, n_null=args.null_draws, force=args.force,
+                                    command=cmd)
         m = res["result"].metrics
         e, eff = m["explained_fraction"], m["steering_effect"]
         print(f"Explained: sparse coding {e['sparse_coding']:.3f} (random direction "
@@ -547,13 +583,18 @@ def _cmd_steer(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(f"Steering effect as a fraction of the vector's: sparse coding {eff['sparse_coding']['fraction_of_vector']:.2f}, "
               f"code difference {eff['code_difference']['fraction_of_vector']:.2f}, random "
               f"{eff['random']['fraction_of_vector']:.2f}")
+        for name, st in m["statistics"].items():
+            print(f"  {name.replace('_', ' ')}: {_stat_line(st)}")
         print(f"Report: {Path(args.out) / 'report.md'}")
     else:
         res = P.steer_propagate_job(args.model, args.vector, args.sae, _eval_path(args.eval), args.out, hook=args.hook,
                                     alphas=args.alphas, threshold=args.threshold, top=args.top, seed=args.seed,
-                                    force=args.force, command=cmd)
+                                    n_null=args.null_draws, force=args.force, command=cmd)
+        stats = res["result"].metrics["statistics"]
         for h, s in res["result"].metrics["per_layer"].items():
-            print(f"{h}: features changed {s['features_changed']} (random {s['features_changed_random']})")
+            st = stats.get(f"features_changed:{h}")
+            print(f"{h}: features changed {s['features_changed']} (random {s['features_changed_random']})"
+                  + (f"; at {st['alpha']:g}: {_stat_line(st)}" if st else ""))
         print(f"Report: {Path(args.out) / 'report.md'}")
     return 0
 

@@ -88,6 +88,7 @@ def train_sae_job(model_name: str, hook: str, out: Path, *, tokens: int = 300_00
             ids, mask, _ = activations.tokenize(model, eval_shuffled[i : i + 16], context_length)
             batches.append((ids, mask))
         metrics.update(saes.ce_loss_recovered(model, sae, hook, batches))
+        metrics["statistics"] = saes.quality_statistics(metrics)
     extra = {
         "geomsteer_result": "sae",
         "command": list(command) if command else None,
@@ -379,21 +380,22 @@ def _concept_samples(model_name: str, hook: str, sae_dir: Path, concepts: Sequen
 
 def mapper_job(model_name: str, hook: str, sae_dir: Path, concepts: Sequence[str], out: Path, *,
                max_words: int = 3000, lens: str = "pca", features: Sequence[int] | None = None, n_components: int = 2,
-               n_cubes: int = 10, overlap: float = 0.3, min_samples: int = 3, eps_scale: float = 1.5,
-               n_bootstrap: int = 5, prefix: str = "", rule: str = "last", max_tokens: int = 3, seed: int = 0,
-               force: bool = False, command: Sequence[str] | None = None) -> dict:
+               n_cubes: int = 10, overlap: float = 0.3, min_samples: int = 5, eps_scale: float = 1.0,
+               n_bootstrap: int = 5, n_null: int = 20, prefix: str = "", rule: str = "last", max_tokens: int = 3,
+               seed: int = 0, force: bool = False, command: Sequence[str] | None = None) -> dict:
     """Mapper over the words of WordNet concepts, lens = the SAE feature space, clustering in activation space."""
     from . import reports
     from .analyzers.topology import MapperAnalyzer
 
+    _check_null_draws(n_null)
     reports.check_output_dir(out, force)
     t0 = time.perf_counter()
     analyzer = MapperAnalyzer(lens=lens, features=features, n_components=n_components, n_cubes=n_cubes,
                               overlap=overlap, min_samples=min_samples, eps_scale=eps_scale, n_bootstrap=n_bootstrap,
-                              seed=seed)
+                              n_null=n_null, seed=seed)
     data = _concept_samples(model_name, hook, sae_dir, concepts, max_words, seed, prefix, rule, max_tokens)
     with step(f"Mapper on {len(data['words']):,} words ({lens} lens of the SAE codes, {n_cubes} cubes per dimension, "
-              f"{n_bootstrap} bootstrap refits)"):
+              f"{n_bootstrap} bootstrap refits, {n_null} Gaussian surrogates)"):
         analyzer.fit(data["X"], data["codes"], labels=data["labels"], names=data["words"])
     provenance = {**data["provenance"], "command": list(command) if command else None,
                   "elapsed_seconds": round(time.perf_counter() - t0, 1), "packages": reports.package_versions()}
@@ -450,6 +452,12 @@ def cluster_job(model_name: str, hook: str, sae_dir: Path, concepts: Sequence[st
 
 # --------------------------------------------------------------------------------------------
 # Steering vectors
+
+
+def _check_null_draws(n: int, allow_zero: bool = True) -> None:
+    if not isinstance(n, int) or n < 0 or n == 1 or (n == 0 and not allow_zero):
+        raise ConfigError(f"--null-draws must be {'0 (no nulls) or ' if allow_zero else ''}at least 2 draws per null, "
+                          f"got {n!r}: a null distribution needs a mean and an sd; 20 is the default")
 
 
 def steering_data(name: str) -> Path:
@@ -599,7 +607,7 @@ def _neutral_texts(n: int, seed: int) -> list[str]:
 
 def steer_sweep_job(model_name: str, vector_path: Path, eval_path: Path, out: Path, *, hooks: Sequence[str] | None = None,
                     alphas: Sequence[float] = (-4, -2, -1, 0, 1, 2, 4), n_neutral: int = 16, n_random: int = 3, n_samples: int = 2,
-                    max_new_tokens: int = 24, seed: int = 0, force: bool = False,
+                    max_new_tokens: int = 24, seed: int = 0, n_null: int = 20, force: bool = False,
                     command: Sequence[str] | None = None) -> dict:
     """Multiplier x layer grid: target log-odds shift, KL on neutral text, samples; random-direction nulls."""
     from . import reports
@@ -608,6 +616,7 @@ def steer_sweep_job(model_name: str, vector_path: Path, eval_path: Path, out: Pa
     from .steering import NeutralText, load_eval, target_ids
 
     alphas = _check_alphas(alphas)
+    _check_null_draws(n_null)
     reports.check_output_dir(out, force)
     t0 = time.perf_counter()
     items, eval_sha = load_eval(eval_path)
@@ -616,7 +625,8 @@ def steer_sweep_job(model_name: str, vector_path: Path, eval_path: Path, out: Pa
     neutral_texts = _neutral_texts(n_neutral, seed) if n_neutral > 0 else []
     with step(f"Unsteered next-token distributions on {len(neutral_texts)} neutral texts (WordNet glosses)"):
         neutral = NeutralText(model, neutral_texts, max_tokens=24) if neutral_texts else None
-    sweep = SteeringSweep(alphas=alphas, n_random=n_random, n_samples=n_samples, max_new_tokens=max_new_tokens, seed=seed)
+    sweep = SteeringSweep(alphas=alphas, n_random=n_random, n_samples=n_samples, max_new_tokens=max_new_tokens, seed=seed,
+                          n_null=n_null)
     with counter(f"Sweeping {len(vectors)} layer(s) x {len(alphas)} multipliers", len(vectors) * len(alphas),
                  unit="cells") as advance:
         sweep.fit(model, vectors, items, neutral, sample_prompts=[it.prompt for it in items],
@@ -655,7 +665,7 @@ def _feature_contexts(sae_dir: Path, sae: Any, features: Sequence[int], n: int) 
 
 def steer_decompose_job(model_name: str, vector_path: Path, sae_dir: Path, eval_path: Path, out: Path, *,
                         hook: str | None = None, alpha: float = 4.0, k: int = 32, nonneg: bool = False, top: int = 12,
-                        n_contexts: int = 3, seed: int = 0, force: bool = False,
+                        n_contexts: int = 3, seed: int = 0, n_null: int = 20, force: bool = False,
                         command: Sequence[str] | None = None) -> dict:
     """The vector in an SAE's feature space (sparse coding and code differences) and whether that steers."""
     import math
@@ -667,6 +677,7 @@ def steer_decompose_job(model_name: str, vector_path: Path, sae_dir: Path, eval_
 
     if not math.isfinite(alpha) or alpha == 0:
         raise ConfigError(f"--alpha must be a finite non-zero number, got {alpha!r}")
+    _check_null_draws(n_null, allow_zero=False)
     reports.check_output_dir(out, force)
     t0 = time.perf_counter()
     items, eval_sha = load_eval(eval_path)
@@ -682,9 +693,10 @@ def steer_decompose_job(model_name: str, vector_path: Path, sae_dir: Path, eval_
                         f"d_model {model.cfg.d_model}; use an SAE trained on this model")
     emb = models.load_unembedding(resolved)
     W_U = emb.gamma * (emb.final_norm_scale if emb.final_norm_scale is not None else 1.0)
-    dec = SteeringDecomposition(k=k, nonneg=nonneg, top=top, seed=seed)
+    dec = SteeringDecomposition(k=k, nonneg=nonneg, top=top, seed=seed, n_null=n_null)
     with step(f"Decomposing the vector at {hook} into {sae.cfg.d_sae} SAE features (sparse coding, code differences "
-              f"on {len(items)} prompts at multiplier {alpha:g}, steering effects)"):
+              f"on half of {len(items)} prompts at multiplier {alpha:g}, steering effects on the other half, "
+              f"{n_null} draws of each null)"):
         dec.fit(model, vectors[hook], sae, items, alpha, unembedding=W_U, vocab=emb.id_to_token)
     with step("Top contexts of the top features (the SAE's held-out tokens)"):
         ctx = _feature_contexts(sae_dir, sae, [r["feature"] for r in dec.features_], n_contexts)
@@ -697,7 +709,7 @@ def steer_decompose_job(model_name: str, vector_path: Path, sae_dir: Path, eval_
 
 def steer_propagate_job(model_name: str, vector_path: Path, sae_dirs: Sequence[Path], eval_path: Path, out: Path, *,
                         hook: str | None = None, alphas: Sequence[float] = (1, 2, 4), threshold: float = 0.1,
-                        top: int = 8, seed: int = 0, force: bool = False,
+                        top: int = 8, seed: int = 0, n_null: int = 20, force: bool = False,
                         command: Sequence[str] | None = None) -> dict:
     """Steer at the vector's layer; count and name the SAE features that change at each later layer."""
     from . import reports, saes
@@ -706,6 +718,7 @@ def steer_propagate_job(model_name: str, vector_path: Path, sae_dirs: Sequence[P
     from .steering import load_eval
 
     alphas = _check_alphas(alphas)
+    _check_null_draws(n_null)
     reports.check_output_dir(out, force)
     t0 = time.perf_counter()
     items, eval_sha = load_eval(eval_path)
@@ -723,10 +736,11 @@ def steer_propagate_job(model_name: str, vector_path: Path, sae_dirs: Sequence[P
     from .activations import check_hooks
 
     check_hooks(model, list(by_hook))
-    prop = SteeringPropagation(alphas=alphas, threshold=threshold, top=top, seed=seed)
+    prop = SteeringPropagation(alphas=alphas, threshold=threshold, top=top, seed=seed, n_null=n_null)
     from ._progress import counter
 
-    with counter(f"Steering at {h0}, encoding {len(by_hook)} layer(s) with SAEs", 2 * len(alphas),
+    n_passes = 2 * len([a for a in alphas if a != 0]) + n_null * (1 + (sv.pair_differences is not None))
+    with counter(f"Steering at {h0}, encoding {len(by_hook)} layer(s) with SAEs ({n_null} draws of each null)", n_passes,
                  unit="passes") as advance:
         prop.fit(model, sv, {h: s for h, (s, _) in by_hook.items()}, items, progress=lambda: advance(1))
     prov = {"model": model_name, "model_provenance": resolved.provenance, **_vector_provenance(vector_path, vectors),

@@ -913,6 +913,38 @@ def _mapper_figures(a: Any, pos: Mapping[str, tuple[float, float]], fig_dir: Pat
     return figs
 
 
+GRAPH_STATISTICS = ("nodes", "edges", "components", "large_components", "cycles", "nerve_betti_1")
+
+
+def _mapper_findings(stats: Mapping[str, Any], params: Mapping[str, Any]) -> list[str]:
+    """The graph against Gaussian surrogates and node purity against shuffled labels, with a verdict."""
+    L = ["## Findings against the nulls", ""]
+    graph = [k for k in GRAPH_STATISTICS if k in stats]
+    if not stats:
+        return L + ["No null was computed (null draws set to 0 and fewer than two labels).", ""]
+    if graph:
+        n = stats[graph[0]]["null"]["gaussian_surrogate"]["n_draws"]
+        L += [f"Null for the graph: {n} Gaussian surrogates, each n samples from a Gaussian with the mean and "
+              "covariance of the activations and the lens jointly, through the same lens clipping, cover "
+              f"({params['n_cubes']} cubes, overlap {params['overlap']}) and clusterer with the same radius rule. "
+              "They keep every first and second moment and no other structure. Null for node purity: the same graph "
+              "with the samples' labels shuffled.", ""]
+    L += statistic_rows(stats, graph + [k for k in stats if k not in graph]) + [""]
+    if graph:
+        beyond = [k for k in graph if (stats[k].get("p_value") is not None and stats[k]["p_value"] < 0.01)]
+        if beyond:
+            L.append("The graph differs from the Gaussian surrogates in: " + ", ".join(
+                f"{k.replace('_', ' ')} ({_fmt(stats[k]['observed'], 0)} vs {_fmt(stats[k]['null']['gaussian_surrogate']['mean'], 1)})"
+                for k in beyond) + ".")
+        else:
+            L.append("**The topology is not distinguishable from the null**: a Gaussian cloud with the same covariance "
+                     "gives the same graph statistics under this cover and clusterer (every p >= 0.01). Read the graph "
+                     "as a picture of the cover, not as structure in the representation.")
+    if "node_purity" in stats:
+        L.append(f"Node purity: {_verdict(stats['node_purity'])}.")
+    return L + [""]
+
+
 def _mapper_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     p, m = doc["provenance"], doc["metrics"]
     kg, nerve, st = m["kmapper_graph"], m["gudhi_nerve"], m["stability"]
@@ -931,7 +963,9 @@ def _mapper_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
          f"{doc['params']['n_cubes']} cubes per dimension, overlap {doc['params']['overlap']}. Clustering in activation "
          f"space: DBSCAN with min_samples {doc['params']['min_samples']} and eps {p['eps']:.4g} "
          f"(= {doc['params']['eps_scale']} x the median distance to the {doc['params']['eps_k']}th neighbour).", "",
-         "## Findings", "",
+         ]
+    L += _mapper_findings(m.get("statistics", {}), doc["params"])
+    L += ["## The graph", "",
          "| | value |", "|---|---|",
          f"| kmapper graph | {kg['nodes']} nodes, {kg['edges']} edges, {kg['samples_covered']:,} samples covered |",
          f"| graph components / independent cycles | {kg['components']} / {kg['cycles']} |",
@@ -1110,13 +1144,11 @@ def _cluster_markdown(doc: Mapping[str, Any], fig: str | None) -> str:
          f"Rows: {p['rows']}, from {p['words_used']:,} words under {', '.join(p['concepts'])}. "
          f"Estimator: {doc['params']['estimator']}.", ""]
     if m:
-        L += ["## Agreement with the WordNet categories", "",
-              f"Beside {doc['params']['n_shuffles']} shuffles of the categories over the same clusters.", "",
-              "| score | observed | shuffled (mean ± sd) | p |", "|---|---|---|---|"]
-        for k, v in m.items():
-            L.append(f"| {k} | {_fmt(v['observed'])} | {_fmt(v['shuffled_mean'])} ± {_fmt(v['shuffled_sd'])} | "
-                     f"{_fmt(v['p'])} |")
-        L.append("")
+        L += ["## Findings against the nulls", "",
+              f"Null: the same clusters with the categories shuffled over the rows ({doc['params']['n_shuffles']} draws). "
+              "Intervals: rows resampled with their cluster and category, the clustering held fixed.", ""]
+        L += statistic_rows(m, list(m)) + [""]
+        L += [f"- **{k.replace('_', ' ')}**: {_verdict(v)}" for k, v in m.items()] + [""]
     if fig:
         L += [f"![clusters](figures/{fig})", ""]
     L += ["## Clusters", "", "| cluster | size | categories | logit lens (promoted tokens) | rows nearest the centroid |",
@@ -1235,6 +1267,44 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ⏎ ").strip()
 
 
+STEERING_NULLS = ("Nulls: vectors computed from the same pairs with each pair's labels swapped at random (shuffled labels, "
+                  "steered exactly like the vector), and random directions drawn from the activation covariance at the "
+                  "hook with the vector's norm (covariance directions). p is the most conservative over the nulls.")
+
+
+def _findings(stats: Mapping[str, Any], note: str | None = None) -> list[str]:
+    """The 'Findings against the nulls' section: the shared table and one verdict per statistic."""
+    if not stats:
+        return ["## Findings against the nulls", "", "No null was drawn (null draws set to 0).", ""]
+    L = ["## Findings against the nulls", "", STEERING_NULLS + (f" Note: {note}." if note else ""), ""]
+    L += statistic_rows(stats, list(stats)) + [""]
+    L += [f"- **{k.replace('_', ' ')}**: {_verdict(st)}" for k, st in stats.items()] + [""]
+    return L
+
+
+def _sweep_null_figure(doc: Mapping[str, Any], fig_dir: Path, figs: dict[str, str]) -> None:
+    tested = [r for r in doc["tables"]["grid"] if r.get("null_shifts")]
+    if not tested:
+        return
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(tested) + 2), 3.6))
+    rng = np.random.default_rng(0)
+    for i, r in enumerate(tested):
+        sign = 1.0 if r["alpha"] > 0 else -1.0
+        for j, (name, draws) in enumerate(sorted(r["null_shifts"].items())):
+            x = i + (j - 0.5) * 0.3 + rng.uniform(-0.06, 0.06, len(draws))
+            ax.plot(x, sign * np.asarray(draws), "o", ms=3, alpha=0.6, color=f"C{j + 1}",
+                    label=name.replace("_", " ") if i == 0 else None)
+        ax.plot([i - 0.35, i + 0.35], [sign * r["logodds_shift"]] * 2, "-", color="C0", lw=2.5,
+                label="steering vector" if i == 0 else None)
+    ax.set_xticks(range(len(tested)), [f"{_short_hook(r['hook'])}\n×{r['alpha']:g}" for r in tested], fontsize=8)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set(ylabel="log-odds shift × sign of the multiplier")
+    ax.set_title("the vector's shift among its null vectors' shifts", fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, fig_dir, "nulls.png", figs)
+
+
 def _sweep_figures(doc: Mapping[str, Any], fig_dir: Path) -> dict[str, str]:
     plt = _plt()
     grid = doc["tables"]["grid"]
@@ -1263,9 +1333,10 @@ def _sweep_figures(doc: Mapping[str, Any], fig_dir: Path) -> dict[str, str]:
                 ax.fill_between(a, mu - sd, mu + sd, color=c, alpha=0.08, lw=0)
         ax.axhline(0, color="black", lw=0.5)
         ax.set(xlabel="multiplier", ylabel=ylabel)
-        ax.set_title("solid: steering vector; dotted (band: ± sd): random directions of the same norm", fontsize=9)
+        ax.set_title("solid: steering vector; dotted (band: ± sd): covariance directions of the same norm", fontsize=9)
         ax.legend(fontsize=8, title="layer", title_fontsize=8)
         _save(fig, fig_dir, name, figs)
+    _sweep_null_figure(doc, fig_dir, figs)
     return figs
 
 
@@ -1277,9 +1348,14 @@ def _sweep_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
           f"log p(negative targets) for the next token (each set's probability summed over its tokens); unsteered mean "
           f"{u['logodds_mean']:.3f} over {u['n_prompts']} prompts. Side effects: mean KL divergence of the steered "
           f"from the unsteered next-token distribution over {u['neutral_positions']} positions of neutral text. Every "
-          f"cell has {pr['n_random']} random directions of the vector's norm beside it (their mean shift ± sd and "
-          "mean absolute shift; KL for the first).", "",
-          "## Per layer", "",
+          f"cell has {pr['n_random']} random directions from the activation covariance, with the vector's norm, beside "
+          "it (their mean shift ± sd and mean absolute shift; KL for the first).", ""]
+    stats = {f"{_short_hook(h)} {k}": st for h, s in m["per_hook"].items() for k, st in s.get("statistics", {}).items()}
+    note = next((s.get("nulls_note") for s in m["per_hook"].values() if s.get("nulls_note")), None)
+    L += _findings(stats, note)
+    if "nulls" in figs:
+        L += [f"![nulls](figures/{figs['nulls']})", ""]
+    L += ["## Per layer", "",
           "| hook | vector norm | Spearman (multiplier, shift) | monotone | shift at max | random: mean (mean \\|shift\\|) "
           "| KL at max | random KL |", "|---|---|---|---|---|---|---|---|"]
     for h, s in m["per_hook"].items():
@@ -1316,7 +1392,7 @@ def _decompose_figures(doc: Mapping[str, Any], fig_dir: Path) -> dict[str, str]:
     figs: dict[str, str] = {}
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     a1.plot(range(1, len(curve["vector"]) + 1), curve["vector"], "o-", ms=3, label="steering vector")
-    a1.plot(range(1, len(curve["random"]) + 1), curve["random"], "o:", ms=3, color="grey", label="random direction")
+    a1.plot(range(1, len(curve["random"]) + 1), curve["random"], "o:", ms=3, color="grey", label="covariance direction")
     a1.set(xlabel="SAE features (matching pursuit steps)", ylabel="fraction of |v|² explained", ylim=(0, 1))
     a1.legend(fontsize=8)
     a1.set_title("sparse coding over decoder directions", fontsize=9)
@@ -1338,21 +1414,24 @@ def _decompose_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
           f"(a) Sparse coding: {'non-negative ' if pr['nonneg'] else ''}orthogonal matching pursuit over the unit decoder "
           f"directions, {pr['k']} features. (b) Code difference: mean over {c['n_tokens']} prompt tokens of "
           "SAE(x + αv) - SAE(x), mapped back through the decoder and divided by α. Reading the vector itself through "
-          "the encoder is shown only for contrast: it is not a decomposition (Mayne et al. 2024).", "",
-          "## How much of the vector each explains", "",
-          "| decomposition | fraction of \\|v\\|² explained | same for a random direction |", "|---|---|---|",
+          "the encoder is shown only for contrast: it is not a decomposition (Mayne et al. 2024)."
+          + (f" The code difference is read on {p['prompt_split']['fit_prompts']} prompts; every steering effect is "
+             f"scored on the other {p['prompt_split']['score_prompts']}." if p.get("prompt_split") else ""), ""]
+    L += _findings(m.get("statistics", {}), p.get("nulls_note"))
+    L += ["## How much of the vector each explains", "",
+          "| decomposition | fraction of \\|v\\|² explained | same for a covariance direction |", "|---|---|---|",
           f"| sparse coding ({pr['k']} features) | {_fmt(e['sparse_coding'])} | {_fmt(e['sparse_coding_random_direction'])} |",
           f"| code difference | {_fmt(e['code_difference'])} | {_fmt(e['code_difference_random_direction'])} |",
           f"| encoder output of v, best rescaling (not a decomposition) | {_fmt(e['encoder_output_not_a_decomposition'])} | |",
           "",
           f"Features whose mean code changes by more than 1% of the mean active code: {c['features_changed']} "
-          f"(random direction: {c['features_changed_random']}).", "",
+          f"(a covariance direction: {c['features_changed_random']}).", "",
           "## Does the reconstruction still steer?", "",
           "| added at the hook | log-odds shift | fraction of the vector's shift |", "|---|---|---|"]
     for k in ("vector", "sparse_coding", "code_difference"):
         L.append(f"| {k.replace('_', ' ')} | {_fmt(eff[k]['logodds_shift'])} | {_fmt(eff[k]['fraction_of_vector'])} |")
     r = eff["random"]
-    L.append(f"| random directions of the vector's norm (mean ± sd of {r.get('n', 1)}) | {_fmt(r['logodds_shift'])} ± "
+    L.append(f"| covariance directions of the vector's norm (mean ± sd of {r.get('n', 1)}) | {_fmt(r['logodds_shift'])} ± "
              f"{_fmt(r.get('sd', 0.0))} | {_fmt(r['fraction_of_vector'])} |")
     if "decomposition" in figs:
         L += ["", f"![decomposition](figures/{figs['decomposition']})"]
@@ -1397,7 +1476,7 @@ def _propagate_figures(doc: Mapping[str, Any], fig_dir: Path) -> dict[str, str]:
     a1.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
     a1.set_yticks(range(len(hooks)), [_short_hook(h) for h in hooks])
     a1.set(xlabel="multiplier", ylabel="SAE layer")
-    a1.set_title("features changed beyond the threshold\n(random direction in brackets)", fontsize=9)
+    a1.set_title("features changed beyond the threshold\n(a covariance direction in brackets)", fontsize=9)
     fig.colorbar(im, ax=a1, shrink=0.8)
     if rows:
         A = np.array(rows, dtype=float)
@@ -1420,11 +1499,14 @@ def _propagate_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     L = _steer_title(doc, "propagation")
     L += [f"Steered at {p['hook']} (every position after the start token) and encoded at each later layer with an "
           f"SAE, over {p['n_tokens']} prompt tokens. A feature changes when its mean absolute code change exceeds "
-          f"{pr['threshold']:g} x the layer's mean active code. Each multiplier also runs a random direction of the "
-          "vector's norm (the null count)."
+          f"{pr['threshold']:g} x the layer's mean active code. Each multiplier also runs one random direction from "
+          "the activation covariance with the vector's norm (in brackets); the nulls below are drawn at multiplier "
+          f"{p.get('null_alpha', m['alphas'][-1]):g}."
           + (f" SAEs before the steering layer were skipped: {', '.join(p['skipped_earlier_hooks'])}."
-             if p.get("skipped_earlier_hooks") else ""), "",
-          "| SAE layer | " + " | ".join(f"changed at {a:g} (random)" for a in m["alphas"])
+             if p.get("skipped_earlier_hooks") else ""), ""]
+    stats = {k.split(":")[0] + " " + _short_hook(k.split(":", 1)[1]): st for k, st in m.get("statistics", {}).items()}
+    L += _findings(stats, p.get("nulls_note"))
+    L += ["| SAE layer | " + " | ".join(f"changed at {a:g} (random)" for a in m["alphas"])
           + " | Spearman (multiplier, total change) |", "|---" * (len(m["alphas"]) + 2) + "|"]
     for h, s in m["per_layer"].items():
         cells = " | ".join(f"{c} ({r})" for c, r in zip(s["features_changed"], s["features_changed_random"]))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -289,18 +289,51 @@ def ce_loss_recovered(model: Any, sae: Any, hook: str, token_batches: list[tuple
         return (floor - spliced) / denom if abs(denom) > 1e-12 else float("nan")
 
     rows = n_tok > 0
-    ci = None
-    if rows.sum() >= 2:
+    cis: dict[str, list[float] | None] = {"delta_ce": None, "ce_loss_recovered": None,
+                                          "ce_loss_recovered_mean_ablation": None}
+    if rows.sum() >= 2:  # sequences resampled: tokens within a sequence are not independent
         rng = np.random.default_rng([seed, 0xCE])
         idx = rng.integers(0, int(rows.sum()), size=(1000, int(rows.sum())))
-        d_tot, cnt = (sae_t - clean_t)[rows], n_tok[rows]
-        boots = d_tot[idx].sum(1) / cnt[idx].sum(1)
-        ci = [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]
-    return {"ce_clean": clean, "ce_sae": spliced, "delta_ce": spliced - clean, "delta_ce_ci95": ci,
+        tot = {k: v[rows][idx].sum(1) for k, v in (("clean", clean_t), ("sae", sae_t), ("zero", zero_t), ("mean", mean_t))}
+        cnt = n_tok[rows][idx].sum(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            boots = {"delta_ce": (tot["sae"] - tot["clean"]) / cnt,
+                     "ce_loss_recovered": (tot["zero"] - tot["sae"]) / (tot["zero"] - tot["clean"]),
+                     "ce_loss_recovered_mean_ablation": (tot["mean"] - tot["sae"]) / (tot["mean"] - tot["clean"])}
+        for k, b in boots.items():
+            b = b[np.isfinite(b)]
+            cis[k] = [float(np.quantile(b, 0.025)), float(np.quantile(b, 0.975))] if b.size else None
+    return {"ce_clean": clean, "ce_sae": spliced, "delta_ce": spliced - clean, "delta_ce_ci95": cis["delta_ce"],
             "ce_zero_ablation": zero, "ce_mean_ablation": mabl,
             "ce_loss_recovered": recovered(zero), "ce_loss_recovered_mean_ablation": recovered(mabl),
+            "ce_loss_recovered_ci95": cis["ce_loss_recovered"],
+            "ce_loss_recovered_mean_ablation_ci95": cis["ce_loss_recovered_mean_ablation"],
             "ce_positions_spliced": int(sums["n"]), "ce_start_token_left_unspliced": bos_id is not None,
-            "ce_tokens_predicted": N}
+            "ce_sequences": int(rows.sum()), "ce_tokens_predicted": N}
+
+
+def quality_statistics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline SAE measures in the shared statistic shape.
+
+    They describe how well the SAE reconstructs; there is no structure to test against a null, so
+    each says so in ``p_reason``. Intervals resample sequences (cross-entropy measures)."""
+    from .stats import statistic
+
+    reason = ("a reconstruction measure, not a test: the zero- and mean-ablation cross-entropies are its reference "
+              "points, not null distributions")
+    out = {}
+    for key, n_key in (("delta_ce", "ce_sequences"), ("ce_loss_recovered", "ce_sequences"),
+                       ("ce_loss_recovered_mean_ablation", "ce_sequences"), ("fraction_variance_explained", "n_tokens"),
+                       ("l0", "n_tokens"), ("dead_fraction", "n_tokens")):
+        if key not in metrics:
+            continue
+        ci = metrics.get(f"{key}_ci95")
+        why = ("fewer than two sequences to resample" if n_key == "ce_sequences" else
+               "measured over held-out tokens that are not independent (neighbours share a document); no interval "
+               "is claimed")
+        out[key] = statistic(metrics[key], int(metrics.get(n_key) or 0), nulls={}, ci95=ci, ci95_reason=why,
+                             alternative="two-sided", p_reason=reason)
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ independent draws, summarized by its ``mean`` and ``sd``; ``effect_size`` is
   whose mean and sd are estimated from the draws: ``t = (observed - mean) / (sd sqrt(1 + 1/B))``
   with ``B - 1`` degrees of freedom. It can go below ``p_min`` with few draws; it assumes the
   null distribution is close to normal, which holds for means over many units (edges,
-  categories, words). With ``B >= 99`` draws both are reported and the larger is ``p_value``.
+  categories, words). With ``B >= 99`` draws, or when every draw is the same value (sd 0), the
+  larger of the two is ``p_value``.
 
 The top-level ``p_value`` and ``effect_size`` are the most conservative over the listed nulls:
 the largest p-value, and the effect size against that same null (``conservative_null``). A
@@ -120,8 +121,8 @@ def null_summary(observed: float, draws: Sequence[float] | np.ndarray, alternati
     p_mc = monte_carlo_p(observed, d, alternative)
     p_t = t_predictive_p(observed, mean, sd, d.size, alternative) if mean is not None else None
     p = p_t
-    if p is not None and p_mc is not None and d.size >= 99:
-        p = max(p, p_mc)
+    if p is not None and p_mc is not None and (d.size >= 99 or sd == 0):
+        p = max(p, p_mc)  # a null with no spread (e.g. a count every draw repeats) gets no t-test below p_min
     out: dict[str, Any] = {"mean": mean, "sd": sd, "n_draws": int(d.size), "p_value": p, "p_monte_carlo": p_mc,
                            "p_min": 1.0 / (1 + d.size) if d.size else None, "effect_size": _finite(eff)}
     if note:

@@ -5,8 +5,9 @@ multiple-choice form of contrastive activation addition, ``{"prompt": ..., "posi
 "negative": "B"}``, where each side is ``prompt + answer`` and the vector is read at the answer.
 
 A vector at a hook is the mean over pairs of (positive - negative) activations, read by a
-position rule: ``last`` (the last token), ``mean`` (the mean over the text's tokens) or
-``answer`` (the mean over the answer's tokens; needs ``prompt``). ``method="pca"`` takes instead
+position rule: ``last`` (the last token), ``mean`` (the mean over the side's own text tokens: after
+the prompt when there is one, so the prompt tokens, identical on both sides, never dilute the
+difference) or ``answer`` (the same mean, but every pair must have a ``prompt``). ``method="pca"`` takes instead
 the first principal direction of the paired differences (uncentred, so the direction they share
 dominates), oriented and scaled by the mean difference's projection on it.
 
@@ -30,11 +31,12 @@ from .errors import ConfigError, DataError
 
 __all__ = ["Pair", "load_pairs", "SteeringVector", "compute_vectors", "vectors_bytes", "save_vectors", "load_vectors", "steering",
            "pair_statistics", "EvalPrompt", "load_eval", "target_ids", "target_logodds", "generate", "NeutralText", "random_direction",
-           "POSITIONS", "METHODS"]
+           "POSITIONS", "METHODS", "shuffled_label_vectors", "covariance_directions", "SteeredTargets"]
 
 POSITIONS = ("last", "mean", "answer")
 METHODS = ("mean_diff", "pca")
 FORMAT = "geomsteer.steering/1"
+DIFFS = "pair_differences:"  # tensor-name prefix of a hook's per-pair differences in a vector file
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class SteeringVector:
     n_pairs: int
     data_sha256: str = ""
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    #: (n_pairs, d) positive-minus-negative activations, kept to draw the shuffled-label null
+    pair_differences: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def norm(self) -> float:
@@ -107,9 +111,7 @@ def _side_vectors(model: Any, texts: Sequence[str], prompts: Sequence[str], hook
             if not aids:
                 raise DataError(f"a text of the pair file tokenizes to nothing: {text!r}; give each side some text")
             ids = head + pids + aids
-            start = len(head) + (len(pids) if position == "answer" else 0)
-            if position == "mean":
-                start = len(head)
+            start = len(head) + len(pids)  # "mean" and "answer" average the side's own tokens only
             spans.append((start, len(ids)))
             rows.append(ids)
         acts = _forward_rows(model, rows, hooks)
@@ -150,7 +152,7 @@ def compute_vectors(model: Any, pairs: Sequence[Pair], hooks: Sequence[str], pos
             proj = float(mean @ u)
             v = u * proj  # the sign of proj turns u towards the mean difference
         out[h] = SteeringVector(v.astype(np.float32), model_name, h, position, method, len(pairs), data_sha256,
-                                pair_statistics(diff))
+                                pair_statistics(diff), diff.astype(np.float32))
     return out
 
 
@@ -185,7 +187,10 @@ def vectors_bytes(vectors: Mapping[str, SteeringVector]) -> bytes:
     meta = {"format": FORMAT, "model": first.model, "position": first.position, "method": first.method,
             "n_pairs": str(first.n_pairs), "data_sha256": first.data_sha256,
             "provenance": json.dumps({h: dict(v.provenance) for h, v in vectors.items()})}
-    return st_save({h: np.ascontiguousarray(v.vector, dtype=np.float32) for h, v in vectors.items()}, metadata=meta)
+    tensors = {h: np.ascontiguousarray(v.vector, dtype=np.float32) for h, v in vectors.items()}
+    tensors.update({DIFFS + h: np.ascontiguousarray(v.pair_differences, dtype=np.float32)
+                    for h, v in vectors.items() if v.pair_differences is not None})
+    return st_save(tensors, metadata=meta)
 
 
 def save_vectors(vectors: Mapping[str, SteeringVector], path: str | Path, replace: bool = False) -> Path:
@@ -220,9 +225,10 @@ def load_vectors(path: str | Path) -> dict[str, SteeringVector]:
     prov = json.loads(meta.get("provenance", "{}"))
     from .activations import _layer_of
 
+    diffs = {k[len(DIFFS):]: tensors.pop(k) for k in list(tensors) if k.startswith(DIFFS)}
     tensors = dict(sorted(tensors.items(), key=lambda kv: (_layer_of(kv[0]), kv[0])))  # safetensors sorts by name
     return {h: SteeringVector(v, meta["model"], h, meta["position"], meta["method"], int(meta["n_pairs"]),
-                              meta.get("data_sha256", ""), prov.get(h, {})) for h, v in tensors.items()}
+                              meta.get("data_sha256", ""), prov.get(h, {}), diffs.get(h)) for h, v in tensors.items()}
 
 
 @contextlib.contextmanager
@@ -375,12 +381,7 @@ def logits_at(model: Any, ids: Any, mask: Any, where: Any) -> Any:
     with torch.no_grad():
         if not _unembeds_itself(model):
             return model(ids, attention_mask=mask)[where].float()
-        resid = model(ids, attention_mask=mask, stop_at_layer=model.cfg.n_layers)[where]
-        if model.cfg.normalization_type is not None:
-            resid = model.ln_final(resid[:, None])[:, 0]
-        logits = resid @ model.W_U + model.b_U
-        cap = getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0
-        return (cap * torch.tanh(logits / cap) if cap > 0 else logits).float()
+        return _unembed_rows(model, model(ids, attention_mask=mask, stop_at_layer=model.cfg.n_layers)[where])
 
 
 def _unembeds_itself(model: Any) -> bool:
@@ -508,6 +509,158 @@ class NeutralText:
 
 
 def random_direction(v: np.ndarray, seed: int) -> np.ndarray:
-    """An isotropic random direction with the norm of ``v`` (the null vector for steering)."""
+    """An isotropic random direction with the norm of ``v``.
+
+    A contrast for generations only: in an anisotropic residual stream it is off-distribution, so
+    the statistics use :func:`shuffled_label_vectors` and :func:`covariance_directions` instead."""
     r = np.random.default_rng(seed).standard_normal(np.asarray(v).shape)
     return (r / np.linalg.norm(r) * np.linalg.norm(v)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Null vectors, and the target log-odds under many vectors at once
+
+
+def shuffled_label_vectors(vector: SteeringVector, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` vectors computed like ``vector`` from its own pairs with labels swapped at random, (n, d).
+
+    Each draw gives every pair a random sign (positive and negative exchanged), then applies the
+    vector's method: the mean of the signed differences, or, for ``pca``, the first principal
+    direction of the uncentred differences (which sign flips leave unchanged) scaled by the signed
+    mean's projection on it. Draws keep the pairs, their number and the method; only the labels'
+    agreement is gone.
+    """
+    D = vector.pair_differences
+    if D is None:
+        raise DataError(f"the vector at {vector.hook} carries no pair differences, so its shuffled-label null cannot be "
+                        "drawn; recompute the vectors with 'geomsteer steer compute' (files written before geomsteer "
+                        "0.5 lack them)")
+    D = np.asarray(D, dtype=np.float64)
+    signs = np.random.default_rng([seed, 0x51C5]).choice([-1.0, 1.0], size=(int(n), len(D)))
+    M = signs @ D / len(D)
+    if vector.method == "pca":
+        u = np.linalg.svd(D, full_matrices=False)[2][0]
+        M = (M @ u)[:, None] * u[None, :]
+    return M.astype(np.float32)
+
+
+def covariance_directions(X: np.ndarray, norm: float, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` directions drawn from N(0, cov(X)), each scaled to ``norm``, (n, d).
+
+    ``(X - mean)^T g`` with ``g ~ N(0, I)`` over the rows of ``X`` has exactly the rows'
+    covariance (up to scale), so the covariance matrix is never formed. In a residual stream with
+    a few massive dimensions these directions point where activations actually vary, unlike
+    isotropic ones."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or len(X) < 2:
+        raise DataError(f"covariance directions need at least 2 activation rows, got shape {X.shape}")
+    Xc = X - X.mean(0)
+    G = np.random.default_rng([seed, 0xC0F]).standard_normal((int(n), len(X)))
+    R = G @ Xc
+    R *= float(norm) / np.maximum(np.linalg.norm(R, axis=1, keepdims=True), 1e-30)
+    return R.astype(np.float32)
+
+
+def _unembed_rows(model: Any, resid: Any) -> Any:
+    """Float32 logits of final-residual rows (n, d_model) of a HookedTransformer."""
+    import torch
+
+    if model.cfg.normalization_type is not None:
+        resid = model.ln_final(resid[:, None])[:, 0]
+    logits = resid @ model.W_U + model.b_U
+    cap = getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0
+    return (cap * torch.tanh(logits / cap) if cap > 0 else logits).float()
+
+
+class SteeredTargets:
+    """Target log-odds of evaluation prompts under many steering vectors at one hook.
+
+    ``SteeredTargets(model, items, hook)(vectors, alpha)`` returns an array (m, n_prompts, 3) of
+    what :func:`target_logodds` gives under ``steering(model, v, alpha, hook, start=<after the
+    start token>)`` for each of the m vectors. For a HookedTransformer and a
+    ``blocks.<k>.hook_resid_post`` hook the prompts run up to block k once; each vector is added
+    to that residual and only the later blocks run, many vectors to a batch. Other models and
+    hooks take the plain path. ``X`` holds the unsteered activations at the hook on the prompts'
+    tokens after the start token (for :func:`covariance_directions`).
+    """
+
+    def __init__(self, model: Any, items: Sequence[EvalPrompt], hook: str, batch_size: int = 16,
+                 ids: Sequence[tuple[list[int], list[int]]] | None = None, max_rows: int = 128) -> None:
+        import re
+
+        import torch
+
+        from .activations import _bos, _forward_rows, check_hooks
+
+        check_hooks(model, [hook])
+        self.model, self.items, self.hook, self.batch_size = model, list(items), hook, batch_size
+        self.ids = list(ids) if ids is not None else target_ids(model, items)
+        self.head = _bos(model)
+        tok = model.tokenizer
+        self.rows = [self.head + tok(it.prompt, add_special_tokens=False)["input_ids"] for it in self.items]
+        m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook)
+        self.fast = bool(m) and _unembeds_itself(model)
+        self.max_rows = max(int(max_rows), len(self.rows))
+        n = len(self.rows)
+        if self.fast:
+            self.layer = int(m.group(1))  # type: ignore[union-attr]
+            pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+            self.lengths = torch.as_tensor([len(r) for r in self.rows])
+            L = int(self.lengths.max())
+            ids_t = torch.full((n, L), pad, dtype=torch.long)
+            for i, r in enumerate(self.rows):
+                ids_t[i, : len(r)] = torch.as_tensor(r)
+            self.mask = (torch.arange(L)[None, :] < self.lengths[:, None]).long()
+            with torch.no_grad():
+                self.resid = model(ids_t, attention_mask=self.mask, stop_at_layer=self.layer + 1)
+            acts = self.resid.float().numpy()
+        else:
+            acts = _forward_rows(model, self.rows, [hook])[hook].float().cpu().numpy()
+        self.X = np.concatenate([acts[r, len(self.head) : len(row)] for r, row in enumerate(self.rows)])
+        width = max(max(len(p), len(q)) for p, q in self.ids)
+
+        def padded(sets: list[list[int]]) -> tuple[Any, Any]:  # ids padded with a repeat, masked out by -inf
+            idx = torch.as_tensor([t + [t[0]] * (width - len(t)) for t in sets])
+            off = torch.as_tensor([[0.0] * len(t) + [-np.inf] * (width - len(t)) for t in sets], dtype=torch.float64)
+            return idx, off
+
+        self.pos, self.pos_off = padded([p for p, _ in self.ids])
+        self.neg, self.neg_off = padded([q for _, q in self.ids])
+
+    def __call__(self, vectors: np.ndarray, alpha: float) -> np.ndarray:
+        V = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if not self.fast or alpha == 0:
+            if alpha == 0:
+                base = target_logodds(self.model, self.items, self.batch_size, self.ids)
+                return np.repeat(base[None], len(V), axis=0)
+            out = []
+            for v in V:
+                with steering(self.model, v, alpha, self.hook, start=len(self.head)):
+                    out.append(target_logodds(self.model, self.items, self.batch_size, self.ids))
+            return np.stack(out)
+        return self._fast(V, float(alpha))
+
+    def _fast(self, V: np.ndarray, alpha: float) -> np.ndarray:
+        import torch
+
+        model, n = self.model, len(self.rows)
+        out = np.empty((len(V), n, 3))
+        per = max(1, self.max_rows // n)
+        start = len(self.head)
+        rows = torch.arange(n)
+        with torch.no_grad():
+            for c in range(0, len(V), per):
+                Vc = torch.as_tensor(alpha * V[c : c + per]).to(self.resid.dtype)
+                mc = len(Vc)
+                r = self.resid.unsqueeze(0).repeat(mc, 1, 1, 1)
+                r[:, :, start:, :] += Vc[:, None, None, :]
+                r = r.reshape(mc * n, *self.resid.shape[1:])
+                res = model(r, start_at_layer=self.layer + 1, stop_at_layer=model.cfg.n_layers,
+                            attention_mask=self.mask.repeat(mc, 1))
+                last = res.reshape(mc, n, *res.shape[1:])[:, rows, self.lengths - 1]  # (mc, n, d)
+                logits = _unembed_rows(model, last.reshape(mc * n, -1)).reshape(mc, n, -1).double()
+                lse = torch.logsumexp(logits, -1)
+                lp = torch.logsumexp(logits.gather(-1, self.pos.expand(mc, -1, -1)) + self.pos_off, -1) - lse
+                ln = torch.logsumexp(logits.gather(-1, self.neg.expand(mc, -1, -1)) + self.neg_off, -1) - lse
+                out[c : c + mc] = torch.stack([lp - ln, lp, ln], -1).numpy()
+        return out

@@ -83,5 +83,6 @@ def small_sae(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("sae") / "sae"
     assert cli.main(["sae", "train", "--model", "gemma-3-270m", "--hook", "blocks.6.hook_resid_post",
-                     "--tokens", "4096", "--d-sae", "128", "--k", "8", "--batch-size", "512", "--out", str(out)]) == 0
+                     "--tokens", "4096", "--d-sae", "128", "--k", "8", "--batch-size", "512", "--eval-tokens", "4096",
+                     "--ce-documents", "16", "--out", str(out)]) == 0
     return out

@@ -54,7 +54,10 @@ def test_small_real_training_run(small_sae):
                 "ce_loss_recovered"):
         assert key in m
     assert m["ce_zero_ablation"] > m["ce_clean"]  # zeroing the residual at layer 6 hurts
-    assert info["hook"] == "blocks.6.hook_resid_post" and info["tokens"] == 4096
+    st = m["statistics"]["ce_loss_recovered"]  # the shared shape: an interval over sequences, no null (and why)
+    assert st["observed"] == m["ce_loss_recovered"] and st["n"] == 16 and st["ci95"][0] <= st["observed"] <= st["ci95"][1]
+    assert st["p_value"] is None and "not a test" in st["p_reason"] and st["null"] == {}
+    assert info["hook"] == "blocks.6.hook_resid_post" and info["tokens"] == 4096 and info["ce_documents"] == 16
     sae = SAE.load_from_disk(str(out), device="cpu")
     assert (sae.cfg.d_in, sae.cfg.d_sae) == (640, 128)
 

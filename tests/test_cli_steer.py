@@ -7,6 +7,7 @@ import pytest
 
 from geomsteer import cli
 from geomsteer import steering as S
+from geomsteer.stats import STAT_KEYS
 
 
 def err(capsys, *argv):
@@ -64,6 +65,14 @@ def test_vector_errors_before_the_model_loads(tmp_path, capsys):
             "--out", str(tmp_path / "o"))
     assert e == (f"geomsteer: error: {bad_eval}:1: 'negative' must be a non-empty string or list of non-empty strings, "
                  "got None")
+    e = err(capsys, "steer", "sweep", "--model", "gemma-3-270m", "--vector", str(f), "--null-draws", "1",
+            "--out", str(tmp_path / "o"))
+    assert e == ("geomsteer: error: --null-draws must be 0 (no nulls) or at least 2 draws per null, got 1: a null "
+                 "distribution needs a mean and an sd; 20 is the default")
+    e = err(capsys, "steer", "decompose", "--model", "gemma-3-270m", "--vector", str(f), "--sae", str(tmp_path),
+            "--null-draws", "0", "--out", str(tmp_path / "o"))
+    assert e == ("geomsteer: error: --null-draws must be at least 2 draws per null, got 0: a null distribution needs "
+                 "a mean and an sd; 20 is the default")
     assert not (tmp_path / "o").exists()
 
 
@@ -83,9 +92,16 @@ def test_steering_loop_on_gemma(small_sae, tmp_path, capsys):
     sw = tmp_path / "sweep"
     assert cli.main(["steer", "sweep", "--model", "gemma-3-270m", "--vector", vf, "--hook", "blocks.6.hook_resid_post",
                      "--alphas", "-2", "0", "2", "--neutral", "4", "--samples", "1", "--max-new-tokens", "4",
-                     "--out", str(sw)]) == 0
+                     "--null-draws", "6", "--out", str(sw)]) == 0
     doc = json.loads((sw / "result.json").read_text())
     grid = doc["tables"]["grid"]
+    stats = doc["metrics"]["per_hook"]["blocks.6.hook_resid_post"]["statistics"]
+    for name in ("logodds_shift_at_-2", "logodds_shift_at_2"):  # the shared shape, both nulls from the vector's own pairs
+        st = stats[name]
+        assert set(STAT_KEYS) <= set(st) and set(st["null"]) == {"shuffled_labels", "covariance_directions"}
+        assert st["n"] == 16 and st["null"]["shuffled_labels"]["n_draws"] == 6 and len(st["ci95"]) == 2
+        assert st["observed"] > max(n["mean"] for n in st["null"].values())  # the sentiment vector beats its nulls' mean
+    assert "## Findings against the nulls" in (sw / "report.md").read_text() and (sw / "figures" / "nulls.png").is_file()
     assert grid[0]["logodds_shift"] < 0 < grid[2]["logodds_shift"]  # the sentiment vector moves the targets its way
     assert grid[2]["kl_neutral"] > 0 and doc["metrics"]["per_hook"]["blocks.6.hook_resid_post"]["monotone"]
     assert (sw / "figures" / "dose_response.png").is_file() and (sw / "figures" / "kl.png").is_file()
@@ -93,8 +109,10 @@ def test_steering_loop_on_gemma(small_sae, tmp_path, capsys):
 
     dec = tmp_path / "dec"
     assert cli.main(["steer", "decompose", "--model", "gemma-3-270m", "--vector", vf, "--sae", str(small_sae),
-                     "--k", "8", "--contexts", "2", "--out", str(dec)]) == 0
+                     "--k", "8", "--contexts", "2", "--null-draws", "4", "--out", str(dec)]) == 0
     doc = json.loads((dec / "result.json").read_text())
+    assert doc["provenance"]["prompt_split"] == {"fit_prompts": 8, "score_prompts": 8}
+    assert all(set(STAT_KEYS) <= set(st) for st in doc["metrics"]["statistics"].values())
     e = doc["metrics"]["explained_fraction"]
     assert 0 < e["sparse_coding"] <= 1 and e["sparse_coding"] > e["sparse_coding_random_direction"]
     assert len(doc["tables"]["sparse_coding"]["atoms"]) == 8
@@ -103,8 +121,11 @@ def test_steering_loop_on_gemma(small_sae, tmp_path, capsys):
 
     prop = tmp_path / "prop"
     assert cli.main(["steer", "propagate", "--model", "gemma-3-270m", "--vector", vf, "--hook",
-                     "blocks.3.hook_resid_post", "--sae", str(small_sae), "--alphas", "1", "4", "--out", str(prop)]) == 0
+                     "blocks.3.hook_resid_post", "--sae", str(small_sae), "--alphas", "1", "4", "--null-draws", "3",
+                     "--out", str(prop)]) == 0
     doc = json.loads((prop / "result.json").read_text())
+    st = doc["metrics"]["statistics"]["features_changed:blocks.6.hook_resid_post"]
+    assert st["alpha"] == 4 and st["null"]["shuffled_labels"]["n_draws"] == 3 and set(STAT_KEYS) <= set(st)
     layer = doc["metrics"]["per_layer"]["blocks.6.hook_resid_post"]
     assert layer["features_changed"][1] >= layer["features_changed"][0]
     assert (prop / "figures" / "propagation.png").is_file()

@@ -124,6 +124,9 @@ def test_ce_loss_recovered_is_one_for_a_perfect_sae_and_zero_for_ablation():
     valid = torch.as_tensor(mask[:, 1:] & mask[:, :-1])
     assert perfect["ce_clean"] == pytest.approx(float(-logp[valid].mean()), rel=1e-5)
     assert perfect["delta_ce"] == pytest.approx(0.0, abs=1e-6)
+    assert zero["ce_loss_recovered_ci95"] == pytest.approx([0.0, 0.0], abs=1e-6)  # every resample gives the same 0
+    st = saes.quality_statistics({**zero, "l0": 3.0, "n_tokens": 10})
+    assert st["ce_loss_recovered"]["ci95"] == zero["ce_loss_recovered_ci95"] and st["l0"]["ci95"] is None
     assert zero["ce_sae"] == pytest.approx(zero["ce_zero_ablation"], abs=1e-9)  # an SAE that outputs 0 is ablation
     assert np.isfinite(zero["ce_mean_ablation"]) and zero["ce_mean_ablation"] != zero["ce_zero_ablation"]
 

@@ -110,6 +110,13 @@ def test_a_planted_vector_decomposes_back_into_its_features(wide):
     # the code difference on real tokens: linear in what changed, so steering by a planted feature the
     # encoder reads moves that feature up
     assert res.metrics["codes"]["n_tokens"] > 0
+    # against null vectors: three atoms explain the planted vector fully and a covariance direction far less
+    st = res.metrics["statistics"]["explained_sparse_coding"]
+    assert list(st["null"]) == ["covariance_directions"] and st["null"]["covariance_directions"]["n_draws"] == 20
+    assert st["p_value"] < 0.01 and st["null"]["covariance_directions"]["mean"] < 0.6
+    # effects are scored on the prompts the code difference was not read on
+    assert res.provenance["prompt_split"] == {"fit_prompts": 1, "score_prompts": 2}
+    assert res.metrics["statistics"]["steering_effect_vector"]["n"] == 2
 
 
 def test_decomposition_errors(wide):
@@ -123,6 +130,9 @@ def test_decomposition_errors(wide):
         SteeringDecomposition().fit(wide, small, sae, ITEMS, 1.0)
     with pytest.raises(ConfigError, match="finite non-zero number"):
         SteeringDecomposition().fit(wide, vec, sae, ITEMS, float("inf"))
+    with pytest.raises(DataError, match="needs at least 2 evaluation prompts"):
+        SteeringDecomposition().fit(wide, S.SteeringVector(np.ones(64, np.float32), "tiny", "blocks.1.hook_resid_post",
+                                                           "last", "mean_diff", 2), sae, ITEMS[:1], 1.0)
     with pytest.raises(NotFittedError):
         SteeringDecomposition().result()
 
@@ -135,8 +145,10 @@ def test_propagation_counts_nothing_for_a_vanishing_multiplier_and_skips_earlier
     ticks = []
     prop = SteeringPropagation(alphas=[1e-6, 1.0, 4.0], threshold=0.1).fit(wide, vec, saes, ITEMS,
                                                                          progress=lambda: ticks.append(1))
-    assert len(ticks) == 6  # one per multiplier and direction
+    assert len(ticks) == 6 + 20  # one per multiplier and direction, one per null draw (no pairs: covariance only)
     res = prop.result()
+    st = res.metrics["statistics"][f"features_changed:{h1}"]
+    assert st["alpha"] == 4.0 and st["alternative"] == "two-sided" and st["null"]["covariance_directions"]["n_draws"] == 20
     assert res.provenance["skipped_earlier_hooks"] == [h0] and res.provenance["sae_hooks"] == [h1]
     changed = res.metrics["per_layer"][h1]["features_changed"]
     assert changed[0] == 0 and changed[-1] > 0
@@ -181,13 +193,21 @@ def test_sweep_rows_baseline_and_samples(wide):
         moved = S.target_logodds(wide, ITEMS)
     assert grid[2]["logodds_shift"] == pytest.approx(float((moved - base)[:, 0].mean()), abs=1e-5)
     assert grid[2]["kl_neutral"] > 0 and grid[2]["random_kl_neutral"] > 0
+    # the band: covariance directions at the hook, seeded per hook, steered like the vector
+    X = _prompt_activations(wide, ITEMS, [hook], None, 0.0, None)[hook]
     draws = []
-    for i in range(2):  # the null: random directions of the vector's norm, seeded per hook and draw
-        with S.steering(wide, S.random_direction(vec.vector, 1000 + i), 2.0, hook, start=1):
+    for u in S.covariance_directions(X, np.linalg.norm(vec.vector), 2, seed=0):
+        with S.steering(wide, u, 2.0, hook, start=1):
             draws.append(float((S.target_logodds(wide, ITEMS) - base)[:, 0].mean()))
     assert grid[2]["random_logodds_shift"] == pytest.approx(np.mean(draws), abs=1e-5)
     assert grid[2]["random_logodds_shift_sd"] == pytest.approx(np.std(draws, ddof=1), abs=1e-5)
     assert grid[2]["random_abs_logodds_shift"] == pytest.approx(np.mean(np.abs(draws)), abs=1e-5)
+    # this vector carries no pairs: the extreme multipliers are tested against covariance directions only, and say so
+    st = res.metrics["per_hook"][hook]["statistics"]
+    assert sorted(st) == ["logodds_shift_at_-2", "logodds_shift_at_2"]
+    assert set(st["logodds_shift_at_2"]["null"]) == {"covariance_directions"}
+    assert st["logodds_shift_at_2"]["null"]["covariance_directions"]["n_draws"] == 20
+    assert "no shuffled-label null" in res.metrics["per_hook"][hook]["nulls_note"]
     s = res.metrics["per_hook"][hook]
     assert s["monotone"] == bool(grid[0]["logodds_shift"] < 0 < grid[2]["logodds_shift"])
     assert [x["direction"] for x in res.tables["samples"]] == ["unsteered", "vector", "vector"]
@@ -206,3 +226,98 @@ def test_omp_agrees_with_scikit_learn_on_a_realistic_dictionary():
     assert set(ours["atoms"]) == set(np.flatnonzero(ref))
     np.testing.assert_allclose(dict(zip(ours["atoms"], ours["coefficients"]))[ours["atoms"][0]],
                                ref[ours["atoms"][0]], rtol=1e-8)
+
+
+# --------------------------------------------------------------------------------------------
+# Null vectors for steering
+
+
+def test_shuffled_label_vectors_flip_pair_signs_and_keep_the_method():
+    rng = np.random.default_rng(0)
+    D = rng.standard_normal((7, 12)) + 3.0 * rng.standard_normal(12)  # pairs sharing a direction
+    sv = S.SteeringVector(D.mean(0).astype(np.float32), "m", "blocks.0.hook_resid_post", "last", "mean_diff", 7,
+                          pair_differences=D.astype(np.float32))
+    V = S.shuffled_label_vectors(sv, 50, seed=3)
+    # every draw is a signed mean of the pairs: solve for the signs and find +-1
+    signs = np.linalg.lstsq(D.T / 7, V.T.astype(np.float64), rcond=None)[0]
+    np.testing.assert_allclose(np.abs(signs), 1.0, atol=1e-4)
+    assert np.linalg.norm(V, axis=1).mean() < 0.6 * np.linalg.norm(sv.vector)  # agreement across pairs is gone
+    np.testing.assert_array_equal(V, S.shuffled_label_vectors(sv, 50, seed=3))
+    pca = S.SteeringVector(sv.vector, "m", sv.hook, "last", "pca", 7, pair_differences=D.astype(np.float32))
+    u = np.linalg.svd(D, full_matrices=False)[2][0]
+    P = S.shuffled_label_vectors(pca, 10, seed=3)
+    np.testing.assert_allclose(np.abs(P @ u), np.linalg.norm(P, axis=1), rtol=1e-4)  # along the first PC
+    with pytest.raises(DataError, match="carries no pair differences"):
+        S.shuffled_label_vectors(S.SteeringVector(sv.vector, "m", sv.hook, "last", "mean_diff", 7), 5)
+
+
+def test_covariance_directions_follow_the_activations_and_keep_the_norm():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((400, 10))
+    X[:, 3] *= 30.0  # a massive dimension
+    R = S.covariance_directions(X, 5.0, 200, seed=0)
+    np.testing.assert_allclose(np.linalg.norm(R, axis=1), 5.0, rtol=1e-5)
+    assert np.mean(np.abs(R[:, 3]) / 5.0) > 0.9  # isotropic directions would put ~0.25 there
+    C = np.cov(R.T.astype(np.float64))
+    assert np.argmax(np.diag(C)) == 3
+    with pytest.raises(DataError, match="at least 2 activation rows"):
+        S.covariance_directions(X[:1], 1.0, 3)
+
+
+@pytest.mark.parametrize("hook", ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.1.hook_resid_pre"])
+def test_steered_targets_fast_path_agrees_with_steering_hooks(wide, hook):
+    V = np.random.default_rng(2).standard_normal((5, 64)).astype(np.float32)
+    ev = S.SteeredTargets(wide, ITEMS, hook, max_rows=4)  # several chunks
+    assert ev.fast == hook.endswith("resid_post")
+    got = ev(V, 3.0)
+    for v, g in zip(V, got):
+        with S.steering(wide, v, 3.0, hook, start=1):
+            np.testing.assert_allclose(g, S.target_logodds(wide, ITEMS), atol=2e-4)
+    np.testing.assert_allclose(ev(V[:2], 0.0)[1], S.target_logodds(wide, ITEMS), atol=1e-6)
+    assert ev.X.shape == (sum(len(wide.tokenizer(i.prompt, add_special_tokens=False)["input_ids"]) for i in ITEMS), 64)
+
+
+def _tied(seed=3):
+    """A tiny model whose blocks write nothing and whose unembedding is its embedding's transpose:
+    the residual is the token's embedding, so the pairs' difference at the last token is
+    e(good) - e(bad), and adding it raises the log-odds of ' good' over ' bad' (a planted effect)."""
+    m = tiny_model("gemma-3-270m", n_layers=2, d_model=32, seed=seed)
+    with torch.no_grad():
+        m.W_U.copy_(m.W_E.T)
+        for b in m.blocks:
+            for w in (b.attn.W_O, b.attn.b_O, b.mlp.W_out, b.mlp.b_out):
+                w.zero_()
+    return m
+
+
+WORDS = ["The film", "My day", "That meal", "Our trip", "The book", "His talk", "The show", "Her song",
+         "The game", "This city", "The hotel", "The class", "The party", "Your idea", "The weather", "The view",
+         "The coffee", "The result", "Their plan", "The music", "The room", "The team", "The news", "The story"]
+SENT_ITEMS = [S.EvalPrompt(w + end, (" good",), (" bad",)) for w, end in
+              zip(WORDS[:8], [" was", " seemed", " is", " felt", " looked", " was so", " sounded", " was very"])]
+
+
+def _sweep(model, pairs, seed=0):
+    hook = "blocks.1.hook_resid_post"
+    vs = S.compute_vectors(model, pairs, [hook], position="last")
+    res = SteeringSweep(alphas=[-1.0, 0.0, 1.0], n_random=2, n_samples=0, n_null=20, seed=seed).fit(
+        model, vs, SENT_ITEMS).result()
+    return res.metrics["per_hook"][hook]["statistics"]["logodds_shift_at_1"]
+
+
+def test_a_planted_steering_vector_beats_both_nulls():
+    st = _sweep(_tied(), [S.Pair(w + " good", w + " bad") for w in WORDS])
+    assert set(st["null"]) == {"shuffled_labels", "covariance_directions"}
+    assert st["observed"] > 0 and st["p_value"] < 0.01 and st["effect_size"] > 3
+    assert all(n["percentile"] == 100.0 for n in st["null"].values())
+    assert st["n"] == len(SENT_ITEMS) and st["ci95"][0] > 0
+
+
+def test_a_vector_from_shuffled_labels_is_not_significant():
+    model = _tied()
+    hits = []
+    for seed in range(4):
+        flip = np.random.default_rng(seed).random(len(WORDS)) < 0.5
+        pairs = [S.Pair(w + (" bad" if f else " good"), w + (" good" if f else " bad")) for w, f in zip(WORDS, flip)]
+        hits.append(_sweep(model, pairs, seed)["p_value"] < 0.01)
+    assert sum(hits) == 0

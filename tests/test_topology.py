@@ -13,6 +13,9 @@ from geomsteer.analyzers.topology import MapperAnalyzer, adaptive_eps
 from geomsteer.errors import ConfigError, DataError, NotFittedError
 
 
+LOW_D = {"eps_scale": 1.5, "min_samples": 3}  # the defaults are set for activations (hundreds of dimensions)
+
+
 def circle(n=1000, seed=0, noise=0.05):
     rng = np.random.default_rng(seed)
     t = rng.uniform(0, 2 * np.pi, n)
@@ -35,7 +38,7 @@ def as_nx(graph):
 @pytest.mark.parametrize("components", [1, 2])
 def test_noisy_circle_has_one_component_and_one_loop_in_both_backends(seed, components):
     X = circle(seed=seed)
-    m = MapperAnalyzer(n_components=components, n_cubes=10 if components == 1 else 6, n_bootstrap=0).fit(X, X)
+    m = MapperAnalyzer(**LOW_D, n_components=components, n_cubes=10 if components == 1 else 6, n_bootstrap=0, n_null=0).fit(X, X)
     assert m.betti_[:2] == [1, 1]  # gudhi: the nerve, higher simplices included
     b0, b1 = m.graph_betti_  # kmapper: the graph's components and independent cycles
     assert b0 == 1 and (b1 == 1 if components == 1 else b1 >= 1)
@@ -45,7 +48,7 @@ def test_noisy_circle_has_one_component_and_one_loop_in_both_backends(seed, comp
 
 def test_two_separated_blobs_give_two_components():
     X = blobs()
-    m = MapperAnalyzer(n_components=1, n_bootstrap=0).fit(X, X)
+    m = MapperAnalyzer(**LOW_D, n_components=1, n_bootstrap=0, n_null=0).fit(X, X)
     assert m.graph_betti_[0] == 2 and m.betti_[0] == 2
     # no node mixes the two blobs
     assert all(len({i // 300 for i in v}) == 1 for v in m.graph_["nodes"].values())
@@ -53,7 +56,7 @@ def test_two_separated_blobs_give_two_components():
 
 def test_default_parameters_give_the_same_graph_at_any_scale():
     X = circle(seed=3)
-    graphs = [MapperAnalyzer(n_bootstrap=0).fit(X * s, X * s).graph_ for s in (0.05, 1.0, 50.0)]
+    graphs = [MapperAnalyzer(**LOW_D, n_bootstrap=0, n_null=0).fit(X * s, X * s).graph_ for s in (0.05, 1.0, 50.0)]
     assert graphs[0]["nodes"] == graphs[1]["nodes"] == graphs[2]["nodes"]
     assert adaptive_eps(X * 50, 10) == pytest.approx(50 * adaptive_eps(X, 10))
 
@@ -61,8 +64,8 @@ def test_default_parameters_give_the_same_graph_at_any_scale():
 def test_permuting_samples_gives_an_isomorphic_graph():
     X = circle(seed=4)
     perm = np.random.default_rng(0).permutation(len(X))
-    g1 = MapperAnalyzer(n_bootstrap=0).fit(X, X)
-    g2 = MapperAnalyzer(n_bootstrap=0).fit(X[perm], X[perm])
+    g1 = MapperAnalyzer(**LOW_D, n_bootstrap=0, n_null=0).fit(X, X)
+    g2 = MapperAnalyzer(**LOW_D, n_bootstrap=0, n_null=0).fit(X[perm], X[perm])
     assert nx.is_isomorphic(as_nx(g1.graph_), as_nx(g2.graph_))
     members1 = sorted(sorted(v) for v in g1.graph_["nodes"].values())
     members2 = sorted(sorted(perm[v].tolist()) for v in g2.graph_["nodes"].values())
@@ -71,7 +74,7 @@ def test_permuting_samples_gives_an_isomorphic_graph():
 
 def test_bootstrap_stability_and_result():
     X = circle(seed=5)
-    m = MapperAnalyzer(n_components=1, n_bootstrap=4).fit(X, X, labels=["top" if y > 0 else "bottom" for y in X[:, 1]])
+    m = MapperAnalyzer(**LOW_D, n_components=1, n_bootstrap=4, n_null=0).fit(X, X, labels=["top" if y > 0 else "bottom" for y in X[:, 1]])
     st = m.stability_
     assert st["n"] == 4 and 0.5 < st["node_jaccard_mean"] <= 1 and 0 <= st["same_graph_betti"] <= 1
     res = m.result()
@@ -86,7 +89,7 @@ def test_bootstrap_stability_and_result():
 def test_features_lens_reads_the_chosen_columns():
     X = circle(seed=6)
     codes = np.c_[np.zeros(len(X)), X[:, 0], np.ones(len(X))]
-    m = MapperAnalyzer(lens="features", features=[1], n_bootstrap=0, lens_clip=0).fit(X, codes)
+    m = MapperAnalyzer(**LOW_D, lens="features", features=[1], n_bootstrap=0, lens_clip=0, n_null=0).fit(X, codes)
     np.testing.assert_array_equal(m.lens_[:, 0], X[:, 0])
     assert m.betti_[:2] == [1, 1]
 
@@ -94,9 +97,9 @@ def test_features_lens_reads_the_chosen_columns():
 def test_a_few_extreme_samples_do_not_collapse_the_cover():
     X = circle(seed=7)
     X[:5] *= 200  # five samples far out, like tokens with huge residual norms
-    m = MapperAnalyzer(n_components=1, n_bootstrap=0).fit(X, X)
+    m = MapperAnalyzer(**LOW_D, n_components=1, n_bootstrap=0, n_null=0).fit(X, X)
     assert m.betti_[:2] == [1, 1] and len(m.graph_["nodes"]) >= 15
-    bare = MapperAnalyzer(n_components=1, n_bootstrap=0, lens_clip=0).fit(X, X)  # without clipping
+    bare = MapperAnalyzer(**LOW_D, n_components=1, n_bootstrap=0, lens_clip=0, n_null=0).fit(X, X)  # without clipping
     assert len(bare.graph_["nodes"]) <= 3 and bare.betti_[1] == 0
 
 
@@ -107,17 +110,45 @@ def test_mapper_errors():
     with pytest.raises(DataError, match=re.escape(
             "too few samples for the cover: 200 samples over 10^2 cubes leave about 3.4 per cube, fewer than "
             "min_samples = 5; use at most 6 cubes per dimension, or more samples")):
-        MapperAnalyzer(min_samples=5).fit(X, X)
+        MapperAnalyzer(min_samples=5, n_null=0).fit(X, X)
     with pytest.raises(DataError, match=r"Mapper found no node: .* raise eps_scale \(e.g. --eps-scale 0.002\)"):
-        MapperAnalyzer(n_components=1, eps_scale=0.001, min_samples=10, n_bootstrap=0).fit(X, X)
+        MapperAnalyzer(n_components=1, eps_scale=0.001, min_samples=10, n_bootstrap=0, n_null=0).fit(X, X)
     with pytest.raises(DataError, match=r"Mapper found a single node: .* use more cubes \(e.g. --cubes 2\)"):
-        MapperAnalyzer(n_components=1, n_cubes=1, eps_scale=100, n_bootstrap=0).fit(X, X)
+        MapperAnalyzer(n_components=1, n_cubes=1, eps_scale=100, n_bootstrap=0, n_null=0).fit(X, X)
     with pytest.raises(ConfigError, match="lens 'features' needs SAE feature indices in 0..1, got \\[5\\]"):
-        MapperAnalyzer(lens="features", features=[5]).fit(X, X)
+        MapperAnalyzer(lens="features", features=[5], n_null=0).fit(X, X)
     with pytest.raises(ConfigError, match="unknown lens 'tsne'"):
-        MapperAnalyzer(lens="tsne").fit(X, X)
+        MapperAnalyzer(lens="tsne", n_null=0).fit(X, X)
     with pytest.raises(DataError, match="for the same samples"):
-        MapperAnalyzer().fit(X, X[:10])
+        MapperAnalyzer(n_null=0).fit(X, X[:10])
+    with pytest.raises(ConfigError, match="n_null must be 0 \\(no null\\) or at least 2 Gaussian surrogates, got 1"):
+        MapperAnalyzer(n_null=1).fit(X, X)
+
+
+def test_a_gaussian_cloud_is_not_distinguishable_from_its_surrogates():
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((400, 6)) @ rng.standard_normal((6, 6))  # correlated, but Gaussian
+    labels = rng.choice(["a", "b", "c"], len(X)).tolist()
+    m = MapperAnalyzer(n_components=1, n_cubes=8, n_bootstrap=0, n_null=20, seed=1).fit(X, X, labels=labels)
+    st = m.result().metrics["statistics"]
+    assert set(st) == {"nodes", "edges", "components", "large_components", "cycles", "nerve_betti_1", "node_purity"}
+    assert all(st[k]["p_value"] >= 0.01 for k in st)
+    assert st["cycles"]["null"]["gaussian_surrogate"]["n_draws"] == 20
+
+
+def test_planted_clusters_and_planted_labels_beat_their_nulls():
+    rng = np.random.default_rng(8)
+    X = np.concatenate([rng.normal(size=(150, 5)) + 8 * i for i in range(3)])  # three blobs on a line
+    labels = [f"blob {i}" for i in range(3) for _ in range(150)]
+    m = MapperAnalyzer(n_components=1, n_cubes=8, n_bootstrap=0, n_null=99, seed=2).fit(X, X, labels=labels)
+    st = m.result().metrics["statistics"]
+    # a Gaussian with the same covariance fills the gaps; its tails break into small pieces, not into large ones
+    assert st["large_components"]["observed"] == 3 and st["large_components"]["null"]["gaussian_surrogate"]["mean"] < 1.5
+    assert st["large_components"]["p_value"] < 0.011  # Monte Carlo, (1 + 0) / (1 + 99): no t-test on a null with sd 0
+    assert st["node_purity"]["p_value"] < 0.001 and st["node_purity"]["observed"] == 1.0
+    # the bootstrap refits the lens on each resample
+    boot = MapperAnalyzer(**LOW_D, n_components=1, n_cubes=8, n_bootstrap=3, n_null=0).fit(X, X, labels=labels)
+    assert boot.stability_["node_jaccard_mean"] > 0.5 and "cycles" not in boot.statistics_
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,9 +162,16 @@ def test_kmeans_recovers_a_planted_mixture_and_beats_shuffled_labels():
     X = centers[y] + rng.normal(size=(600, 20))
     a = ClusterAnalyzer(n_clusters=4, n_shuffles=10).fit(X, labels=[f"c{i}" for i in y])
     assert a.scores_["adjusted_rand"]["observed"] >= 0.9
-    assert a.scores_["purity"]["observed"] > 0.9 > a.scores_["purity"]["shuffled_mean"] + 0.4
-    assert abs(a.scores_["adjusted_rand"]["shuffled_mean"]) < 0.02
-    assert a.scores_["nmi"]["p"] == pytest.approx(1 / 11)
+    shuffled = {k: v["null"]["shuffled_labels"] for k, v in a.scores_.items()}
+    assert a.scores_["purity"]["observed"] > 0.9 > shuffled["purity"]["mean"] + 0.4
+    assert abs(shuffled["adjusted_rand"]["mean"]) < 0.02
+    assert shuffled["nmi"]["p_monte_carlo"] == pytest.approx(1 / 11) and a.scores_["nmi"]["p_value"] < 1e-6
+    lo, hi = a.scores_["adjusted_rand"]["ci95"]
+    assert lo <= a.scores_["adjusted_rand"]["observed"] <= hi and a.scores_["nmi"]["n"] == 600
+    # shuffled categories: the same clustering finds nothing
+    noise = ClusterAnalyzer(n_clusters=4, n_shuffles=50, n_bootstrap=0).fit(
+        X, labels=[f"c{i}" for i in np.random.default_rng(1).permutation(y)])
+    assert all(v["p_value"] > 0.01 for v in noise.scores_.values()) and noise.scores_["nmi"]["ci95"] is None
     assert sorted(c["size"] for c in a.clusters_) == [150] * 4
     assert all(c["categories"][0][1] > 0.9 for c in a.clusters_)
 
@@ -183,6 +221,13 @@ def test_mapper_command_input_errors(argv, message, tmp_path, capsys):
     assert err.startswith("geomsteer: error: " + message) and "Traceback" not in err
 
 
+def test_mapper_command_null_draws_must_make_a_distribution(tmp_path, capsys):
+    assert cli.main(["mapper", "--model", "gemma-3-270m", "--hook", "blocks.6.hook_resid_post", "--sae",
+                     str(tmp_path), "--null-draws", "1", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == ("geomsteer: error: --null-draws must be 0 (no nulls) or at least 2 draws per "
+                                       "null, got 1: a null distribution needs a mean and an sd; 20 is the default\n")
+
+
 def test_mapper_command_refuses_a_directory_that_is_not_an_sae(tmp_path, capsys):
     assert cli.main(["mapper", "--model", "gemma-3-270m", "--hook", "blocks.6.hook_resid_post", "--sae",
                      str(tmp_path), "--out", str(tmp_path / "o")]) == 2
@@ -193,9 +238,11 @@ def test_mapper_command_refuses_a_directory_that_is_not_an_sae(tmp_path, capsys)
 def test_mapper_and_cluster_on_gemma(small_sae, tmp_path, capsys):
     out = tmp_path / "m"
     code = cli.main(["mapper", "--model", "gemma-3-270m", "--hook", "blocks.6.hook_resid_post", "--sae",
-                     str(small_sae), "--words", "600", "--bootstrap", "2", "--out", str(out)])
+                     str(small_sae), "--words", "600", "--bootstrap", "2", "--null-draws", "4", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     doc = json.loads((out / "result.json").read_text())
+    st = doc["metrics"]["statistics"]
+    assert st["cycles"]["null"]["gaussian_surrogate"]["n_draws"] == 4 and "node_purity" in st
     assert doc["metrics"]["kmapper_graph"]["nodes"] > 1 and len(doc["metrics"]["gudhi_nerve"]["betti"]) >= 3
     assert set(doc["provenance"]["words_used_per_concept"]) == {"animal.n.01", "plant.n.02", "artifact.n.01"}
     html = (out / "mapper.html").read_text()
@@ -232,7 +279,7 @@ def test_mapper_and_cluster_reports_are_complete_and_never_overwritten(tmp_path)
 
     X = circle(seed=8)
     labels = ["top" if y > 0 else "bottom" for y in X[:, 1]]
-    m = MapperAnalyzer(n_components=1, n_bootstrap=1).fit(X, X, labels=labels, names=[f"p{i}" for i in range(len(X))])
+    m = MapperAnalyzer(**LOW_D, n_components=1, n_bootstrap=1, n_null=4).fit(X, X, labels=labels, names=[f"p{i}" for i in range(len(X))])
     out = reports.write_mapper_report(m, _prov(len(X)), tmp_path / "m")
     doc = json.loads((out / "result.json").read_text())
     assert doc["metrics"]["gudhi_nerve"]["betti"][:2] == [1, 1] and len(doc["samples"]["lens"]) == len(X)
@@ -246,11 +293,14 @@ def test_mapper_and_cluster_reports_are_complete_and_never_overwritten(tmp_path)
     a = ClusterAnalyzer(n_clusters=2, n_shuffles=5).fit(X, labels=labels, names=[f"p{i}" for i in range(len(X))])
     out = reports.write_cluster_report(a, _prov(len(X)), tmp_path / "c")
     md = (out / "report.md").read_text()
-    assert "| purity |" in md and (out / "figures" / "clusters.png").is_file()
+    assert "| purity (> null) | 1000 |" in md and "## Findings against the nulls" in md
+    assert (out / "figures" / "clusters.png").is_file()
+    md = (tmp_path / "m" / "report.md").read_text()
+    assert "## Findings against the nulls" in md and "| large components (> null) |" in md
     assert json.loads((out / "result.json").read_text())["metrics"]["purity"]["observed"] > 0.6
 
 
 def test_umap_lens_runs_and_keeps_the_circle_connected():
     X = circle(n=600)
-    m = MapperAnalyzer(lens="umap", n_components=2, n_cubes=6, n_bootstrap=0).fit(X, X)
+    m = MapperAnalyzer(**LOW_D, lens="umap", n_components=2, n_cubes=6, n_bootstrap=0, n_null=0).fit(X, X)
     assert m.lens_.shape == (600, 2) and m.betti_[0] == 1 and len(m.graph_["nodes"]) > 5

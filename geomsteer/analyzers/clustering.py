@@ -37,23 +37,25 @@ class ClusterAnalyzer:
 
     ``estimator``: any scikit-learn clusterer with ``fit_predict`` (default
     ``KMeans(n_clusters, n_init=10, random_state=seed)``); ``normalize`` scales rows to unit norm
-    first (the right choice for directions); ``n_shuffles`` shuffled-category baselines;
-    ``top_k`` names/tokens per cluster.
+    first (the right choice for directions); ``n_shuffles`` shuffled-category draws (the null of
+    each score); ``n_bootstrap`` resamples of the rows for each score's 95% interval (the
+    clustering held fixed); ``top_k`` names/tokens per cluster.
     """
 
-    def __init__(self, estimator: Any = None, n_clusters: int = 8, normalize: bool = False, n_shuffles: int = 20,
-                 top_k: int = 8, seed: int = 0):
+    def __init__(self, estimator: Any = None, n_clusters: int = 8, normalize: bool = False, n_shuffles: int = 200,
+                 top_k: int = 8, seed: int = 0, n_bootstrap: int = 200):
         self.estimator = estimator
         self.n_clusters = n_clusters
         self.normalize = normalize
         self.n_shuffles = n_shuffles
         self.top_k = top_k
         self.seed = seed
+        self.n_bootstrap = n_bootstrap
 
     def get_params(self) -> dict[str, Any]:
         return {"estimator": repr(self.estimator) if self.estimator is not None else f"KMeans({self.n_clusters})",
                 "n_clusters": self.n_clusters, "normalize": self.normalize, "n_shuffles": self.n_shuffles,
-                "top_k": self.top_k, "seed": self.seed}
+                "top_k": self.top_k, "seed": self.seed, "n_bootstrap": self.n_bootstrap}
 
     def fit(self, X, labels: Sequence[str] | None = None, names: Sequence[str] | None = None,
             unembedding: np.ndarray | None = None, vocab: Sequence[str] | None = None,
@@ -88,15 +90,25 @@ class ClusterAnalyzer:
         self.categories_ = list(labels) if labels is not None else None
         self.scores_: dict[str, Any] = {}
         if labels is not None:
+            from ..stats import null_summary, statistic
+
             rng = np.random.default_rng(self.seed)
             y = np.asarray(labels, dtype=object).astype(str)
             fns = {"purity": purity, "nmi": normalized_mutual_info_score, "adjusted_rand": adjusted_rand_score}
+            boots = [rng.integers(0, n, n) for _ in range(self.n_bootstrap)]
             for name, fn in fns.items():
                 obs = float(fn(y, self.labels_))
                 null = np.array([fn(rng.permutation(y), self.labels_) for _ in range(self.n_shuffles)], dtype=np.float64)
-                self.scores_[name] = {"observed": obs, "shuffled_mean": float(null.mean()),
-                                      "shuffled_sd": float(null.std(ddof=1)) if len(null) > 1 else 0.0,
-                                      "p": float((1 + (null >= obs).sum()) / (1 + len(null)))}
+                ci = None
+                if boots:  # rows resampled with their clusters and categories: the clustering is held fixed
+                    b = np.array([fn(y[i], self.labels_[i]) for i in boots])
+                    ci = [float(np.quantile(b, 0.025)), float(np.quantile(b, 0.975))]
+                self.scores_[name] = statistic(
+                    obs, n, nulls={"shuffled_labels": null_summary(obs, null, "greater")}, ci95=ci,
+                    ci95_reason="no bootstrap asked for (n_bootstrap 0)", alternative="greater",
+                    what={"purity": "share of rows in their cluster's commonest category",
+                          "nmi": "normalized mutual information of clusters and categories",
+                          "adjusted_rand": "adjusted Rand index of clusters and categories"}[name])
         self.clusters_ = self._describe(A, unembedding, vocab, decoder)
         return self
 

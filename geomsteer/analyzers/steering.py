@@ -2,17 +2,21 @@
 
 - :class:`SteeringSweep`: multiplier x layer grid on held-out prompts. The shift of the target
   log-odds (and of each target set's log-probability), the KL divergence from the unsteered model
-  on neutral text (side effects), sample generations; each beside a random direction of the
-  same norm at the same multiplier.
+  on neutral text (side effects), sample generations; each beside null vectors.
 - :class:`SteeringDecomposition`: the vector in an SAE's feature space, two ways (Mayne et al.
   2024 show that encoding the vector as if it were an activation misleads): (a) sparse coding of
   the vector over the decoder directions (orthogonal matching pursuit, optionally non-negative),
   (b) the mean difference of SAE codes between steered and unsteered activations on real
-  prompts. Each reports the fraction of the vector it explains (beside the same for a random
-  direction) and whether its reconstruction still steers (its log-odds shift over the vector's).
+  prompts. Each reports the fraction of the vector it explains and whether its reconstruction
+  still steers on prompts the decomposition was not fitted on, both against null vectors.
 - :class:`SteeringPropagation`: steer at layer k, encode the activations at each later layer that
   has an SAE, and count per layer and multiplier the features that change beyond a threshold
-  (off-target spread), with the most changed features; a random direction gives the null count.
+  (off-target spread), with the most changed features, against null vectors.
+
+The nulls (DESIGN: a null keeps everything but the structure tested): vectors computed from the
+same pairs with shuffled labels (a random sign per pair), steered exactly like the vector, and
+random directions drawn from the activation covariance at the hook with the vector's norm
+(isotropic directions are off-distribution in a residual stream with massive dimensions).
 """
 
 from __future__ import annotations
@@ -55,36 +59,58 @@ def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 class SteeringSweep:
-    """Dose-response of steering vectors over multipliers and layers, beside random directions.
+    """Dose-response of steering vectors over multipliers and layers, beside null vectors.
 
     ``fit(model, vectors, items, neutral=None, sample_prompts=())``: ``vectors`` maps hooks to
     :class:`~geomsteer.steering.SteeringVector`; ``items`` are
     :class:`~geomsteer.steering.EvalPrompt`; ``neutral`` a :class:`~geomsteer.steering.NeutralText`.
+
+    Every cell has ``n_random`` random directions drawn from the activation covariance at the hook
+    (the band of the dose-response figure). At the null multipliers (by default the most negative
+    and the most positive) the shift is tested against two null distributions of ``n_null``
+    draws each: vectors computed from the same pairs with shuffled labels (steered exactly like
+    the vector) and covariance directions with the vector's norm.
     """
 
     def __init__(self, alphas: Sequence[float] = DEFAULT_ALPHAS, n_random: int = 3, n_samples: int = 2,
-                 max_new_tokens: int = 24, seed: int = 0, batch_size: int = 16) -> None:
+                 max_new_tokens: int = 24, seed: int = 0, batch_size: int = 16, n_null: int = 20,
+                 null_alphas: Sequence[float] | None = None) -> None:
         self.alphas = alphas
         self.n_random = max(1, int(n_random))
+        self.n_null = int(n_null)
+        self.null_alphas = null_alphas
         self.n_samples = n_samples
         self.max_new_tokens = max_new_tokens
         self.seed = seed
         self.batch_size = batch_size
 
     def get_params(self) -> dict[str, Any]:
-        return {"alphas": list(self.alphas), "n_random": self.n_random, "n_samples": self.n_samples, "max_new_tokens": self.max_new_tokens,
-                "seed": self.seed, "batch_size": self.batch_size}
+        return {"alphas": list(self.alphas), "n_random": self.n_random, "n_null": self.n_null,
+                "null_alphas": None if self.null_alphas is None else list(self.null_alphas), "n_samples": self.n_samples,
+                "max_new_tokens": self.max_new_tokens, "seed": self.seed, "batch_size": self.batch_size}
+
+    def _null_alphas(self, alphas: list[float]) -> list[float]:
+        if self.null_alphas is not None:
+            chosen = _check_alphas(self.null_alphas)
+            missing = [a for a in chosen if a not in alphas]
+            if missing:
+                raise ConfigError(f"null multipliers {missing} are not among the sweep's multipliers {alphas}")
+            return [a for a in chosen if a != 0]
+        return [a for a in {alphas[0], alphas[-1]} if a != 0]
 
     def fit(self, model: Any, vectors: Mapping[str, Any], items: Sequence[Any], neutral: Any = None,
             sample_prompts: Sequence[str] = (), progress: Callable[[], None] | None = None) -> "SteeringSweep":
         from ..activations import _bos
-        from ..steering import generate, random_direction, steering, target_ids, target_logodds
+        from ..steering import SteeredTargets, generate, steering, target_ids, target_logodds
 
         alphas = _check_alphas(self.alphas)
         if not vectors:
             raise DataError("no steering vectors to sweep")
         if not items:
             raise DataError("no evaluation prompts: the sweep measures the target log-odds on held-out prompts")
+        if self.n_null and self.n_null < 2:
+            raise ConfigError(f"n_null must be 0 (no nulls) or at least 2 draws per null, got {self.n_null}; 20 is the default")
+        null_alphas = self._null_alphas(alphas) if self.n_null else []
         start = len(_bos(model))
         ids = target_ids(model, items)
         base = target_logodds(model, items, self.batch_size, ids)
@@ -95,35 +121,41 @@ class SteeringSweep:
                             "texts": generate(model, prompts, self.max_new_tokens, seed=self.seed)})
         for hi, (hook, sv) in enumerate(vectors.items()):
             v = np.asarray(getattr(sv, "vector", sv), dtype=np.float32)
-            rnds = [random_direction(v, self.seed + 1000 + 100 * hi + i) for i in range(self.n_random)]
+            ev = SteeredTargets(model, items, hook, self.batch_size, ids)
+            nulls = _null_vectors(sv, v, ev.X, max(self.n_random, self.n_null if null_alphas else 0),
+                                  self.n_null if null_alphas else 0, self.seed + 1000 * hi)
+            cov = nulls["covariance_directions"]
+            stats: dict[str, Any] = {}
             for a in alphas:
                 row: dict[str, Any] = {"hook": hook, "layer": _layer(hook), "alpha": a}
-                draws = []
-                for i, vec in enumerate([v] + rnds):
-                    if a == 0:
-                        s, kl = base, 0.0
-                    else:
-                        with steering(model, vec, a, hook, start=start):
-                            s = target_logodds(model, items, self.batch_size, ids)
-                            kl = neutral.kl(model) if neutral is not None and i <= 1 else None
-                    d = s - base
-                    if i == 0:
-                        row["logodds_shift"] = float(d[:, 0].mean())
-                        row["logodds_shift_sem"] = float(d[:, 0].std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
-                        row["logp_positive_shift"] = float(d[:, 1].mean())
-                        row["logp_negative_shift"] = float(d[:, 2].mean())
-                        row["kl_neutral"] = kl
-                        row["prompts_moved_with_sign"] = float(np.mean(np.sign(d[:, 0]) == np.sign(a))) if a else None
-                    else:
-                        draws.append(d.mean(0))
-                        if i == 1:
-                            row["random_kl_neutral"] = kl  # one draw: KL is the costly part
-                D = np.array(draws)
+                tested = a in null_alphas
+                d = ev(v, a)[0] - base
+                band = ev(cov if tested else cov[: self.n_random], a) - base[None]
+                kl = rkl = 0.0 if a == 0 else None
+                if a != 0 and neutral is not None:
+                    with steering(model, v, a, hook, start=start):
+                        kl = neutral.kl(model)
+                    with steering(model, cov[0], a, hook, start=start):
+                        rkl = neutral.kl(model)  # one draw: KL is the costly part
+                row["logodds_shift"] = float(d[:, 0].mean())
+                row["logodds_shift_sem"] = float(d[:, 0].std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+                row["logp_positive_shift"] = float(d[:, 1].mean())
+                row["logp_negative_shift"] = float(d[:, 2].mean())
+                row["kl_neutral"] = kl
+                row["prompts_moved_with_sign"] = float(np.mean(np.sign(d[:, 0]) == np.sign(a))) if a else None
+                D = band[: self.n_random].mean(1)
                 row["random_logodds_shift"] = float(D[:, 0].mean())
                 row["random_logodds_shift_sd"] = float(D[:, 0].std(ddof=1)) if len(D) > 1 else 0.0
                 row["random_abs_logodds_shift"] = float(np.abs(D[:, 0]).mean())
                 row["random_logp_positive_shift"] = float(D[:, 1].mean())
                 row["random_logp_negative_shift"] = float(D[:, 2].mean())
+                row["random_kl_neutral"] = rkl
+                if tested:
+                    draws = {"covariance_directions": band.mean(1)[:, 0]}
+                    if nulls["shuffled_labels"] is not None:
+                        draws["shuffled_labels"] = (ev(nulls["shuffled_labels"], a) - base[None]).mean(1)[:, 0]
+                    stats[f"logodds_shift_at_{a:g}"] = _shift_statistic(d[:, 0], draws, a, self.seed)
+                    row["null_shifts"] = {k: [float(x) for x in x_] for k, x_ in draws.items()}
                 rows.append(row)
                 if prompts and a != 0 and a in (alphas[0], alphas[-1]):
                     samples.append({"hook": hook, "alpha": a, "direction": "vector",
@@ -140,20 +172,50 @@ class SteeringSweep:
                 "shift_at_max_alpha": top["logodds_shift"], "random_shift_at_max_alpha": top["random_logodds_shift"],
                 "random_abs_shift_at_max_alpha": top["random_abs_logodds_shift"],
                 "kl_at_max_alpha": top["kl_neutral"], "random_kl_at_max_alpha": top["random_kl_neutral"],
+                "statistics": stats, "nulls_note": nulls["note"],
             }
         self.rows_, self.samples_, self.summary_ = rows, samples, summary
         self.baseline_ = {"logodds_mean": float(base[:, 0].mean()), "logp_positive_mean": float(base[:, 1].mean()),
                           "logp_negative_mean": float(base[:, 2].mean()), "n_prompts": len(items),
                           "neutral_positions": getattr(neutral, "n_positions", 0)}
         self.alphas_ = alphas
+        self.null_alphas_ = null_alphas
         return self
 
     def result(self) -> AnalysisResult:
         if not hasattr(self, "rows_"):
             raise NotFittedError("this SteeringSweep is not fitted yet: call fit(model, vectors, items) first")
-        return AnalysisResult(analyzer="steering_sweep", params=self.get_params(), provenance={},
+        return AnalysisResult(analyzer="steering_sweep", params=self.get_params(), provenance={"null_alphas": self.null_alphas_},
                               metrics={"per_hook": self.summary_, "unsteered": self.baseline_},
                               tables={"grid": self.rows_, "samples": self.samples_})
+
+
+def _null_vectors(sv: Any, v: np.ndarray, X: np.ndarray, n_cov: int, n_shuffled: int, seed: int) -> dict[str, Any]:
+    """Covariance directions with ``v``'s norm and, when the vector file kept its pairs, shuffled-label vectors."""
+    from ..steering import covariance_directions, shuffled_label_vectors
+
+    out: dict[str, Any] = {"covariance_directions": covariance_directions(X, float(np.linalg.norm(v)), max(n_cov, 1), seed),
+                           "shuffled_labels": None, "note": None}
+    if n_shuffled:
+        if getattr(sv, "pair_differences", None) is not None:
+            out["shuffled_labels"] = shuffled_label_vectors(sv, n_shuffled, seed)
+        else:
+            out["note"] = ("no shuffled-label null: the vector file carries no pair differences (recompute it with "
+                           "'geomsteer steer compute')")
+    return out
+
+
+def _shift_statistic(per_prompt: np.ndarray, draws: Mapping[str, np.ndarray], alpha: float, seed: int) -> dict[str, Any]:
+    """The mean log-odds shift, signed so that steering the intended way is positive, against null draws."""
+    from ..stats import bootstrap_ci, null_summary, statistic
+
+    sign = 1.0 if alpha > 0 else -1.0
+    x = sign * np.asarray(per_prompt, dtype=np.float64)
+    obs = float(x.mean())
+    nulls = {k: {**null_summary(obs, sign * np.asarray(d), "greater"),
+                 "percentile": float(100 * np.mean(sign * np.asarray(d) < obs))} for k, d in draws.items()}
+    return statistic(obs, len(x), nulls=nulls, ci95=bootstrap_ci(x, seed=seed), alternative="greater", alpha=alpha,
+                     what="mean shift of the target log-odds on the evaluation prompts, times the multiplier's sign")
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,30 +306,30 @@ class SteeringDecomposition:
 
     ``fit(model, vector, sae, items, alpha, unembedding=None, vocab=None)``: ``vector`` a
     :class:`~geomsteer.steering.SteeringVector` at the SAE's hook; ``items`` evaluation prompts
-    (the codes are read on their tokens, and the reconstructions' steering effect on their target
-    log-odds at multiplier ``alpha``); ``unembedding`` (vocab, d_model, the final norm's scale
+    (split in two at random: the code difference is read on one half's tokens, and every steering
+    effect is scored on the other half's target log-odds at multiplier ``alpha``); ``unembedding`` (vocab, d_model, the final norm's scale
     folded in) and ``vocab`` give each top feature's logit lens.
     """
 
-    def __init__(self, k: int = 32, nonneg: bool = False, top: int = 12, n_random: int = 5, seed: int = 0,
+    def __init__(self, k: int = 32, nonneg: bool = False, top: int = 12, n_null: int = 20, seed: int = 0,
                  batch_size: int = 16) -> None:
         self.k = k
-        self.n_random = max(1, int(n_random))
+        self.n_null = int(n_null)
         self.nonneg = nonneg
         self.top = top
         self.seed = seed
         self.batch_size = batch_size
 
     def get_params(self) -> dict[str, Any]:
-        return {"k": self.k, "nonneg": self.nonneg, "top": self.top, "n_random": self.n_random, "seed": self.seed}
+        return {"k": self.k, "nonneg": self.nonneg, "top": self.top, "n_null": self.n_null, "seed": self.seed}
 
     def fit(self, model: Any, vector: Any, sae: Any, items: Sequence[Any], alpha: float,
             unembedding: np.ndarray | None = None, vocab: Sequence[str] | None = None) -> "SteeringDecomposition":
         import torch
 
-        from ..activations import _bos
         from ..saes import encode
-        from ..steering import random_direction, steering, target_ids, target_logodds
+        from ..stats import null_summary, statistic
+        from ..steering import SteeredTargets
 
         if self.k < 1:
             raise ConfigError(f"k must be a positive number of atoms, got {self.k}")
@@ -283,44 +345,71 @@ class SteeringDecomposition:
             raise DataError(f"the steering vector is at {hook} but the SAE was trained at {sae_hook}; decompose with "
                             "an SAE trained at the vector's hook")
         hook = hook or sae_hook
+        if self.n_null < 2:
+            raise ConfigError(f"n_null must be at least 2 draws per null, got {self.n_null}; 20 is the default")
+        if len(items) < 2:
+            raise DataError(f"the decomposition needs at least 2 evaluation prompts (half fit the code difference, the "
+                            f"other half score the reconstructions), got {len(items)}")
         W_dec = sae.W_dec.detach().float().numpy()
-        rnd = random_direction(v, self.seed + 7).astype(np.float64)
+        order = np.random.default_rng([self.seed, 0xDEC]).permutation(len(items))
+        fit_items = [items[i] for i in sorted(order[: len(items) // 2])]
+        score_items = [items[i] for i in sorted(order[len(items) // 2 :])]
+
+        # (b) steered minus unsteered codes on the fitting prompts' tokens
+        X0 = _prompt_activations(model, fit_items, [hook], None, 0.0, None, self.batch_size)[hook]
+        C0 = encode(sae, X0)
+        nulls = _null_vectors(vector, v.astype(np.float32), X0, self.n_null, self.n_null, self.seed + 7)
+        null_vecs = {k: nulls[k].astype(np.float64) for k in ("shuffled_labels", "covariance_directions")
+                     if nulls[k] is not None}
+        rnd = null_vecs["covariance_directions"][0]
+
+        def code_difference(vec: np.ndarray) -> np.ndarray:
+            return (encode(sae, X0 + alpha * vec.astype(np.float32)) - C0).astype(np.float64).mean(0)
 
         # (a) sparse coding over the decoder directions (the vector is a difference: no decoder bias)
         sc = omp(W_dec, v, self.k, self.nonneg)
         sc_rnd = omp(W_dec, rnd, self.k, self.nonneg)
-
-        # (b) steered minus unsteered codes on the prompts' tokens
-        X0 = _prompt_activations(model, items, [hook], None, 0.0, None, self.batch_size)[hook]
-        C0 = encode(sae, X0)
-        C1 = encode(sae, X0 + alpha * v.astype(np.float32))
-        Cr = encode(sae, X0 + alpha * rnd.astype(np.float32))
-        delta = (C1 - C0).astype(np.float64).mean(0)
-        delta_r = (Cr - C0).astype(np.float64).mean(0)
+        delta = code_difference(v)
+        delta_r = code_difference(rnd)
         recon_codes = delta @ W_dec / alpha
         recon_codes_r = delta_r @ W_dec / alpha
         with torch.no_grad():  # for contrast only: the vector read as if it were an activation
             enc_v = sae.encode(torch.as_tensor(v[None].astype(np.float32))).numpy()[0].astype(np.float64)
         recon_enc = enc_v @ W_dec
+        null_explained: dict[str, dict[str, list[float]]] = {"sparse_coding": {}, "code_difference": {}}
+        for name, V in null_vecs.items():
+            null_explained["sparse_coding"][name] = [(omp(W_dec, u, self.k, self.nonneg)["explained"] or [0.0])[-1]
+                                                     for u in V]
+            null_explained["code_difference"][name] = [_explained(u, code_difference(u) @ W_dec / alpha) for u in V]
 
-        # (c) do the reconstructions still steer?
-        start = len(_bos(model))
-        ids = target_ids(model, items)
-        base = target_logodds(model, items, self.batch_size, ids)[:, 0]
-
-        def shift(vec: np.ndarray) -> float:
-            with steering(model, vec.astype(np.float32), alpha, hook, start=start):
-                return float((target_logodds(model, items, self.batch_size, ids)[:, 0] - base).mean())
-
-        full = shift(v)
-        randoms = [shift(rnd)] + [shift(random_direction(v, self.seed + 8 + i).astype(np.float64))
-                                  for i in range(self.n_random - 1)]
-        effects = {"vector": full, "sparse_coding": shift(sc["reconstruction"]), "code_difference": shift(recon_codes),
-                   "random": float(np.mean(randoms))}
+        # (c) do the reconstructions still steer? Scored on the prompts the code difference was not fitted on
+        ev = SteeredTargets(model, score_items, hook, self.batch_size)
+        base = ev(v, 0.0)[0][:, 0]
+        shifts = ev(np.stack([v, sc["reconstruction"], recon_codes]), alpha)[:, :, 0] - base[None]
+        null_shifts = {name: (ev(V, alpha)[:, :, 0] - base[None]).mean(1) for name, V in null_vecs.items()}
+        full = float(shifts[0].mean())
+        effects = {"vector": full, "sparse_coding": float(shifts[1].mean()), "code_difference": float(shifts[2].mean()),
+                   "random": float(null_shifts["covariance_directions"].mean())}
         self.effects_ = {k: {"logodds_shift": e, "fraction_of_vector": e / full if full else float("nan")}
                          for k, e in effects.items()}
-        self.effects_["random"].update({"n": len(randoms), "sd": float(np.std(randoms, ddof=1)) if len(randoms) > 1
-                                        else 0.0, "mean_abs": float(np.mean(np.abs(randoms)))})
+        cd = null_shifts["covariance_directions"]
+        self.effects_["random"].update({"n": len(cd), "sd": float(np.std(cd, ddof=1)), "mean_abs": float(np.mean(np.abs(cd))),
+                                        "kind": "covariance directions with the vector's norm"})
+        self.statistics_ = {}
+        for i, name in enumerate(("vector", "sparse_coding", "code_difference")):
+            st = _shift_statistic(shifts[i], null_shifts, alpha, self.seed)
+            st["what"] = (f"held-out mean log-odds shift of the {name.replace('_', ' ')}"
+                          + (" reconstruction" if i else "") + ", times the multiplier's sign")
+            self.statistics_[f"steering_effect_{name}"] = st
+        for name, obs in (("sparse_coding", sc["explained"][-1] if sc["explained"] else 0.0),
+                          ("code_difference", _explained(v, recon_codes))):
+            self.statistics_[f"explained_{name}"] = statistic(
+                obs, 1, nulls={k: {**null_summary(obs, d), "percentile": float(100 * np.mean(np.asarray(d) < obs))}
+                               for k, d in null_explained[name].items()},
+                ci95=None, ci95_reason="one vector: no units to resample", alternative="greater",
+                what=f"fraction of |v|^2 the {name.replace('_', ' ')} reconstruction explains")
+        self.split_ = {"fit_prompts": len(fit_items), "score_prompts": len(score_items)}
+        self.nulls_note_ = nulls["note"]
         self.explained_ = {
             "sparse_coding": sc["explained"][-1] if sc["explained"] else 0.0,
             "sparse_coding_random_direction": sc_rnd["explained"][-1] if sc_rnd["explained"] else 0.0,
@@ -360,9 +449,10 @@ class SteeringDecomposition:
             raise NotFittedError("this SteeringDecomposition is not fitted yet: call fit(model, vector, sae, items, alpha)")
         return AnalysisResult(
             analyzer="steering_decomposition", params=self.get_params(),
-            provenance={"hook": self.hook_, "alpha": self.alpha_, "vector_norm": self.norm_},
+            provenance={"hook": self.hook_, "alpha": self.alpha_, "vector_norm": self.norm_, "prompt_split": self.split_,
+                        "nulls_note": self.nulls_note_},
             metrics={"explained_fraction": self.explained_, "steering_effect": self.effects_,
-                     "codes": self.code_stats_},
+                     "codes": self.code_stats_, "statistics": self.statistics_},
             tables={"features": self.features_, "explained_curve": self.curve_, "sparse_coding": self.sparse_coding_,
                     "vector_logit_lens": self.vector_lens_},
         )
@@ -379,25 +469,29 @@ class SteeringPropagation:
     layer are skipped: steering cannot reach them); ``texts`` are prompts (strings or
     :class:`~geomsteer.steering.EvalPrompt`) whose tokens after the start token are encoded. A
     feature changes when its mean absolute code change exceeds ``threshold`` times the mean
-    non-zero unsteered code at that layer. Each multiplier also runs a random direction of the
-    vector's norm: its count is the null for off-target spread.
+    non-zero unsteered code at that layer. Each multiplier also runs one random direction drawn
+    from the activation covariance at the vector's hook, with the vector's norm. At the
+    multiplier of largest magnitude, the counts are tested against ``n_null`` shuffled-label
+    vectors and ``n_null`` covariance directions (two-sided: a vector may spread more or less
+    than its nulls).
     """
 
     def __init__(self, alphas: Sequence[float] = (1.0, 2.0, 4.0), threshold: float = 0.1, top: int = 8,
-                 seed: int = 0, batch_size: int = 16) -> None:
+                 seed: int = 0, batch_size: int = 16, n_null: int = 20) -> None:
         self.alphas = alphas
+        self.n_null = int(n_null)
         self.threshold = threshold
         self.top = top
         self.seed = seed
         self.batch_size = batch_size
 
     def get_params(self) -> dict[str, Any]:
-        return {"alphas": list(self.alphas), "threshold": self.threshold, "top": self.top, "seed": self.seed}
+        return {"alphas": list(self.alphas), "threshold": self.threshold, "top": self.top, "seed": self.seed,
+                "n_null": self.n_null}
 
     def fit(self, model: Any, vector: Any, saes: Mapping[str, Any], texts: Sequence[Any],
             progress: Callable[[], None] | None = None) -> "SteeringPropagation":
         from ..saes import encode
-        from ..steering import random_direction
 
         alphas = [a for a in _check_alphas(self.alphas) if a != 0]
         if not alphas:
@@ -417,23 +511,36 @@ class SteeringPropagation:
             if saes[h].cfg.d_in != v.shape[0]:
                 raise DataError(f"the SAE for {h} reads vectors of size {saes[h].cfg.d_in}, the vector has size "
                                 f"{v.shape[0]}; use SAEs trained on this model")
-        rnd = random_direction(v, self.seed + 11)
-        X0 = _prompt_activations(model, texts, later, None, 0.0, None, self.batch_size)
+        if self.n_null and self.n_null < 2:
+            raise ConfigError(f"n_null must be 0 (no nulls) or at least 2 draws per null, got {self.n_null}; 20 is the default")
+        hooks_read = later if hook in later else [hook, *later]
+        X0 = _prompt_activations(model, texts, hooks_read, None, 0.0, None, self.batch_size)
+        nulls = _null_vectors(vector, v, X0[hook], max(1, self.n_null), self.n_null, self.seed + 11)
+        rnd = nulls["covariance_directions"][0]
         C0 = {h: encode(saes[h], X0[h]) for h in later}
         scale = {h: float(C0[h][C0[h] > 0].mean()) if (C0[h] > 0).any() else 1.0 for h in later}
+
+        def measure(vec: np.ndarray, a: float) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+            X1 = _prompt_activations(model, texts, later, vec, a, hook, self.batch_size)
+            out, diffs = {}, {}
+            for h in later:
+                d = encode(saes[h], X1[h]).astype(np.float64) - C0[h]
+                mean_abs = np.abs(d).mean(0)
+                moved = np.linalg.norm(X1[h] - X0[h], axis=1) / np.maximum(np.linalg.norm(X0[h], axis=1), 1e-12)
+                out[h] = {"features_changed": int((mean_abs > self.threshold * scale[h]).sum()),
+                          "total_abs_change": float(mean_abs.sum()), "relative_residual_change": float(moved.mean())}
+                diffs[h] = d
+            return out, diffs
+
         rows = []
         means: dict[tuple[str, float], np.ndarray] = {}
         for a in alphas:
             for name, vec in (("vector", v), ("random", rnd)):
-                X1 = _prompt_activations(model, texts, later, vec, a, hook, self.batch_size)
+                measured, diffs = measure(vec, a)
                 for h in later:
-                    d = encode(saes[h], X1[h]).astype(np.float64) - C0[h]
+                    d = diffs[h]
                     mean_abs = np.abs(d).mean(0)
-                    changed = mean_abs > self.threshold * scale[h]
-                    moved = np.linalg.norm(X1[h] - X0[h], axis=1) / np.maximum(np.linalg.norm(X0[h], axis=1), 1e-12)
-                    row = {"hook": h, "layer": _layer(h), "alpha": a, "direction": name,
-                           "features_changed": int(changed.sum()), "total_abs_change": float(mean_abs.sum()),
-                           "relative_residual_change": float(moved.mean())}
+                    row = {"hook": h, "layer": _layer(h), "alpha": a, "direction": name, **measured[h]}
                     if name == "vector":
                         mean = d.mean(0)
                         means[(h, a)] = mean
@@ -444,6 +551,37 @@ class SteeringPropagation:
                     rows.append(row)
                 if progress:
                     progress()
+        # the vector's spread against null vectors at the multiplier of largest magnitude
+        self.null_alpha_ = max(alphas, key=abs)
+        self.statistics_: dict[str, Any] = {}
+        if self.n_null:
+            from ..stats import null_summary, statistic
+
+            obs = {r["hook"]: r for r in rows if r["direction"] == "vector" and r["alpha"] == self.null_alpha_}
+            draws: dict[str, dict[str, dict[str, list[float]]]] = {h: {"features_changed": {}, "total_abs_change": {}}
+                                                                    for h in later}
+            for name in ("shuffled_labels", "covariance_directions"):
+                if nulls[name] is None:
+                    continue
+                for vec in nulls[name]:
+                    measured, _ = measure(vec, self.null_alpha_)
+                    for h in later:
+                        for key in ("features_changed", "total_abs_change"):
+                            draws[h][key].setdefault(name, []).append(measured[h][key])
+                    if progress:
+                        progress()
+            for h in later:
+                for key in ("features_changed", "total_abs_change"):
+                    o = float(obs[h][key])
+                    self.statistics_[f"{key}:{h}"] = statistic(
+                        o, len(X0[hook]),
+                        nulls={k: {**null_summary(o, d, "two-sided"), "percentile": float(100 * np.mean(np.asarray(d) < o))}
+                               for k, d in draws[h][key].items()},
+                        ci95=None, ci95_reason="one steered run: tokens are not independent units",
+                        alternative="two-sided", hook=h, alpha=self.null_alpha_,
+                        what=("SAE features whose mean |code change| exceeds the threshold" if key == "features_changed"
+                              else "sum over features of the mean |code change|"))
+        self.nulls_note_ = nulls["note"]
         self.rows_ = rows
         # each layer's most changed features at the largest multiplier, followed across all multipliers
         self.tracked_ = {}
@@ -479,7 +617,7 @@ class SteeringPropagation:
         return AnalysisResult(
             analyzer="steering_propagation", params=self.get_params(),
             provenance={"hook": self.hook_, "sae_hooks": self.hooks_, "skipped_earlier_hooks": self.skipped_,
-                        "n_tokens": self.n_tokens_},
-            metrics={"per_layer": per_layer, "alphas": self.alphas_},
+                        "n_tokens": self.n_tokens_, "null_alpha": self.null_alpha_, "nulls_note": self.nulls_note_},
+            metrics={"per_layer": per_layer, "alphas": self.alphas_, "statistics": self.statistics_},
             tables={"grid": self.rows_, "tracked": self.tracked_},
         )

@@ -30,6 +30,7 @@ from ..types import AnalysisResult
 __all__ = ["MapperAnalyzer", "adaptive_eps", "graph_betti"]
 
 LENSES = ("pca", "umap", "features")
+LARGE_COMPONENT = 0.05  # a component holding at least this share of the covered samples counts as large
 
 
 def adaptive_eps(X: np.ndarray, k: int, scale: float = 1.0, max_queries: int = 2000, seed: int = 0) -> float:
@@ -52,6 +53,12 @@ def adaptive_eps(X: np.ndarray, k: int, scale: float = 1.0, max_queries: int = 2
         d2[np.arange(len(rows)), rows] = np.inf  # self
         out[s : s + 512] = np.sqrt(np.maximum(np.partition(d2, k - 1, axis=1)[:, k - 1], 0))
     return float(scale * np.median(out))
+
+
+def _purity(members: Sequence[np.ndarray], codes: np.ndarray) -> float:
+    """Size-weighted share of each node's samples that carry the node's commonest label."""
+    top = sum(int(np.bincount(codes[m]).max()) for m in members if len(m))
+    return top / max(sum(len(m) for m in members), 1)
 
 
 def graph_betti(nodes: dict, links: dict) -> tuple[int, int]:
@@ -79,9 +86,9 @@ class MapperAnalyzer:
     """
 
     def __init__(self, lens: str = "pca", n_components: int = 2, features: Sequence[int] | None = None,
-                 n_cubes: int = 10, overlap: float = 0.3, min_samples: int = 3, eps_scale: float = 1.5, eps_k: int = 10,
+                 n_cubes: int = 10, overlap: float = 0.3, min_samples: int = 5, eps_scale: float = 1.0, eps_k: int = 10,
                  n_bootstrap: int = 5, bootstrap_fraction: float = 0.8, max_dim: int = 3, lens_clip: float = 0.01,
-                 seed: int = 0):
+                 n_null: int = 20, n_label_permutations: int = 1000, seed: int = 0):
         self.lens = lens
         self.n_components = n_components
         self.features = features
@@ -94,12 +101,14 @@ class MapperAnalyzer:
         self.bootstrap_fraction = bootstrap_fraction
         self.max_dim = max_dim
         self.lens_clip = lens_clip
+        self.n_null = n_null
+        self.n_label_permutations = n_label_permutations
         self.seed = seed
 
     def get_params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("lens", "n_components", "features", "n_cubes", "overlap", "min_samples",
                                                "eps_scale", "eps_k", "n_bootstrap", "bootstrap_fraction", "max_dim", "lens_clip",
-                                               "seed")}
+                                               "n_null", "n_label_permutations", "seed")}
 
     # ----------------------------------------------------------------------------------------
 
@@ -108,6 +117,9 @@ class MapperAnalyzer:
             raise ConfigError(f"unknown lens {self.lens!r}: expected one of {', '.join(LENSES)}")
         if not 0 < self.overlap < 1:
             raise ConfigError(f"overlap must be between 0 and 1 (a fraction of a cube), got {self.overlap}")
+        if self.n_null and self.n_null < 2:
+            raise ConfigError(f"n_null must be 0 (no null) or at least 2 Gaussian surrogates, got {self.n_null}; 20 is "
+                              "the default")
         if self.n_cubes < 1 or self.min_samples < 1 or self.eps_scale <= 0:
             raise ConfigError(f"n_cubes and min_samples must be positive and eps_scale > 0, got {self.n_cubes}, "
                               f"{self.min_samples} and {self.eps_scale}")
@@ -181,7 +193,8 @@ class MapperAnalyzer:
             raise DataError(f"labels and names must give one entry per sample ({n})")
         t = {}
         t0 = time.perf_counter()
-        self.lens_ = self._clip(self._lens(codes))
+        self.lens_raw_ = self._lens(codes)
+        self.lens_ = self._clip(self.lens_raw_)
         t["lens"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.graph_, self.eps_ = self._graph(X, self.lens_, self.seed)
@@ -202,8 +215,11 @@ class MapperAnalyzer:
         t["nerve"] = time.perf_counter() - t0
         self.graph_betti_ = graph_betti(nodes, self.graph_["links"])
         t0 = time.perf_counter()
-        self.stability_ = self._bootstrap(X)
+        self.stability_ = self._bootstrap(X, codes)
         t["bootstrap"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.statistics_ = self._statistics(X)
+        t["nulls"] = time.perf_counter() - t0
         self.codes_top_ = self._node_features(codes)
         self.node_examples_ = {k: [int(i) for i in np.asarray(v)[np.argsort(
             np.linalg.norm(X[v] - X[v].mean(0), axis=1))[:8]]] for k, v in nodes.items()}
@@ -211,11 +227,29 @@ class MapperAnalyzer:
         return self
 
     def _nerve(self, nodes: dict) -> None:
+        st, ids, f = self._simplex_tree(nodes, self.lens_)
+        self.persistence_ = [(int(dim), (float(b), float(d))) for dim, (b, d) in st.persistence(persistence_dim_max=True)]
+        betti = st.betti_numbers()
+        self.betti_ = [int(b) for b in betti] + [0] * max(0, 3 - len(betti))
+        self.n_simplices_ = {d: 0 for d in range(st.dimension() + 1)}
+        for simplex, _ in st.get_simplices():
+            self.n_simplices_[len(simplex) - 1] += 1
+        self.node_ids_ = ids
+        self.node_values_ = f
+
+    def _nerve_betti(self, nodes: dict, lens: np.ndarray) -> list[int]:
+        st, _, _ = self._simplex_tree(nodes, lens)
+        st.compute_persistence(persistence_dim_max=True)
+        betti = [int(b) for b in st.betti_numbers()]
+        return betti + [0] * max(0, 3 - len(betti))
+
+    def _simplex_tree(self, nodes: dict, lens: np.ndarray) -> tuple[Any, list, np.ndarray]:
+        """The nerve of the cover by clusters, filtered lower-star by each node's mean first lens coordinate."""
         import gudhi
 
         ids = sorted(nodes)
         index = {k: i for i, k in enumerate(ids)}
-        f = np.array([self.lens_[nodes[k], 0].mean() for k in ids])
+        f = np.array([lens[nodes[k], 0].mean() for k in ids])
         member_of: dict[int, list[int]] = {}
         for k in ids:
             for s in nodes[k]:
@@ -234,16 +268,81 @@ class MapperAnalyzer:
         for simplex, _ in list(st.get_simplices()):  # lower-star filtration by the node values
             st.assign_filtration(simplex, float(f[simplex].max()))
         st.make_filtration_non_decreasing()
-        self.persistence_ = [(int(dim), (float(b), float(d))) for dim, (b, d) in st.persistence(persistence_dim_max=True)]
-        betti = st.betti_numbers()
-        self.betti_ = [int(b) for b in betti] + [0] * max(0, 3 - len(betti))
-        self.n_simplices_ = {d: 0 for d in range(st.dimension() + 1)}
-        for simplex, _ in st.get_simplices():
-            self.n_simplices_[len(simplex) - 1] += 1
-        self.node_ids_ = ids
-        self.node_values_ = f
+        return st, ids, f
 
-    def _bootstrap(self, X: np.ndarray) -> dict[str, Any]:
+    def _summary(self, nodes: dict, links: dict, lens: np.ndarray) -> dict[str, float]:
+        """The graph statistics compared with the null: nodes, edges, components, cycles, nerve b1."""
+        import networkx as nx
+
+        b0, b1 = graph_betti(nodes, links)
+        nerve = self._nerve_betti(nodes, lens) if len(nodes) else [0, 0, 0]
+        g = nx.Graph()
+        g.add_nodes_from(nodes)
+        g.add_edges_from((a, b) for a, bs in links.items() for b in bs)
+        sizes = [len({i for k in comp for i in nodes[k]}) for comp in nx.connected_components(g)]
+        covered = len({i for v in nodes.values() for i in v})
+        large = sum(sz >= LARGE_COMPONENT * covered for sz in sizes)
+        return {"nodes": float(len(nodes)), "edges": float(sum(len(v) for v in links.values())),
+                "components": float(b0), "large_components": float(large), "cycles": float(b1),
+                "nerve_betti_1": float(nerve[1])}
+
+    def _statistics(self, X: np.ndarray) -> dict[str, Any]:
+        """The graph against Gaussian surrogates, and node purity against shuffled labels.
+
+        A surrogate draws n samples from a Gaussian with the mean and covariance of the activations
+        and the lens jointly (so the lens keeps its linear relation to the activations), clips its
+        lens like the data's, and runs the same cover and clusterer with the same radius rule.
+        It keeps every first and second moment and destroys all other structure (clusters, loops,
+        flares): the graph statistics a Gaussian cloud produces under this cover."""
+        from ..stats import null_summary, statistic
+
+        g = self.graph_
+        obs = self._summary(g["nodes"], g["links"], self.lens_)
+        out: dict[str, Any] = {}
+        if self.n_null:
+            rng = np.random.default_rng([self.seed, 0x6A55])
+            raw = self.lens_raw_
+            J = np.hstack([X, raw])
+            mu = J.mean(0)
+            Jc = J - mu
+            n, d = X.shape
+            draws: dict[str, list[float]] = {k: [] for k in obs}
+            empty = 0
+            for b in range(self.n_null):
+                Z = mu + rng.standard_normal((n, n)) @ Jc / np.sqrt(n - 1)
+                lens = self._clip(Z[:, d:])
+                try:
+                    gz, _ = self._graph(Z[:, :d], lens, self.seed + 100 + b)
+                except (ValueError, DataError):
+                    gz = {"nodes": {}, "links": {}}
+                empty += not gz["nodes"]
+                for k, v in self._summary(gz["nodes"], gz["links"], lens).items():
+                    draws[k].append(v)
+            for k, o in obs.items():
+                alt = "two-sided" if k == "edges" else "greater"  # structure adds nodes, components and loops
+                out[k] = statistic(o, n, nulls={"gaussian_surrogate": null_summary(o, draws[k], alt)},
+                                   ci95=None, ci95_reason="one graph; the bootstrap scores its stability instead",
+                                   alternative=alt, surrogates_without_nodes=empty)
+        codes = self._label_codes()
+        if codes is not None:
+            members = [np.asarray(v) for v in g["nodes"].values()]
+            p_obs = _purity(members, codes)
+            rng = np.random.default_rng([self.seed, 0x9E1])
+            perm = [_purity(members, rng.permutation(codes)) for _ in range(self.n_label_permutations)]
+            out["node_purity"] = statistic(
+                p_obs, len(members), nulls={"shuffled_labels": null_summary(p_obs, perm, "greater")}, ci95=None,
+                ci95_reason="nodes overlap, so they are not independent units to resample", alternative="greater",
+                what="share of each node's samples in its commonest label, weighted by node size")
+        return out
+
+    def _label_codes(self) -> np.ndarray | None:
+        labels = self.labels_
+        if len(set(labels)) < 2:
+            return None
+        uniq = {lab: i for i, lab in enumerate(sorted(set(labels)))}
+        return np.array([uniq[lab] for lab in labels])
+
+    def _bootstrap(self, X: np.ndarray, codes: np.ndarray) -> dict[str, Any]:
         if self.n_bootstrap < 1:
             return {"n": 0}
         rng = np.random.default_rng(self.seed + 1)
@@ -253,8 +352,8 @@ class MapperAnalyzer:
         same, jac = 0, []
         for b in range(self.n_bootstrap):
             idx = np.sort(rng.choice(n, m, replace=False))
-            try:
-                g, _ = self._graph(X[idx], self.lens_[idx], self.seed + 2 + b)
+            try:  # the lens is refitted on the resample: its variability is part of the graph's
+                g, _ = self._graph(X[idx], self._clip(self._lens(codes[idx])), self.seed + 2 + b)
             except ValueError:
                 jac.append(0.0)
                 continue
@@ -317,6 +416,7 @@ class MapperAnalyzer:
                 "gudhi_nerve": {"betti": self.betti_, "simplices_by_dimension": self.n_simplices_,
                                 "persistence": self.persistence_},
                 "stability": self.stability_,
+                "statistics": self.statistics_,
             },
             tables={"nodes": self.node_table()},
         )
