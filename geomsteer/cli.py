@@ -222,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "\"negative\": \"B\"} (default: data/steering/sentiment.jsonl)")
     sc.add_argument("--layers", default="every:3", help="all, every:K, or a list such as 3,6,9 (default: every:3)")
     sc.add_argument("--position", choices=["last", "mean", "answer"], default="mean",
-                    help="token read: last, mean over the text, or the answer after 'prompt' (default: mean)")
+                    help="token read: last; mean over every token after the start token (a pair's 'prompt' "
+                         "included: it is the same on both sides, so it scales a prompted pair's difference down); "
+                         "or answer, the mean over the answer after 'prompt' only (default: mean)")
     sc.add_argument("--method", choices=["mean_diff", "pca"], default="mean_diff", help="(default: mean_diff)")
 
     sa = st_sub.add_parser("apply", help="generate with and without the vector",
@@ -485,7 +487,7 @@ def _cmd_mapper(args: argparse.Namespace, argv: Sequence[str]) -> int:
           + (f"; bootstrap: same Betti numbers in {st['same_graph_betti']:.0%}, node Jaccard {st['node_jaccard_mean']:.2f}"
              if st.get("n") else ""))
     for name, stat in m["statistics"].items():
-        print(f"  {name.replace('_', ' ')}: {_stat_line(stat)}")
+        print(f"  {name.replace('_', ' ')}: {_null_line(stat)}")
     print(f"Report: {Path(args.out) / 'report.md'}; interactive graph: {Path(args.out) / 'mapper.html'}")
     return 0
 
@@ -499,7 +501,7 @@ def _cmd_cluster(args: argparse.Namespace, argv: Sequence[str]) -> int:
     s = res["analyzer"].scores_
     print(f"{res['provenance']['rows']}:")
     for name, stat in s.items():
-        print(f"  {name.replace('_', ' ')}: {_stat_line(stat)}")
+        print(f"  {name.replace('_', ' ')}: {_null_line(stat)}")
     print(f"Report: {Path(args.out) / 'report.md'}")
     return 0
 
@@ -525,7 +527,7 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def _stat_line(st: dict) -> str:
+def _null_line(st: dict) -> str:
     """'observed (null mean ± sd, effect e sd, p p)' against the most conservative null."""
     def f(x: Any, d: int = 3) -> str:
         return "undefined" if x is None else f"{x:.{d}g}"
@@ -569,7 +571,7 @@ def _cmd_steer(args: argparse.Namespace, argv: Sequence[str]) -> int:
                   f"{s['random_shift_at_max_alpha']:+.3f}), Spearman {s['spearman_alpha_shift']:.2f}, "
                   f"{'monotone' if s['monotone'] else 'not monotone'}")
             for name, st in s["statistics"].items():
-                print(f"  {name.replace('_', ' ')}: {_stat_line(st)}")
+                print(f"  {name.replace('_', ' ')}: {_null_line(st)}")
         print(f"Report: {Path(args.out) / 'report.md'}")
     elif c == "decompose":
         res = P.steer_decompose_job(args.model, args.vector, args.sae, _eval_path(args.eval), args.out, hook=args.hook,
@@ -584,7 +586,7 @@ def _cmd_steer(args: argparse.Namespace, argv: Sequence[str]) -> int:
               f"code difference {eff['code_difference']['fraction_of_vector']:.2f}, random "
               f"{eff['random']['fraction_of_vector']:.2f}")
         for name, st in m["statistics"].items():
-            print(f"  {name.replace('_', ' ')}: {_stat_line(st)}")
+            print(f"  {name.replace('_', ' ')}: {_null_line(st)}")
         print(f"Report: {Path(args.out) / 'report.md'}")
     else:
         res = P.steer_propagate_job(args.model, args.vector, args.sae, _eval_path(args.eval), args.out, hook=args.hook,
@@ -594,7 +596,7 @@ def _cmd_steer(args: argparse.Namespace, argv: Sequence[str]) -> int:
         for h, s in res["result"].metrics["per_layer"].items():
             st = stats.get(f"features_changed:{h}")
             print(f"{h}: features changed {s['features_changed']} (random {s['features_changed_random']})"
-                  + (f"; at {st['alpha']:g}: {_stat_line(st)}" if st else ""))
+                  + (f"; at {st['alpha']:g}: {_null_line(st)}" if st else ""))
         print(f"Report: {Path(args.out) / 'report.md'}")
     return 0
 

@@ -386,43 +386,63 @@ def svcca(X, Y, keep: float = 0.99, max_dims: int | None = None, seed: int = 0) 
     scaling and translation. Needs at least 8 samples.
     """
     A, B = _pair(X, Y, 8, "SVCCA")
+    return float(svcca_permutations(A, B, [None], keep, max_dims, seed)[0])
+
+
+def _svcca_reduce(M: np.ndarray, keep: float, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and the top singular directions (d, r) keeping ``keep`` of the variance, r <= cap."""
+    mean = M.mean(0)
+    _, s, Vt = np.linalg.svd(M - mean, full_matrices=False)
+    s2 = s**2
+    if keep >= 1:
+        r = int(min(keep, (s > s[0] * 1e-12).sum()))
+    else:
+        r = int(np.searchsorted(np.cumsum(s2) / s2.sum(), keep) + 1)
+    r = max(1, min(r, cap, int((s > s[0] * 1e-12).sum())))
+    return mean, Vt[:r].T
+
+
+def _inv_sqrt(C: np.ndarray) -> np.ndarray:
+    w, V = np.linalg.eigh((C + C.T) / 2)
+    w = np.maximum(w, w.max() * 1e-12)
+    return (V / np.sqrt(w)) @ V.T
+
+
+def _svcca_one_way(A: np.ndarray, B: np.ndarray, fit: np.ndarray, test: np.ndarray,
+                   ra: tuple[np.ndarray, np.ndarray], rb: tuple[np.ndarray, np.ndarray]) -> float:
+    (ma, Va), (mb, Vb) = ra, rb
+    Ra, Rb = (A[fit] - ma) @ Va, (B[fit] - mb) @ Vb
+    Wa, Wb = _inv_sqrt(Ra.T @ Ra), _inv_sqrt(Rb.T @ Rb)
+    U, _, Vt = np.linalg.svd(Wa @ Ra.T @ Rb @ Wb)
+    m = min(Va.shape[1], Vb.shape[1])
+    Pa = (A[test] - ma) @ Va @ Wa @ U[:, :m]
+    Pb = (B[test] - mb) @ Vb @ Wb @ Vt.T[:, :m]
+    Pa, Pb = Pa - Pa.mean(0), Pb - Pb.mean(0)
+    den = np.linalg.norm(Pa, axis=0) * np.linalg.norm(Pb, axis=0)
+    corr = np.where(den > 0, np.einsum("ij,ij->j", Pa, Pb) / np.where(den > 0, den, 1), 0.0)
+    return float(corr.mean())
+
+
+def svcca_permutations(X, Y, permutations: Sequence[np.ndarray | None], keep: float = 0.99,
+                       max_dims: int | None = None, seed: int = 0) -> np.ndarray:
+    """:func:`svcca` of X against Y with its rows re-paired by each permutation (None: as given).
+
+    The halves are the same for every draw (``seed``), so X's reductions on each half are computed
+    once; each draw reduces only Y's re-paired halves."""
+    A, B = _pair(X, Y, 8, "SVCCA")
     A, B = A.astype(np.float64), B.astype(np.float64)
     n = len(A)
     perm = np.random.default_rng([seed, 0x5CCA]).permutation(n)
     halves = (perm[: n // 2], perm[n // 2:])
     cap = max(1, n // 2 - 2) if max_dims is None else int(max_dims)
-
-    def reduce(M):
-        mean = M.mean(0)
-        _, s, Vt = np.linalg.svd(M - mean, full_matrices=False)
-        s2 = s**2
-        if keep >= 1:
-            r = int(min(keep, (s > s[0] * 1e-12).sum()))
-        else:
-            r = int(np.searchsorted(np.cumsum(s2) / s2.sum(), keep) + 1)
-        r = max(1, min(r, cap, int((s > s[0] * 1e-12).sum())))
-        return mean, Vt[:r].T  # (d, r)
-
-    def inv_sqrt(C):
-        w, V = np.linalg.eigh((C + C.T) / 2)
-        w = np.maximum(w, w.max() * 1e-12)
-        return (V / np.sqrt(w)) @ V.T
-
-    def one_way(fit, test):
-        ma, Va = reduce(A[fit])
-        mb, Vb = reduce(B[fit])
-        Ra, Rb = (A[fit] - ma) @ Va, (B[fit] - mb) @ Vb
-        Wa, Wb = inv_sqrt(Ra.T @ Ra), inv_sqrt(Rb.T @ Rb)
-        U, _, Vt = np.linalg.svd(Wa @ Ra.T @ Rb @ Wb)
-        m = min(Va.shape[1], Vb.shape[1])
-        Pa = (A[test] - ma) @ Va @ Wa @ U[:, :m]
-        Pb = (B[test] - mb) @ Vb @ Wb @ Vt.T[:, :m]
-        Pa, Pb = Pa - Pa.mean(0), Pb - Pb.mean(0)
-        den = np.linalg.norm(Pa, axis=0) * np.linalg.norm(Pb, axis=0)
-        corr = np.where(den > 0, np.einsum("ij,ij->j", Pa, Pb) / np.where(den > 0, den, 1), 0.0)
-        return float(corr.mean())
-
-    return float((one_way(*halves) + one_way(*halves[::-1])) / 2)
+    ra = [_svcca_reduce(A[h], keep, cap) for h in halves]
+    out = []
+    for p in permutations:
+        Bp = B if p is None else B[np.asarray(p)]
+        rb = [_svcca_reduce(Bp[h], keep, cap) for h in halves]
+        out.append((_svcca_one_way(A, Bp, halves[0], halves[1], ra[0], rb[0])
+                    + _svcca_one_way(A, Bp, halves[1], halves[0], ra[1], rb[1])) / 2)
+    return np.array(out)
 
 
 def procrustes(X, Y) -> float:
@@ -740,46 +760,87 @@ def linear_cka_permutations(X, Y, permutations: Sequence[np.ndarray]) -> dict[st
             "linear_cka_debiased_null": np.array(nu)}
 
 
+class GramSide:
+    """The centred linear Gram matrices of several representations of the same n samples (the
+    layers of one model), with the sums debiased CKA needs: prepared once, then any number of
+    scans against another side, re-paired or not, cost one (L_a x n^2) @ (n^2 x L_b) product each.
+
+    The Grams are float32 (n^2 x 4 bytes per layer: 52 MB at n = 3,609), computed in float64 from
+    centred rows; row sums, diagonals and self-HSICs are float64.
+    """
+
+    def __init__(self, Xs: Sequence[np.ndarray]) -> None:
+        Xs = [np.asarray(x) for x in Xs]
+        if not Xs:
+            raise DataError("a Gram side needs at least one representation")
+        n = len(Xs[0])
+        if n < 4:
+            raise DataError(f"debiased linear CKA needs at least 4 samples, got {n}")
+        self.n = n
+        self.F = np.empty((len(Xs), n * n), dtype=np.float32)  # each row is one layer's Gram, flattened
+        self.D = np.empty((len(Xs), n))
+        self.R = np.empty((len(Xs), n))
+        self.S = np.empty(len(Xs))
+        self.U = np.empty(len(Xs))
+        for i, x in enumerate(Xs):
+            if len(x) != n:
+                raise DataError(f"every representation must have the same number of rows (one per sample), got {n} "
+                                f"and {len(x)}; align the samples first")
+            K = _centred_gram(x)
+            t = _cka_terms(K)
+            self.F[i] = K.ravel()
+            self.D[i], self.R[i], self.S[i], self.U[i] = t["diag"], t["r"], t["s"], t["self_u"]
+
+    def __len__(self) -> int:
+        return len(self.F)
+
+    def gram(self, i: int) -> np.ndarray:
+        return self.F[i].reshape(self.n, self.n)
+
+    def repaired(self, q: np.ndarray, buf: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(F, D, R) with the samples re-paired by ``q`` (K[q][:, q] for every layer), into ``buf``."""
+        buf = np.empty_like(self.F) if buf is None else buf
+        for i in range(len(self.F)):
+            self.gram(i).take(q, axis=0).take(q, axis=1, out=buf[i].reshape(self.n, self.n))
+        return buf, self.D[:, q], self.R[:, q]
+
+
+def debiased_cka_scan(A: GramSide, B: GramSide, permutation: np.ndarray | None = None,
+                      buffer: np.ndarray | None = None) -> np.ndarray:
+    """Debiased linear CKA of every pair of ``A``'s and ``B``'s representations, (len(A), len(B));
+    ``permutation`` re-pairs B's samples (row p[k] of B goes with row k of A). Agrees with
+    :func:`linear_cka_matrix` (``debiased=True``).
+
+    Re-pairing B by p equals re-pairing A by p's inverse (sum K_ij L_p(i)p(j) = sum K_q(i)q(j) L_ij
+    with q = p^-1), so the side with fewer layers is the one gathered (into ``buffer`` if given).
+    """
+    n = A.n
+    if B.n != n:
+        raise DataError(f"the two sides hold different samples: {n} and {B.n} rows")
+    (FA, DA, RA), (FB, DB, RB) = (A.F, A.D, A.R), (B.F, B.D, B.R)
+    if permutation is not None:
+        p = np.asarray(permutation)
+        if len(A) < len(B):
+            FA, DA, RA = A.repaired(np.argsort(p), buffer)
+        else:
+            FB, DB, RB = B.repaired(p, buffer)
+    T = (FA @ FB.T).astype(np.float64) - DA @ DB.T
+    U = (T + np.outer(A.S, B.S) / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (RA @ RB.T)) / (n * (n - 3))
+    den = np.sqrt(np.outer(A.U, B.U))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, U / den, np.nan)
+
+
 def cka_scan_max_null(As: Sequence[np.ndarray], Bs: Sequence[np.ndarray], permutations: Sequence[np.ndarray]
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Debiased linear CKA of every layer pair, and for each permutation (the same re-pairing of
     the samples for every pair) the largest debiased CKA over all pairs: the max-statistic null
     for choosing the best pair of a scan. Returns (scan (len(As), len(Bs)), maxima (n_perms,)).
     """
-    n = len(np.asarray(As[0]))
-    sides = []
-    for Xs in (As, Bs):
-        G = [_centred_gram(x) for x in Xs]
-        t = [_cka_terms(K) for K in G]
-        sides.append({"G": G, "F": np.stack([K.ravel() for K in G]), "D": np.stack([x["diag"] for x in t]),
-                      "R": np.stack([x["r"] for x in t]), "S": np.array([x["s"] for x in t]),
-                      "U": np.array([x["self_u"] for x in t])})
-    A, B = sides
-    den = np.sqrt(np.outer(A["U"], B["U"]))
-    # Re-pairing B's samples by p equals re-pairing A's by p's inverse (sum K_ij L_p(i)p(j) =
-    # sum K_q(i)q(j) L_ij with q = p^-1), so the side with fewer layers is the one gathered.
-    move_a = len(As) < len(Bs)
-
-    buf = np.empty_like(A["F"] if move_a else B["F"])  # one reused buffer for the gathered Grams
-
-    def gathered(side: dict, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        for i, K in enumerate(side["G"]):
-            K.take(q, axis=0).take(q, axis=1, out=buf[i].reshape(K.shape))
-        return buf, side["D"][:, q], side["R"][:, q]
-
-    def scan(perm: np.ndarray | None) -> np.ndarray:
-        (FA, DA, RA), (FB, DB, RB) = (A["F"], A["D"], A["R"]), (B["F"], B["D"], B["R"])
-        if perm is not None and move_a:
-            FA, DA, RA = gathered(A, np.argsort(perm))
-        elif perm is not None:
-            FB, DB, RB = gathered(B, perm)
-        T = (FA @ FB.T).astype(np.float64) - DA @ DB.T
-        U = (T + np.outer(A["S"], B["S"]) / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (RA @ RB.T)) / (n * (n - 3))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, U / den, np.nan)
-
-    obs = scan(None)
-    maxima = np.array([np.nanmax(scan(np.asarray(p))) for p in permutations])
+    A, B = GramSide(As), GramSide(Bs)
+    buf = np.empty_like(A.F if len(A) < len(B) else B.F)  # one reused buffer for the gathered Grams
+    obs = debiased_cka_scan(A, B)
+    maxima = np.array([np.nanmax(debiased_cka_scan(A, B, np.asarray(p), buf)) for p in permutations])
     return obs, maxima
 
 

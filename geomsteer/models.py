@@ -427,11 +427,21 @@ def load_unembedding(model: str | ResolvedModel, dtype: str = "float32", device:
     key = _unembedding_key(r, dtype) if device == "cpu" else None
     cached = cache_dir() / "unembeddings" / key if key else None
     with step(f"Loading the unembedding of {r.name}"):
-        tok = load_tokenizer(r)
-        vocab = dict(tok.get_vocab())
-        if cached is not None and (cached / "meta.json").is_file():
+        meta = _cached_meta(cached)
+        if meta is not None and "tokenizer" in meta and (cached / "vocab.json").is_file():
+            # a warm run reads the vocabulary beside the matrix: loading the tokenizer takes ~10 s
+            vocab = json.loads((cached / "vocab.json").read_text(encoding="utf-8"))
+            tok_name = meta["tokenizer"]
+        else:
+            tok = load_tokenizer(r)
+            vocab = dict(tok.get_vocab())
+            tok_name = type(tok).__name__
+        if meta is not None:
             gamma = np.load(cached / "gamma.npy", mmap_mode="r")
             scale = np.load(cached / "scale.npy") if (cached / "scale.npy").is_file() else None
+            if "tokenizer" not in meta:  # written before the vocabulary was kept: add it
+                _save_unembedding(cached, np.asarray(gamma), scale, r, vocab, tok_name)
+                gamma = np.load(cached / "gamma.npy", mmap_mode="r")
         else:
             hf = load_hf_model(r, dtype=dtype, device=device)
             W = hf.get_output_embeddings().weight.detach().float().cpu().numpy()
@@ -440,10 +450,18 @@ def load_unembedding(model: str | ResolvedModel, dtype: str = "float32", device:
             scale = _final_norm_scale(hf)
             del hf
             if cached is not None:
-                _save_unembedding(cached, gamma, scale, r)
-    prov = {**r.provenance, "d_model": int(gamma.shape[1]), "vocab_size": int(gamma.shape[0]),
-            "tokenizer": type(tok).__name__}
-    return Unembedding(gamma, vocab, r.name, type(tok).__name__, prov, scale)
+                _save_unembedding(cached, gamma, scale, r, vocab, tok_name)
+    prov = {**r.provenance, "d_model": int(gamma.shape[1]), "vocab_size": int(gamma.shape[0]), "tokenizer": tok_name}
+    return Unembedding(gamma, vocab, r.name, tok_name, prov, scale)
+
+
+def _cached_meta(cached: Path | None) -> dict | None:
+    if cached is None or not (cached / "meta.json").is_file():
+        return None
+    try:
+        return json.loads((cached / "meta.json").read_text())
+    except ValueError:
+        return None
 
 
 def _unembedding_key(r: ResolvedModel, dtype: str) -> str | None:
@@ -462,13 +480,17 @@ def _unembedding_key(r: ResolvedModel, dtype: str) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _save_unembedding(final: Path, gamma: np.ndarray, scale: np.ndarray | None, r: ResolvedModel) -> None:
-    """Keep the unembedding as .npy beside the model cache: a warm run maps it instead of loading the model."""
+def _save_unembedding(final: Path, gamma: np.ndarray, scale: np.ndarray | None, r: ResolvedModel,
+                      vocab: dict[str, int], tokenizer_name: str) -> None:
+    """Keep the unembedding as .npy and the vocabulary as JSON beside the model cache: a warm run
+    maps them instead of loading the model and its tokenizer."""
     with _atomic.staged_dir(final, replace=True) as tmp:
         np.save(tmp / "gamma.npy", gamma)
         if scale is not None:
             np.save(tmp / "scale.npy", scale)
-        _atomic.write_text(tmp / "meta.json", json.dumps({"model": r.name, "shape": list(gamma.shape)}))
+        _atomic.write_text(tmp / "vocab.json", json.dumps(vocab, ensure_ascii=False))
+        _atomic.write_text(tmp / "meta.json", json.dumps({"model": r.name, "shape": list(gamma.shape),
+                                                          "tokenizer": tokenizer_name}))
 
 
 def _final_norm_scale(hf: Any) -> np.ndarray | None:

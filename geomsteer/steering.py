@@ -5,9 +5,10 @@ multiple-choice form of contrastive activation addition, ``{"prompt": ..., "posi
 "negative": "B"}``, where each side is ``prompt + answer`` and the vector is read at the answer.
 
 A vector at a hook is the mean over pairs of (positive - negative) activations, read by a
-position rule: ``last`` (the last token), ``mean`` (the mean over the side's own text tokens: after
-the prompt when there is one, so the prompt tokens, identical on both sides, never dilute the
-difference) or ``answer`` (the same mean, but every pair must have a ``prompt``). ``method="pca"`` takes instead
+position rule: ``last`` (the last token), ``mean`` (the mean over every token after the start
+token, the prompt's included: the prompt's tokens are the same on both sides, so a prompted pair's
+difference is its answer's, scaled by the answer's share of the tokens) or ``answer`` (the mean
+over the answer's tokens only; needs ``prompt``). ``method="pca"`` takes instead
 the first principal direction of the paired differences (uncentred, so the direction they share
 dominates), oriented and scaled by the mean difference's projection on it.
 
@@ -111,7 +112,8 @@ def _side_vectors(model: Any, texts: Sequence[str], prompts: Sequence[str], hook
             if not aids:
                 raise DataError(f"a text of the pair file tokenizes to nothing: {text!r}; give each side some text")
             ids = head + pids + aids
-            start = len(head) + len(pids)  # "mean" and "answer" average the side's own tokens only
+            # "answer": the side's own tokens; "mean": every token after the start token, prompt included
+            start = len(head) + (len(pids) if position == "answer" else 0)
             spans.append((start, len(ids)))
             rows.append(ids)
         acts = _forward_rows(model, rows, hooks)

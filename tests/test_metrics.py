@@ -213,6 +213,22 @@ def test_cka_matrix_equals_pairwise_linear_cka(debiased):
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
+def test_gram_scan_equals_pairwise_debiased_cka_also_reshuffled():
+    rng, As = _layers(3)
+    Bs = [As[1] @ np.linalg.qr(rng.normal(size=(16, 16)))[0], rng.normal(size=(120, 5))]
+    A, B = M.GramSide(As), M.GramSide(Bs)
+    want = np.array([[M.linear_cka(a, b, debiased=True) for b in Bs] for a in As])
+    np.testing.assert_allclose(M.debiased_cka_scan(A, B), want, atol=1e-5)  # float32 Grams
+    perm = rng.permutation(120)
+    want = np.array([[M.linear_cka(a, b[perm], debiased=True) for b in Bs] for a in As])
+    for X, Y in ((A, B), (B, A)):  # either side gathered (the one with fewer layers)
+        got = M.debiased_cka_scan(X, Y, perm)
+        np.testing.assert_allclose(got, want if X is A else np.array(
+            [[M.linear_cka(b, a[perm], debiased=True) for a in As] for b in Bs]), atol=1e-5)
+    with pytest.raises(DataError, match="different samples"):
+        M.debiased_cka_scan(A, M.GramSide([np.ones((50, 3)) + rng.normal(size=(50, 3))]))
+
+
 def test_mutual_knn_matrix_equals_pairwise_mutual_knn():
     rng, As = _layers(1)
     na = [M.knn_indices(a, 6) for a in As]

@@ -111,6 +111,16 @@ def test_gemma_unembedding(gemma_unembedding):
     assert e.provenance["gguf_sha256"] == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 
+def test_a_warm_unembedding_needs_no_tokenizer(gemma_unembedding, monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("the tokenizer was loaded")
+
+    monkeypatch.setattr(models, "load_tokenizer", refuse)  # the cache beside the matrix holds the vocabulary
+    again = models.load_unembedding("gemma-3-270m")
+    assert again.vocab == gemma_unembedding.vocab and again.tokenizer_name == gemma_unembedding.tokenizer_name
+    np.testing.assert_array_equal(again.gamma[:100], gemma_unembedding.gamma[:100])
+
+
 @pytest.mark.real_model
 def test_gemma_loads_into_transformer_lens_with_hf_residuals(gemma_unembedding):
     import torch

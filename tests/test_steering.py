@@ -62,7 +62,7 @@ def test_vectors_follow_the_position_rule_and_ignore_padding(tiny, position):
         for text in (p.positive, p.negative):
             a, n = _plain(tiny, text, p.prompt, hook)
             n_prompt = len(tiny.tokenizer(p.prompt, add_special_tokens=False)["input_ids"])
-            start = {"last": n - 1, "mean": 1 + n_prompt, "answer": 1 + n_prompt}[position]  # mean: the side's own tokens
+            start = {"last": n - 1, "mean": 1, "answer": 1 + n_prompt}[position]  # mean: the prompt's tokens too
             sides.append(a[start:n].mean(0))
         diffs.append(sides[0] - sides[1])
     np.testing.assert_allclose(v.vector, np.mean(diffs, 0), rtol=1e-4, atol=1e-5)

@@ -167,8 +167,9 @@ class SimilarityAnalyzer:
         self.models_ = {name: acts[0].model for name, acts in sides.items()}
         X = {name: [np.asarray(x.X) for x in acts] for name, acts in sides.items()}
         knn = {name: [M.knn_indices(x, self.k) for x in Xs] for name, Xs in X.items()}
-        # every layer centred once; the scans' d x d products run in float32 (sums stay float64)
-        prep = {name: [M._prepare(x, name, np.float32) for x in Xs] for name, Xs in X.items()}
+        # every layer's centred Gram matrix once: each scan is then one product of the stacked Grams
+        # (n^2 per layer pair instead of n x d_a x d_b), a shuffled scan one gather of the smaller side
+        grams = {name: M.GramSide(Xs) for name, Xs in X.items()}
         perm = rng.permutation(n)
 
         pairs = [("a", "a")] + ([("a", "b"), ("b", "b")] if "b" in X else [])
@@ -179,7 +180,7 @@ class SimilarityAnalyzer:
             rq = "random_" + q
             for metric in SCAN_METRICS:
                 if metric == "linear_cka_debiased":
-                    f = lambda P, Q, perm=None: M._cka_prepared(prep[P], prep[Q], True, perm)
+                    f = lambda P, Q, perm=None: M.debiased_cka_scan(grams[P], grams[Q], perm)
                 else:
                     f = lambda P, Q, perm=None: M.mutual_knn_matrix(knn[P], knn[Q], permutation=perm)
                 entry = {"score": f(p, q), "permutation": f(p, q, perm)}
@@ -262,7 +263,10 @@ class SimilarityAnalyzer:
                 perm["permutation_samples"] = fast["permutation_samples"]
             else:
                 cap = MAX_GRAM_SHUFFLES if name in GRAM_METRICS else MAX_OTHER_SHUFFLES
-                null = np.array([fn(Xa, Xb[pp], k) for pp in perms[:cap]])
+                if name == "svcca":  # X's reductions are shared by every draw
+                    null = M.svcca_permutations(Xa, Xb, perms[:cap])
+                else:
+                    null = np.array([fn(Xa, Xb[pp], k) for pp in perms[:cap]])
                 perm = _summary(obs, null, higher)
             entry = {"score": obs, "higher_is_more_similar": higher, "permutation": perm}
             if rb is not None:
@@ -422,7 +426,7 @@ class FeatureMatcher:
             obs, null = M.rsa_permutations(Da[pa], Db[pb], perms)
             row["rsa"] = {"score": float(obs), "random_pairing": _summary(obs, null, True)}
             obs = M.svcca(Da[pa], Db[pb])
-            null = np.array([M.svcca(Da[pa], Db[pb][pp]) for pp in perms[: self.n_random_svcca]])
+            null = M.svcca_permutations(Da[pa], Db[pb], perms[: self.n_random_svcca])
             row["svcca"] = {"score": float(obs), "random_pairing": _summary(obs, null, True)}
             for name in ("svcca", "rsa"):
                 e = row[name]
