@@ -34,8 +34,10 @@ install: $(VENV)/.installed-offline
 demo: $(VENV)/.installed-offline
 	$(VENV)/bin/geomsteer hierarchy --model gemma-3-270m --out $(DEMO_OUT) --force
 
+# Two workers (one per core), a test file to a worker (its module fixtures are built once); the
+# workers share the small trained SAE through a lock (tests/conftest.py).
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -ra tests
+	$(PY) -m pytest -ra -n 2 --dist loadfile tests
 
 benchmark: $(VENV)/.installed-test
 	$(PY) benchmarks/bench_hierarchy.py --e2e

@@ -530,6 +530,11 @@ def load_model(model: str | ResolvedModel, device: str = "cpu", dtype: str = "fl
     """
     r = model if isinstance(model, ResolvedModel) else resolve(model)
     check_device(device)
+    key = (str(r.path), r.tl_name, device, dtype)
+    if os.environ.get("GEOMSTEER_KEEP_MODELS") and key in _KEPT:
+        tl = _KEPT[key]
+        tl.reset_hooks()
+        return tl
     tok = load_tokenizer(r)
     with step(f"Loading {r.name} into TransformerLens"):
         if r.tl_name is not None:
@@ -545,7 +550,15 @@ def load_model(model: str | ResolvedModel, device: str = "cpu", dtype: str = "fl
 
             tl = TransformerBridge.boot_transformers(str(r.path), device=device, dtype=_torch_dtype(dtype), tokenizer=tok)
     tl.eval()
+    if os.environ.get("GEOMSTEER_KEEP_MODELS"):
+        _KEPT[key] = tl
     return tl
+
+
+# With GEOMSTEER_KEEP_MODELS set (the test suite sets it), load_model keeps each loaded model for
+# the rest of the process and hands the same object out again (hooks reset); rerandomize drops a
+# model it shuffles from here, so a shuffled model is never handed out as the trained one.
+_KEPT: dict[tuple, Any] = {}
 
 
 def rerandomize(model: Any, seed: int = 0) -> Any:
@@ -558,6 +571,8 @@ def rerandomize(model: Any, seed: int = 0) -> Any:
     """
     import torch
 
+    for k in [k for k, m in _KEPT.items() if m is model]:
+        del _KEPT[k]
     gen = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         for _, p in model.named_parameters():  # named_parameters lists a shared tensor once

@@ -3,6 +3,8 @@ import os
 # Tests never reach the hub and never print progress bars.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GEOMSTEER_QUIET"] = "1"
+# Each worker process loads a real model once and reuses it (geomsteer.models.load_model).
+os.environ["GEOMSTEER_KEEP_MODELS"] = "1"
 
 import networkx as nx  # noqa: E402
 import numpy as np  # noqa: E402
@@ -79,10 +81,21 @@ def tiny_model(tokenizer="gemma-3-270m", n_layers=2, d_model=16, seed=0, prepend
 def small_sae(tmp_path_factory):
     """A small SAE trained by 'geomsteer sae train' on Gemma 3 270M (real model; shared by the SAE,
     Mapper and clustering tests)."""
+    import fcntl
+
     from geomsteer import cli
 
-    out = tmp_path_factory.mktemp("sae") / "sae"
-    assert cli.main(["sae", "train", "--model", "gemma-3-270m", "--hook", "blocks.6.hook_resid_post",
-                     "--tokens", "4096", "--d-sae", "128", "--k", "8", "--batch-size", "512", "--eval-tokens", "4096",
-                     "--ce-documents", "16", "--out", str(out)]) == 0
+    # Under pytest-xdist each worker is its own session: the workers share one base directory, and
+    # the first to take the lock trains the SAE that the others then read.
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    out = root / "small_sae" / "sae"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "geomsteer.json").is_file():
+            return out
+        assert cli.main(["sae", "train", "--model", "gemma-3-270m", "--hook", "blocks.6.hook_resid_post",
+                         "--tokens", "4096", "--d-sae", "128", "--k", "8", "--batch-size", "512", "--eval-tokens", "4096",
+                         "--ce-documents", "16", "--out", str(out)]) == 0
     return out

@@ -114,7 +114,11 @@ def test_steering_loop_on_gemma(small_sae, tmp_path, capsys):
     assert doc["provenance"]["prompt_split"] == {"fit_prompts": 8, "score_prompts": 8}
     assert all(set(STAT_KEYS) <= set(st) for st in doc["metrics"]["statistics"].values())
     e = doc["metrics"]["explained_fraction"]
-    assert 0 < e["sparse_coding"] <= 1 and e["sparse_coding"] > e["sparse_coding_random_direction"]
+    # no ordering asserted against the null: with this tiny SAE (128 latents, 8 atoms) a covariance direction is
+    # explained better than the vector (0.17 vs 0.11), which an isotropic baseline hid
+    assert 0 < e["sparse_coding"] <= 1 and 0 < e["sparse_coding_random_direction"] <= 1
+    st = doc["metrics"]["statistics"]["explained_sparse_coding"]
+    assert st["observed"] == e["sparse_coding"] and st["null"]["covariance_directions"]["n_draws"] == 4
     assert len(doc["tables"]["sparse_coding"]["atoms"]) == 8
     assert doc["tables"]["features"][0]["top_contexts"]  # from the SAE's held-out store
     assert "Does the reconstruction still steer?" in (dec / "report.md").read_text()
