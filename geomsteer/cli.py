@@ -101,9 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="residual layers to scan in each model: all, every:K, or a list such as 0,6,12 (default: all)")
     sm.add_argument("--k", type=_positive_int, default=10, help="neighbours for the k-NN metrics (default: 10)")
     sm.add_argument("--permutations", type=_positive_int, default=1000,
-                    help="shuffled pairings for linear CKA, debiased CKA and mutual k-NN at the best pairs and in each "
-                         "group (default: 1000; the other metrics take at most 20, or 5 for those that build n x n "
-                         "matrices per call)")
+                    help="shuffled pairings for linear CKA, debiased CKA, mutual k-NN and k-NN Jaccard at the best "
+                         "pairs and in each group (default: 1000; SVCCA, Procrustes and RSA take at most 20, RBF CKA "
+                         "and CKNNA at most 5)")
     sm.add_argument("--scan-permutations", type=_positive_int, default=200,
                     help="shuffled pairings for the max-statistic null of the best layer pair (default: 200, on at "
                          "most 1,000 words)")

@@ -35,6 +35,7 @@ __all__ = [
     "GramSide",
     "debiased_cka_scan",
     "svcca_permutations",
+    "knn_jaccard_permutations",
     "knn_indices",
     "mutual_knn_matrix",
     "feature_correlation",
@@ -315,6 +316,28 @@ def knn_jaccard(X, Y, k: int = 10) -> float:
     na, nb = _knn(A, k), _knn(B, k)
     inter = np.array([len(np.intersect1d(r, s, assume_unique=True)) for r, s in zip(na, nb)])
     return float(np.mean(inter / (2 * k - inter)))
+
+
+def knn_jaccard_permutations(X, Y, permutations: Sequence[np.ndarray], k: int = 10) -> tuple[float, np.ndarray]:
+    """:func:`knn_jaccard` of X and Y and of X against Y with its rows re-paired by each permutation.
+
+    Re-pairing the samples relabels Y's neighbour sets (row i of Y[p] has the neighbours
+    p^-1(N_Y(p(i)))), so both neighbour searches run once and each draw is one overlap count."""
+    A, B = _pair(X, Y, 2, "k-NN Jaccard")
+    _check_k(k, len(A), "k-NN Jaccard")
+    na, nb = _knn(A, k), _knn(B, k)
+
+    def jaccard(nbp: np.ndarray) -> float:
+        inter = _overlap(na, nbp)
+        return float(np.mean(inter / (2 * k - inter)))
+
+    null = []
+    for p in permutations:
+        p = np.asarray(p)
+        inv = np.empty_like(p)
+        inv[p] = np.arange(len(p))
+        null.append(jaccard(inv[nb[p]]))
+    return jaccard(nb), np.array(null)
 
 
 def cknna(X, Y, k: int = 10, normalize: bool = True) -> float:

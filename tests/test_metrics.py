@@ -229,6 +229,14 @@ def test_gram_scan_equals_pairwise_debiased_cka_also_reshuffled():
         M.debiased_cka_scan(A, M.GramSide([np.ones((50, 3)) + rng.normal(size=(50, 3))]))
 
 
+def test_knn_jaccard_permutations_equal_plain_calls():
+    rng, As = _layers(4)
+    perms = [rng.permutation(120) for _ in range(3)]
+    obs, null = M.knn_jaccard_permutations(As[0], As[1], perms, k=6)
+    assert obs == pytest.approx(M.knn_jaccard(As[0], As[1], 6))
+    np.testing.assert_allclose(null, [M.knn_jaccard(As[0], As[1][p], 6) for p in perms])
+
+
 def test_mutual_knn_matrix_equals_pairwise_mutual_knn():
     rng, As = _layers(1)
     na = [M.knn_indices(a, 6) for a in As]

@@ -47,9 +47,10 @@ SCAN_METRICS = ("linear_cka_debiased", "mutual_knn")
 # metrics with a fast permutation path (Gram matrices, neighbour sets): n_permutations shuffles each
 FAST_METRICS = frozenset({"linear_cka", "linear_cka_debiased", "mutual_knn"})
 # metrics that build several n x n matrices per call: at most this many shuffles each
-GRAM_METRICS = frozenset({"rbf_cka", "cknna", "rsa"})
+GRAM_METRICS = frozenset({"rbf_cka", "cknna"})
 MAX_GRAM_SHUFFLES = 5
-# the other metrics (k-NN Jaccard, SVCCA, Procrustes): at most this many shuffles each
+# SVCCA, Procrustes and RSA (from one rank matrix): at most this many shuffles each; k-NN Jaccard
+# relabels its neighbour sets and gets all n_permutations
 MAX_OTHER_SHUFFLES = 20
 # permutation tests on Gram matrices use at most this many samples (a seeded subsample, recorded)
 PERMUTATION_MAX_SAMPLES = 1500
@@ -99,9 +100,10 @@ class SimilarityAnalyzer:
     """Layer x layer similarity of two models (or one) with shuffled-pairing and random-model nulls.
 
     Parameters: ``k`` neighbours for the k-NN metrics; ``n_permutations`` shuffled pairings for
-    linear CKA, debiased CKA and mutual k-NN at the best pairs and in each group (from Gram
-    matrices and neighbour sets on at most 1,500 samples; the other metrics take at most 20, and 5
-    for RBF CKA, CKNNA and RSA, which build n x n matrices per call; the scans show one shuffled
+    linear CKA, debiased CKA, mutual k-NN and k-NN Jaccard at the best pairs and in each group (from
+    Gram matrices and neighbour sets; the CKAs and mutual k-NN on at most 1,500 samples); SVCCA,
+    Procrustes and RSA take at most 20, and 5 for RBF CKA and CKNNA, which build n x n matrices per
+    call; the scans show one shuffled
     pairing per cell); ``scan_permutations`` shuffled pairings for the max-statistic null of the
     best pair (on at most ``scan_max_samples`` samples); ``top_pairs`` how many best-aligned cross-model layer pairs get every metric;
     ``min_group`` the smallest semantic group compared on its own; ``detail_max_samples`` caps
@@ -265,6 +267,10 @@ class SimilarityAnalyzer:
                 cap = MAX_GRAM_SHUFFLES if name in GRAM_METRICS else MAX_OTHER_SHUFFLES
                 if name == "svcca":  # X's reductions are shared by every draw
                     null = M.svcca_permutations(Xa, Xb, perms[:cap])
+                elif name == "knn_jaccard":  # the neighbour sets are found once; every draw relabels them
+                    null = M.knn_jaccard_permutations(Xa, Xb, perms, k)[1]
+                elif name == "rsa":  # the ranks are taken once; every draw permutes the rank matrix
+                    null = M.rsa_permutations(Xa, Xb, perms[:MAX_OTHER_SHUFFLES])[1]
                 else:
                     null = np.array([fn(Xa, Xb[pp], k) for pp in perms[:cap]])
                 perm = _summary(obs, null, higher)
