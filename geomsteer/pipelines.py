@@ -406,7 +406,7 @@ def mapper_job(model_name: str, hook: str, sae_dir: Path, concepts: Sequence[str
 
 def cluster_job(model_name: str, hook: str, sae_dir: Path, concepts: Sequence[str], out: Path, *,
                 space: str = "codes", n_clusters: int = 8, max_words: int = 3000, min_fires: int = 5,
-                n_shuffles: int = 20, prefix: str = "", rule: str = "last", max_tokens: int = 3, seed: int = 0,
+                n_shuffles: int = 200, prefix: str = "", rule: str = "last", max_tokens: int = 3, seed: int = 0,
                 force: bool = False, command: Sequence[str] | None = None) -> dict:
     """k-means over concept words (activations or SAE codes) or over the SAE features they use."""
     from . import models, reports
