@@ -54,10 +54,10 @@ def bench_omp() -> None:
 def bench_logodds() -> None:
     from geomsteer import models
     from geomsteer import steering as S
-    from geomsteer.pipelines import steering_data
+    from geomsteer.resources import steering_file
 
     model = models.load_model("gemma-3-270m")
-    items, _ = S.load_eval(steering_data("sentiment_eval.jsonl"))
+    items, _ = S.load_eval(steering_file("sentiment_eval"))
     ids = S.target_ids(model, items)
     fast = S.target_logodds(model, items, ids=ids)
     t_fast = best_of(lambda: S.target_logodds(model, items, ids=ids))
@@ -80,10 +80,10 @@ def bench_logodds() -> None:
 def bench_null_vectors() -> None:
     from geomsteer import models
     from geomsteer import steering as S
-    from geomsteer.pipelines import steering_data
+    from geomsteer.resources import steering_file
 
     model = models.load_model("gemma-3-270m")
-    items, _ = S.load_eval(steering_data("sentiment_eval.jsonl"))
+    items, _ = S.load_eval(steering_file("sentiment_eval"))
     hook = "blocks.6.hook_resid_post"
     ev = S.SteeredTargets(model, items, hook)
     V = S.covariance_directions(ev.X, 60.0, 20, seed=0)

@@ -184,9 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="steering vectors: compute, apply, sweep, decompose into SAE features, propagate through layers",
         description=(
             "Contrastive steering vectors (difference of mean activations of positive and negative prompts) and what "
-            "they do. Each step writes result.json, report.md and figures/ into --out. Shipped data: "
-            "data/steering/{sentiment,formality,animal_plant}.jsonl (pairs) and {sentiment,animal_plant}_eval.jsonl "
-            "(held-out prompts with target tokens)."
+            "they do. Each step writes result.json, report.md and figures/ into --out. Shipped sets, "
+            "passed by name: sentiment, formality, animal_plant (pairs) and sentiment_eval, animal_plant_eval "
+            "(held-out prompts with target tokens); --pairs and --eval also take a path to your own JSONL file."
         ),
     )
     st_sub = st.add_subparsers(dest="steer_command", required=True, parser_class=_Parser)
@@ -208,18 +208,19 @@ def build_parser() -> argparse.ArgumentParser:
                              "random directions from the activation covariance with the vector's norm (default: 20)")
 
     def eval_arg(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--eval", type=Path, default=None,
-                        help="JSONL of held-out prompts with 'positive'/'negative' target tokens "
-                             "(default: data/steering/sentiment_eval.jsonl)")
+        sp.add_argument("--eval", default=None,
+                        help="held-out prompts with 'positive'/'negative' target tokens: a shipped set's name "
+                             "(sentiment_eval, animal_plant_eval) or a JSONL path (default: sentiment_eval)")
 
     sc = st_sub.add_parser("compute", help="vectors at several layers from a JSONL file of contrastive pairs",
                            description="Difference of mean activations (or first principal component of the paired "
                                        "differences) at residual-stream layers, with leave-one-out pair accuracy and a "
                                        "random-sign baseline. Writes vectors.safetensors, result.json, report.md, figures/.")
     common(sc, vector=False)
-    sc.add_argument("--pairs", type=Path, default=None,
-                    help="JSONL pairs: {\"positive\": ..., \"negative\": ...} or {\"prompt\", \"positive\": \"A\", "
-                         "\"negative\": \"B\"} (default: data/steering/sentiment.jsonl)")
+    sc.add_argument("--pairs", default=None,
+                    help="a shipped set's name (sentiment, formality, animal_plant) or a JSONL path with pairs "
+                         "{\"positive\": ..., \"negative\": ...} or {\"prompt\", \"positive\": \"A\", "
+                         "\"negative\": \"B\"} (default: sentiment)")
     sc.add_argument("--layers", default="every:3", help="all, every:K, or a list such as 3,6,9 (default: every:3)")
     sc.add_argument("--position", choices=["last", "mean", "answer"], default="mean",
                     help="token read: last; mean over every token after the start token (a pair's 'prompt' "
@@ -507,9 +508,9 @@ def _cmd_cluster(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _eval_path(path: Path | None) -> Path:
-    from .pipelines import steering_data
+    from .resources import steering_file
 
-    return path if path is not None else steering_data("sentiment_eval.jsonl")
+    return steering_file(path if path is not None else "sentiment_eval")
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
@@ -546,7 +547,9 @@ def _cmd_steer(args: argparse.Namespace, argv: Sequence[str]) -> int:
     cmd = ["geomsteer", *argv]
     c = args.steer_command
     if c == "compute":
-        pairs = args.pairs if args.pairs is not None else P.steering_data("sentiment.jsonl")
+        from .resources import steering_file
+
+        pairs = steering_file(args.pairs if args.pairs is not None else "sentiment")
         res = P.steer_compute_job(args.model, pairs, args.out, layers=args.layers, position=args.position,
                                   method=args.method, force=args.force, command=cmd)
         for h, s in res["result"].metrics["per_hook"].items():

@@ -460,11 +460,6 @@ def _check_null_draws(n: int, allow_zero: bool = True) -> None:
                           f"got {n!r}: a null distribution needs a mean and an sd; 20 is the default")
 
 
-def steering_data(name: str) -> Path:
-    """A file shipped in ``data/steering`` (pairs and evaluation prompts)."""
-    return Path(__file__).resolve().parent.parent / "data" / "steering" / name
-
-
 def _vector_file(path: Path, model_name: str, hooks: Sequence[str] | None = None) -> dict:
     """Vectors from a file, checked against the model name and the hooks asked for (before loading the model)."""
     from .errors import DataError

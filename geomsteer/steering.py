@@ -49,10 +49,13 @@ class Pair:
 
 def load_pairs(path: str | Path) -> tuple[list[Pair], str]:
     """Pairs from a JSONL file and the file's sha256. Errors name the line and what was expected."""
-    p = Path(path)
+    from .resources import steering_file
+
+    p = steering_file(path)
     if not p.is_file():
         raise DataError(f"pair file {str(p)!r} does not exist: expected a JSONL file of "
-                        '{"positive": ..., "negative": ...} objects')
+                        '{"positive": ..., "negative": ...} objects, or a shipped set: sentiment, formality, '
+                        "animal_plant")
     raw = p.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -306,10 +309,13 @@ def load_eval(path: str | Path) -> tuple[list[EvalPrompt], str]:
     ``positive`` and ``negative`` are target strings (one string or a list); each counts by its
     first token. Returns the prompts and the file's sha256.
     """
-    p = Path(path)
+    from .resources import steering_file
+
+    p = steering_file(path)
     if not p.is_file():
         raise DataError(f"evaluation file {str(p)!r} does not exist: expected a JSONL file of "
-                        '{"prompt": ..., "positive": [...], "negative": [...]} objects')
+                        '{"prompt": ..., "positive": [...], "negative": [...]} objects, or a shipped set: '
+                        "sentiment_eval, animal_plant_eval")
     raw = p.read_bytes()
     from .corpus import jsonl_objects
 

@@ -1,7 +1,7 @@
 """The shipped WordNet 3.0 hierarchy and its categories for any tokenizer.
 
 WordNet's noun and verb synsets (lemmas, hypernym edges, glosses, examples) ship in
-``data/wordnet/`` (built by ``data/wordnet/build.py`` from Debian's ``wordnet-base``), so
+``geomsteer/data/wordnet/`` (built by ``data/wordnet/build.py`` from Debian's ``wordnet-base``), so
 nothing is downloaded and nltk is not needed at run time.
 
 :func:`build_hierarchy` turns WordNet into the categories of Park et al. (2024) for one
@@ -35,11 +35,13 @@ WORD_START_MARKERS = ("▁", "Ġ", " ")
 
 
 def data_dir() -> Path:
-    """Where the shipped WordNet files are: ``$GEOMSTEER_WORDNET_DIR`` or ``data/wordnet`` of the project."""
+    """Where the WordNet files are: ``$GEOMSTEER_WORDNET_DIR``, else the copy shipped in the package."""
     env = os.environ.get("GEOMSTEER_WORDNET_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "data" / "wordnet"
+    from .resources import data_path
+
+    return data_path("wordnet")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ def main() -> None:
     rng = random.Random(0)
     animals = rng.sample(single["animal.n.01"], N_PAIRS)
     plants = rng.sample(single["plant.n.02"], N_PAIRS)
-    out = Path(__file__).with_name("animal_plant.jsonl")
+    out = Path(__file__).resolve().parents[2] / "geomsteer" / "data" / "steering" / "animal_plant.jsonl"
     with out.open("w") as f:
         for i, (a, p) in enumerate(zip(animals, plants)):
             t = TEMPLATES[i % len(TEMPLATES)]

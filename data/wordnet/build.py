@@ -1,7 +1,7 @@
 """Rebuild geomsteer's compact WordNet 3.0 data from Debian's ``wordnet-base`` package.
 
     apt-get install wordnet-base wordnet-sense-index   # files land in /usr/share/wordnet
-    python data/wordnet/build.py          # writes data/wordnet/{synsets.tsv.gz,exceptions.tsv.gz,MANIFEST.json}
+    python data/wordnet/build.py          # writes geomsteer/data/wordnet/{synsets.tsv.gz,exceptions.tsv.gz,MANIFEST.json}
 
 nltk's WordNet reader needs the dictionary files *copied* (not symlinked) into
 ``<root>/corpora/wordnet/`` plus a ``lexnames`` table. Debian does not ship ``lexnames``;
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", type=Path, default=Path("/usr/share/wordnet"))
     p.add_argument("--manpage", type=Path, default=Path("/usr/share/man/man5/lexnames.5WN.gz"))
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "geomsteer" / "data" / "wordnet")
     a = p.parse_args(argv)
     missing = [n for n in SOURCE_FILES if not (a.source / n).exists()]
     if missing or not a.manpage.exists():

@@ -1,0 +1,28 @@
+"""Files that ship inside the package: WordNet and the steering sets (read through importlib.resources)."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+__all__ = ["data_path", "steering_file", "STEERING_SETS"]
+
+STEERING_SETS = ("sentiment", "formality", "animal_plant", "sentiment_eval", "animal_plant_eval")
+
+
+def data_path(*parts: str) -> Path:
+    """A path under the package's ``data/`` directory (installed wheels and source checkouts alike)."""
+    root = resources.files("geomsteer").joinpath("data", *parts)
+    return Path(os.fspath(root))  # geomsteer installs as plain files (no zip), so this is a real path
+
+
+def steering_file(name: str | os.PathLike) -> Path:
+    """A steering set: a shipped name (``sentiment``, ``sentiment_eval``, ``sentiment.jsonl``) or a file path.
+
+    A path is returned as given (the readers say what is wrong with it)."""
+    text = os.fspath(name)
+    stem = text[:-6] if text.endswith(".jsonl") else text
+    if stem in STEERING_SETS and not Path(text).is_file():
+        return data_path("steering", f"{stem}.jsonl")
+    return Path(text)
