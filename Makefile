@@ -12,7 +12,7 @@ DEMO_OUT ?= runs/demo
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test install benchmark clean-venv
+.PHONY: demo test test-fast install benchmark clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ demo: $(VENV)/.installed-offline
 # workers share the small trained SAE through a lock (tests/conftest.py).
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -ra -n 2 --dist loadfile tests
+
+# The unit tests and tiny-model tests alone (no real-model test): for a quick check while editing.
+test-fast: $(VENV)/.installed-test
+	$(PY) -m pytest -ra -n 2 --dist loadfile -m "not real_model" tests
 
 benchmark: $(VENV)/.installed-test
 	$(PY) benchmarks/bench_hierarchy.py --e2e

@@ -6,7 +6,7 @@ hooks from a single forward pass that stops right after the last hook it needs (
 layers, no logits). Documents are tokenized as the model expects (BOS prepended when the model
 prepends it), truncated to ``context_length``, right-padded; padding never reaches the output,
 and the context-start position (BOS, or a newline for models that prepend no BOS: see
-``_bos``) is dropped unless ``keep_bos`` (its residual is an outlier that would dominate
+``bos_ids``) is dropped unless ``keep_bos`` (its residual is an outlier that would dominate
 statistics).
 
 :func:`extract_to_store` writes them as safetensors shards with a manifest (model, hooks, dtype,
@@ -27,6 +27,7 @@ import numpy as np
 
 from . import _atomic
 from ._progress import counter, say
+from .hooks import check_hooks, layer_of
 from .errors import ConfigError, DataError
 
 __all__ = ["check_hooks", "tokenize", "iter_activations", "unit_activations", "text_words", "word_activations_in_text", "extract_to_store", "ActivationStore"]
@@ -39,32 +40,7 @@ class _StopForward(Exception):
     """Raised from the last needed hook to end the forward pass early."""
 
 
-def _layer_of(hook: str) -> int:
-    parts = hook.split(".")
-    return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else -1
-
-
-def check_hooks(model: Any, hooks: Sequence[str]) -> list[str]:
-    """Validate hook names against the model; the error lists valid names for its layer range."""
-    if isinstance(hooks, str):
-        hooks = [hooks]
-    if not hooks:
-        raise ConfigError("no hooks given: expected one or more TransformerLens hook names such as "
-                          "'blocks.6.hook_resid_post'")
-    valid = set(model.hook_dict)
-    bad = [h for h in hooks if h not in valid]
-    if bad:
-        n_layers = model.cfg.n_layers
-        kinds = sorted({h.split(".", 2)[2] for h in valid if h.startswith("blocks.0.") and h.count(".") == 2})
-        raise ConfigError(
-            f"unknown hook {bad[0]!r} for this model: it has layers 0..{n_layers - 1}; valid names are "
-            f"blocks.<layer>.<name> with <name> one of {', '.join(kinds)} (for example "
-            f"'blocks.{min(6, n_layers - 1)}.hook_resid_post'), or hook_embed"
-        )
-    return list(dict.fromkeys(hooks))
-
-
-def _bos(model: Any) -> list[int]:
+def bos_ids(model: Any) -> list[int]:
     """The context-start token every row begins with; outputs drop its position unless ``keep_bos``.
 
     The model's BOS when it prepends one (Gemma). A model that prepends none (Qwen2.5) makes its
@@ -83,7 +59,7 @@ def tokenize(model: Any, texts: Sequence[str], context_length: int) -> tuple[np.
     """Token ids (batch, pos) right-padded, a mask of non-padding tokens, and whether BOS was prepended."""
     docs = model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     ids, _, lengths, _ = _rows(model, docs, context_length, pack=False, n_rows=len(docs))
-    return ids, np.arange(ids.shape[1])[None, :] < lengths[:, None], bool(_bos(model))
+    return ids, np.arange(ids.shape[1])[None, :] < lengths[:, None], bool(bos_ids(model))
 
 
 def _rows(model: Any, docs: Sequence[list[int]], context_length: int, pack: bool, n_rows: int
@@ -95,7 +71,7 @@ def _rows(model: Any, docs: Sequence[list[int]], context_length: int, pack: bool
     whole documents fill each row, separated by a newline token; a document longer than a row is
     truncated in a row of its own.
     """
-    head = _bos(model)
+    head = bos_ids(model)
     sep = model.tokenizer("\n", add_special_tokens=False)["input_ids"][-1:] if pack else []
     rows: list[list[int]] = []
     owner: list[list[int]] = []
@@ -124,7 +100,7 @@ def _rows(model: Any, docs: Sequence[list[int]], context_length: int, pack: bool
 def _forward(model: Any, ids: np.ndarray, mask: np.ndarray, hooks: Sequence[str]) -> dict[str, Any]:
     import torch
 
-    last = max(hooks, key=_layer_of)
+    last = max(hooks, key=layer_of)
     captured: dict[str, Any] = {}
 
     def saver(name: str):
@@ -150,7 +126,7 @@ def _forward(model: Any, ids: np.ndarray, mask: np.ndarray, hooks: Sequence[str]
     return captured
 
 
-def _forward_rows(model: Any, rows: Sequence[Sequence[int]], hooks: Sequence[str]) -> dict[str, Any]:
+def forward_rows(model: Any, rows: Sequence[Sequence[int]], hooks: Sequence[str]) -> dict[str, Any]:
     """Right-pad token-id rows into one batch and run :func:`_forward` on it."""
     tok = model.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -180,7 +156,7 @@ def iter_activations(model: Any, texts: Sequence[str], hooks: Sequence[str], bat
     np_dtype = {"float32": np.float32, "float16": np.float16}.get(dtype)
     if np_dtype is None:
         raise ConfigError(f"unknown dtype {dtype!r}: expected float32 or float16")
-    head = _bos(model)
+    head = bos_ids(model)
     tokenized: list[list[int]] = []  # documents tokenized ahead, in chunks (fast tokenizers batch well)
     offset = start = 0
     while start < len(texts):
@@ -236,7 +212,7 @@ def unit_activations(model: Any, units: Sequence[str], hooks: Sequence[str], rul
     if max_tokens < 1:
         raise ConfigError(f"max_tokens must be at least 1, got {max_tokens}")
     tok = model.tokenizer
-    head = _bos(model) + (tok(prefix, add_special_tokens=False)["input_ids"] if prefix else [])
+    head = bos_ids(model) + (tok(prefix, add_special_tokens=False)["input_ids"] if prefix else [])
     pieces = tok([" " + u for u in units], add_special_tokens=False)["input_ids"] if len(units) else []
     unk = tok.unk_token_id
     n_tok = np.array([len(p) for p in pieces], dtype=np.int64)
@@ -301,7 +277,7 @@ def word_activations_in_text(model: Any, texts: Sequence[str], hooks: Sequence[s
     """
     hooks = check_hooks(model, hooks)
     tok = model.tokenizer
-    head = _bos(model)
+    head = bos_ids(model)
     spans = [text_words(t) for t in texts]
     n_words = sum(len(s) for s in spans)
     first = np.concatenate([[0], np.cumsum([len(s) for s in spans])]).astype(np.int64)
@@ -330,7 +306,7 @@ def word_activations_in_text(model: Any, texts: Sequence[str], hooks: Sequence[s
                         continue
                     prev = t
                     where.append((r, len(head) + t, int(first[b + r] + w)))
-            acts = _forward_rows(model, rows, hooks)
+            acts = forward_rows(model, rows, hooks)
             if where:
                 rr, pp, ww = (np.array(v) for v in zip(*where))
                 for h in hooks:
@@ -355,7 +331,7 @@ def _config(model_name: str, model: Any, hooks: Sequence[str], context_length: i
         "dtype": dtype,
         "tokenizer": type(tok).__name__,
         "vocab_size": int(len(tok)),
-        "context_start": _bos(model),
+        "context_start": bos_ids(model),
         "keep_bos": keep_bos,
         "context_length": context_length,
         "corpus": corpus_name,

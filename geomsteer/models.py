@@ -26,6 +26,7 @@ import contextlib
 import functools
 import json
 import os
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -550,9 +551,62 @@ def load_model(model: str | ResolvedModel, device: str = "cpu", dtype: str = "fl
 
             tl = TransformerBridge.boot_transformers(str(r.path), device=device, dtype=_torch_dtype(dtype), tokenizer=tok)
     tl.eval()
+    _RESOLVED[tl] = r
     if os.environ.get("GEOMSTEER_KEEP_MODELS"):
         _KEPT[key] = tl
     return tl
+
+
+# The model name and files behind every model load_model returned, so that a loaded model can be
+# passed wherever a name is accepted (its provenance and unembedding are still known).
+_RESOLVED: "weakref.WeakKeyDictionary[Any, ResolvedModel]" = weakref.WeakKeyDictionary()
+
+
+def resolved_of(model: Any) -> ResolvedModel | None:
+    """What ``model`` was loaded from, if :func:`load_model` loaded it."""
+    try:
+        return _RESOLVED.get(model)
+    except TypeError:  # not weak-referenceable: not a model geomsteer loaded
+        return None
+
+
+def use_model(model: Any, device: str = "cpu", dtype: str = "float32") -> tuple[Any, ResolvedModel]:
+    """A loaded model and what it was loaded from, given a name (loads it) or a model object.
+
+    A model :func:`load_model` returned keeps its name and files; any other TransformerLens model
+    (``HookedTransformer`` or ``TransformerBridge`` with a tokenizer) is used as it is and named by
+    its ``cfg.model_name``, its provenance saying it was passed in."""
+    if isinstance(model, (str, os.PathLike, ResolvedModel)):
+        r = model if isinstance(model, ResolvedModel) else resolve(os.fspath(model))
+        return load_model(r, device=device, dtype=dtype), r
+    r = resolved_of(model)
+    if r is None:
+        cfg = getattr(model, "cfg", None)
+        if cfg is None or getattr(model, "tokenizer", None) is None or not hasattr(model, "hook_dict"):
+            raise ConfigError(f"expected a model name (see 'geomsteer models') or a TransformerLens model with a "
+                              f"tokenizer, got a {type(model).__name__}; load one with gs.load_model(name)")
+        name = str(getattr(cfg, "model_name", "") or type(model).__name__)
+        r = ResolvedModel(name=name, path=None, hf_id=None, tl_name=None, provenance={
+            "source": "a model object passed by the caller (not loaded by geomsteer)", "model_name": name,
+            "n_layers": int(cfg.n_layers), "d_model": int(cfg.d_model)})
+        _RESOLVED[model] = r
+    return model, r
+
+
+def unembedding_for(model: Any, resolved: ResolvedModel) -> Unembedding:
+    """The unembedding of a loaded model: from geomsteer's cache (or the model's files) when it knows them,
+    else read from the model itself (its ``W_U`` and final norm gain)."""
+    if resolved.path is not None:
+        return load_unembedding(resolved)
+    W = model.W_U.detach().float().cpu().numpy().T
+    vocab = dict(model.tokenizer.get_vocab())
+    gamma = np.ascontiguousarray(W[: min(max(vocab.values()) + 1, W.shape[0])])
+    ln = getattr(model, "ln_final", None)
+    w = getattr(ln, "w", None) if ln is not None else None
+    scale = w.detach().float().cpu().numpy() if w is not None else None
+    prov = {**resolved.provenance, "d_model": int(gamma.shape[1]), "vocab_size": int(gamma.shape[0]),
+            "tokenizer": type(model.tokenizer).__name__, "unembedding": "the model's W_U"}
+    return Unembedding(gamma, vocab, resolved.name, type(model.tokenizer).__name__, prov, scale)
 
 
 # With GEOMSTEER_KEEP_MODELS set (the test suite sets it), load_model keeps each loaded model for

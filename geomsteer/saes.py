@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from . import _atomic, _progress
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, GeomsteerError
 
-__all__ = ["ARCHITECTURES", "train_sae", "save_sae", "load_sae", "load_pretrained", "encode", "sae_metrics",
+__all__ = ["ARCHITECTURES", "SaeDir", "read_sae_dir", "train_sae", "save_sae", "load_sae", "load_pretrained", "encode", "sae_metrics",
            "ce_loss_recovered", "logit_lens", "top_contexts"]
 
 ARCHITECTURES = ("topk", "standard", "jumprelu")
@@ -142,20 +143,103 @@ def save_sae(sae: Any, out: str | Path, metrics: dict | None = None, extra: dict
 
 def load_sae(path: str | Path, d_in: int | None = None, hook_name: str | None = None) -> Any:
     """Load a SAELens-format SAE from a directory; optionally check it fits ``d_in`` / ``hook_name``."""
-    from sae_lens import SAE
+    return read_sae_dir(path, hook=hook_name, d_in=d_in).sae
 
-    p = Path(path)
-    if not (p / "cfg.json").is_file():
-        raise DataError(f"{str(p)!r} is not an SAE directory: expected SAELens's cfg.json in it")
-    sae = SAE.load_from_disk(str(p), device="cpu")
-    if d_in is not None and sae.cfg.d_in != d_in:
-        raise DataError(f"the SAE at {str(p)!r} reads vectors of size {sae.cfg.d_in}, but the activations have size "
-                        f"{d_in}; use an SAE trained on this model and hook")
-    sae_hook = sae.cfg.metadata.get("hook_name") if hasattr(sae.cfg, "metadata") else None
-    if hook_name is not None and sae_hook and sae_hook != hook_name:
-        raise DataError(f"the SAE at {str(p)!r} was trained at hook {sae_hook!r}, not {hook_name!r}; use an SAE "
+
+@dataclass(frozen=True)
+class SaeDir:
+    """An SAE directory: the SAELens SAE and what geomsteer recorded beside it (``geomsteer.json``).
+
+    ``hook`` is where the SAE reads activations; ``model`` the model it was trained on (``None``
+    when the directory was not written by ``geomsteer sae train``); ``info`` the whole record.
+    """
+
+    path: Path | None
+    sae: Any
+    hook: str | None
+    model: str | None = None
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.sae.cfg.d_sae)
+
+    @property
+    def d_in(self) -> int:
+        return int(self.sae.cfg.d_in)
+
+    @property
+    def metrics(self) -> dict:
+        return dict(self.info.get("metrics", {}))
+
+    def held_out_store(self) -> Any:
+        """The activation store of held-out tokens the SAE was measured on (for top contexts)."""
+        from .activations import ActivationStore
+
+        where = self.info.get("activation_stores", {}).get("held_out")
+        if not where:
+            raise DataError(f"{str(self.path)!r} has no geomsteer.json with held-out activations: expected an SAE "
+                            "written by 'geomsteer sae train', which records the model, hook and held-out tokens")
+        try:
+            store = ActivationStore(where)
+        except GeomsteerError:
+            raise DataError(f"the held-out activations of {str(self.path)!r} are no longer cached (at {where}); "
+                            "retrain the SAE with 'geomsteer sae train' to rebuild them") from None
+        if self.hook not in store.manifest.get("d", {}):
+            raise DataError(f"the held-out store {where} has no activations at {self.hook}")
+        if store.manifest["d"][self.hook] != self.d_in:
+            raise DataError(f"the SAE reads vectors of size {self.d_in} but the activations at {self.hook} have size "
+                            f"{store.manifest['d'][self.hook]}; use an SAE trained on this model and hook")
+        return store
+
+    def __repr__(self) -> str:
+        return (f"SaeDir({str(self.path) if self.path else None!r}, model={self.model!r}, hook={self.hook!r}, d_in={self.d_in}, "
+                f"d_sae={self.d_sae})")
+
+
+def read_sae_dir(path: str | Path | SaeDir, *, hook: str | None = None, d_in: int | None = None) -> SaeDir:
+    """The one reader of SAE directories: SAELens's ``cfg.json`` and weights, and ``geomsteer.json`` if present.
+
+    Errors say what the directory lacks. ``hook`` and ``d_in``, when given, are checked against the SAE.
+    """
+    if isinstance(path, SaeDir):
+        found = path
+    else:
+        p = Path(path)
+        if not p.is_dir() or not (p / "cfg.json").is_file():
+            raise DataError(f"{str(p)!r} is not an SAE directory: expected SAELens's cfg.json in it (as written by "
+                            "'geomsteer sae train' or SAE.save_model)")
+        try:
+            cfg = json.loads((p / "cfg.json").read_text())
+        except ValueError as e:
+            raise DataError(f"{str(p / 'cfg.json')!r} is not valid JSON ({e}); expected SAELens's SAE config") from None
+        missing = [k for k in ("d_in", "d_sae", "dtype") if k not in cfg] if isinstance(cfg, dict) else ["d_in"]
+        if missing:
+            raise DataError(f"{str(p / 'cfg.json')!r} lacks {', '.join(repr(m) for m in missing)}: expected the config "
+                            "SAELens writes with an SAE (SAE.save_model, or 'geomsteer sae train')")
+        from sae_lens import SAE
+
+        try:
+            sae = SAE.load_from_disk(str(p), device="cpu")
+        except (KeyError, TypeError, ValueError, FileNotFoundError, OSError) as e:
+            raise DataError(f"SAELens cannot load the SAE in {str(p)!r} ({type(e).__name__}: {e}); expected a "
+                            "directory written by 'geomsteer sae train' or SAE.save_model") from None
+        info: dict = {}
+        if (p / "geomsteer.json").is_file():
+            try:
+                info = json.loads((p / "geomsteer.json").read_text())
+            except ValueError:
+                raise DataError(f"{str(p / 'geomsteer.json')!r} is not valid JSON; it is written by "
+                                "'geomsteer sae train'; retrain or remove it") from None
+        meta_hook = sae.cfg.metadata.get("hook_name") if hasattr(sae.cfg, "metadata") else None
+        found = SaeDir(p, sae, info.get("hook") or meta_hook, info.get("model"), info)
+    if d_in is not None and found.d_in != d_in:
+        raise DataError(f"the SAE at {str(found.path)!r} reads vectors of size {found.d_in}, but the activations have "
+                        f"size {d_in}; use an SAE trained on this model and hook")
+    if hook is not None and found.hook and found.hook != hook:
+        raise DataError(f"the SAE at {str(found.path)!r} was trained at hook {found.hook!r}, not {hook!r}; use an SAE "
                         "trained at this hook")
-    return sae
+    return found
 
 
 def load_pretrained(release: str, sae_id: str) -> Any:
@@ -348,7 +432,7 @@ def logit_lens(sae: Any, feature: int, W_U: np.ndarray, k: int = 10,
     (W_dec[feature] * norm_scale) . W_U[y], where ``norm_scale`` is the final norm's elementwise
     scale (how the model reads its residual stream before unembedding; omitted when None).
     """
-    _check_feature(sae, feature)
+    check_feature(sae, feature)
     w = sae.W_dec.detach().float().numpy()[feature]
     if norm_scale is not None:
         w = w * np.asarray(norm_scale, dtype=np.float32)
@@ -358,7 +442,7 @@ def logit_lens(sae: Any, feature: int, W_U: np.ndarray, k: int = 10,
     return {"top": [(int(i), float(scores[i])) for i in top], "bottom": [(int(i), float(scores[i])) for i in bottom]}
 
 
-def _check_feature(sae: Any, feature: int) -> None:
+def check_feature(sae: Any, feature: int) -> None:
     if not isinstance(feature, (int, np.integer)) or not 0 <= feature < sae.cfg.d_sae:
         raise ConfigError(f"feature {feature!r} does not exist: this SAE has features 0..{sae.cfg.d_sae - 1}")
 

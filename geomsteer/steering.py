@@ -35,6 +35,7 @@ __all__ = ["Pair", "load_pairs", "SteeringVector", "compute_vectors", "vectors_b
            "POSITIONS", "METHODS", "shuffled_label_vectors", "covariance_directions", "SteeredTargets"]
 
 POSITIONS = ("last", "mean", "answer")
+DEFAULT_POSITION = "mean"  # the CLI's and the API's default: every token after BOS, prompt included
 METHODS = ("mean_diff", "pca")
 FORMAT = "geomsteer.steering/1"
 DIFFS = "pair_differences:"  # tensor-name prefix of a hook's per-pair differences in a vector file
@@ -100,11 +101,12 @@ class SteeringVector:
 def _side_vectors(model: Any, texts: Sequence[str], prompts: Sequence[str], hooks: Sequence[str], position: str,
                   batch_size: int) -> dict[str, np.ndarray]:
     """One vector per text at each hook, read by the position rule (prompt tokens come first)."""
-    from .activations import _bos, _forward_rows, check_hooks
+    from .activations import bos_ids, forward_rows
+    from .hooks import check_hooks
 
     hooks = check_hooks(model, hooks)
     tok = model.tokenizer
-    head = _bos(model)
+    head = bos_ids(model)
     d = int(model.cfg.d_model)
     out = {h: np.empty((len(texts), d), dtype=np.float64) for h in hooks}
     for b in range(0, len(texts), batch_size):
@@ -119,7 +121,7 @@ def _side_vectors(model: Any, texts: Sequence[str], prompts: Sequence[str], hook
             start = len(head) + (len(pids) if position == "answer" else 0)
             spans.append((start, len(ids)))
             rows.append(ids)
-        acts = _forward_rows(model, rows, hooks)
+        acts = forward_rows(model, rows, hooks)
         for h in hooks:
             a = acts[h].double().cpu().numpy()
             for r, (s, e) in enumerate(spans):
@@ -127,7 +129,7 @@ def _side_vectors(model: Any, texts: Sequence[str], prompts: Sequence[str], hook
     return out
 
 
-def compute_vectors(model: Any, pairs: Sequence[Pair], hooks: Sequence[str], position: str = "last",
+def compute_vectors(model: Any, pairs: Sequence[Pair], hooks: Sequence[str], position: str = DEFAULT_POSITION,
                     method: str = "mean_diff", model_name: str = "", data_sha256: str = "",
                     batch_size: int = 16) -> dict[str, SteeringVector]:
     """A steering vector at each hook from contrastive pairs (difference of means, or first PC)."""
@@ -228,10 +230,10 @@ def load_vectors(path: str | Path) -> dict[str, SteeringVector]:
         raise DataError(f"{str(p)!r} is not a geomsteer steering vector file (format {meta.get('format')!r}, "
                         f"expected {FORMAT!r})")
     prov = json.loads(meta.get("provenance", "{}"))
-    from .activations import _layer_of
+    from .hooks import layer_of
 
     diffs = {k[len(DIFFS):]: tensors.pop(k) for k in list(tensors) if k.startswith(DIFFS)}
-    tensors = dict(sorted(tensors.items(), key=lambda kv: (_layer_of(kv[0]), kv[0])))  # safetensors sorts by name
+    tensors = dict(sorted(tensors.items(), key=lambda kv: (layer_of(kv[0]), kv[0])))  # safetensors sorts by name
     return {h: SteeringVector(v, meta["model"], h, meta["position"], meta["method"], int(meta["n_pairs"]),
                               meta.get("data_sha256", ""), prov.get(h, {}), diffs.get(h)) for h, v in tensors.items()}
 
@@ -250,7 +252,7 @@ def steering(model: Any, vector: SteeringVector | np.ndarray, alpha: float, hook
 
     import torch
 
-    from .activations import check_hooks
+    from .hooks import check_hooks
 
     if isinstance(vector, SteeringVector):
         hook = hook or vector.hook
@@ -407,10 +409,10 @@ def target_logodds(model: Any, items: Sequence[EvalPrompt], batch_size: int = 16
     """
     import torch
 
-    from .activations import _bos
+    from .activations import bos_ids
 
     ids = ids if ids is not None else target_ids(model, items)
-    head = _bos(model)
+    head = bos_ids(model)
     tok = model.tokenizer
     out = np.empty((len(items), 3))
     for b in range(0, len(items), batch_size):
@@ -434,12 +436,12 @@ def generate(model: Any, prompts: Sequence[str], max_new_tokens: int = 32,
     """
     import torch
 
-    from .activations import _bos
+    from .activations import bos_ids
 
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be positive, got {max_new_tokens}")
     tok = model.tokenizer
-    head = _bos(model)
+    head = bos_ids(model)
     eos = tok.eos_token_id
     rows = [head + tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     n_ctx = int(getattr(model.cfg, "n_ctx", 1 << 30))
@@ -481,12 +483,12 @@ class NeutralText:
     def __init__(self, model: Any, texts: Sequence[str], max_tokens: int = 32, batch_size: int = 8) -> None:
         import torch
 
-        from .activations import _bos
+        from .activations import bos_ids
 
         if not texts:
             raise DataError("no neutral texts: expected at least one text to measure side effects on")
         tok = model.tokenizer
-        head = _bos(model)
+        head = bos_ids(model)
         self.start = len(head)
         self.batches = []
         self.n_positions = 0
@@ -598,12 +600,13 @@ class SteeredTargets:
 
         import torch
 
-        from .activations import _bos, _forward_rows, check_hooks
+        from .activations import bos_ids, forward_rows
+        from .hooks import check_hooks
 
         check_hooks(model, [hook])
         self.model, self.items, self.hook, self.batch_size = model, list(items), hook, batch_size
         self.ids = list(ids) if ids is not None else target_ids(model, items)
-        self.head = _bos(model)
+        self.head = bos_ids(model)
         tok = model.tokenizer
         self.rows = [self.head + tok(it.prompt, add_special_tokens=False)["input_ids"] for it in self.items]
         m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook)
@@ -623,7 +626,7 @@ class SteeredTargets:
                 self.resid = model(ids_t, attention_mask=self.mask, stop_at_layer=self.layer + 1)
             acts = self.resid.float().numpy()
         else:
-            acts = _forward_rows(model, self.rows, [hook])[hook].float().cpu().numpy()
+            acts = forward_rows(model, self.rows, [hook])[hook].float().cpu().numpy()
         self.X = np.concatenate([acts[r, len(self.head) : len(row)] for r, row in enumerate(self.rows)])
         width = max(max(len(p), len(q)) for p, q in self.ids)
 

@@ -76,15 +76,15 @@ class ConceptHierarchy:
         return self.graph.number_of_nodes()
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
     if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
+        return jsonable(x.tolist())
     if isinstance(x, np.generic):
-        return _jsonable(x.item())
+        return jsonable(x.item())
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
@@ -107,7 +107,7 @@ class AnalysisResult:
     artifacts: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return _jsonable({
+        return jsonable({
             "analyzer": self.analyzer,
             "params": self.params,
             "provenance": self.provenance,

@@ -101,7 +101,7 @@ def test_interrupt_leaves_no_half_written_report(tmp_path, capsys, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(reports, "_hierarchy_figures", interrupted)
+    monkeypatch.setattr(reports.hierarchy, "_hierarchy_figures", interrupted)
     out = tmp_path / "o"
     code = cli.main(["hierarchy", "--model", "gemma-3-270m", "--min-tokens", "400", "--no-baselines", "--out", str(out)])
     assert code == 130
@@ -223,7 +223,7 @@ def test_one_null_draw_is_refused_before_any_work(tmp_path, capsys):
 
 
 def test_summary_line_says_undefined_for_missing_values():
-    from geomsteer.cli import _stat_line
+    from geomsteer.cli import stat_line as _stat_line
 
     st = {"observed": None, "ci95": None, "p_value": 0.5, "effect_size": None, "conservative_null": "shuffled_tokens"}
     assert _stat_line(st) == "undefined  effect undefined sd, p 5.0e-01 (shuffled tokens)"

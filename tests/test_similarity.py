@@ -9,7 +9,9 @@ import torch
 from conftest import tiny_model
 
 from geomsteer import activations as A
-from geomsteer import cli, models, pipelines
+from geomsteer import cli, models
+from geomsteer.hooks import parse_layers
+from geomsteer.pipelines.similarity import balanced_sample
 from geomsteer.analyzers.similarity import FeatureMatcher, SimilarityAnalyzer
 from geomsteer.errors import ConfigError, DataError, NotFittedError
 from geomsteer.stats import STAT_KEYS
@@ -40,7 +42,7 @@ def test_unit_activations_match_a_plain_forward(gemma_tiny, rule):
     acts, kept, n_tok = A.unit_activations(m, WORDS, hooks, rule=rule, prefix="A word:", max_tokens=3,
                                            batch_size=3, progress=False)
     tok = m.tokenizer
-    head = A._bos(m) + tok("A word:", add_special_tokens=False)["input_ids"]
+    head = A.bos_ids(m) + tok("A word:", add_special_tokens=False)["input_ids"]
     for i in np.flatnonzero(kept):
         ids = tok(" " + WORDS[i], add_special_tokens=False)["input_ids"]
         assert n_tok[i] == len(ids) <= 3
@@ -56,7 +58,7 @@ def test_unit_activations_match_a_plain_forward(gemma_tiny, rule):
 
 def test_models_without_bos_start_their_rows_with_a_newline(qwen_tiny, gemma_tiny):
     nl = qwen_tiny.tokenizer("\n", add_special_tokens=False)["input_ids"][-1:]
-    assert A._bos(qwen_tiny) == nl and A._bos(gemma_tiny) == [gemma_tiny.tokenizer.bos_token_id]
+    assert A.bos_ids(qwen_tiny) == nl and A.bos_ids(gemma_tiny) == [gemma_tiny.tokenizer.bos_token_id]
     acts, kept, _ = A.unit_activations(qwen_tiny, ["dog"], ["blocks.0.hook_resid_post"], progress=False)
     ids = nl + qwen_tiny.tokenizer(" dog", add_special_tokens=False)["input_ids"]
     _, cache = qwen_tiny.run_with_cache(torch.tensor([ids]), names_filter="blocks.0.hook_resid_post")
@@ -84,7 +86,7 @@ def test_words_in_text_align_across_tokenizers(gemma_tiny, qwen_tiny):
         tok = m.tokenizer
         enc = tok(texts[0], add_special_tokens=False, return_offsets_mapping=True)
         t = next(i for i, (s, e) in enumerate(enc["offset_mapping"]) if s <= 19 < e)
-        head = A._bos(m)
+        head = A.bos_ids(m)
         _, cache = m.run_with_cache(torch.tensor([head + enc["input_ids"]]), names_filter="blocks.1.hook_resid_post")
         np.testing.assert_allclose(out[name][0][3], cache["blocks.1.hook_resid_post"][0, len(head) + t].numpy(),
                                    rtol=1e-4, atol=1e-5)
@@ -211,21 +213,21 @@ def tiny_models(monkeypatch, gemma_tiny, qwen_tiny):
 
 
 def test_parse_layers():
-    assert pipelines.parse_layers("all", 3, "m") == [0, 1, 2]
-    assert pipelines.parse_layers("every:4", 10, "m") == [0, 4, 8, 9]
-    assert pipelines.parse_layers("6, 0", 18, "m") == [0, 6]
+    assert parse_layers("all", 3, "m") == [0, 1, 2]
+    assert parse_layers("every:4", 10, "m") == [0, 4, 8, 9]
+    assert parse_layers("6, 0", 18, "m") == [0, 6]
     with pytest.raises(ConfigError, match=re.escape("--layers '0,20': m has layers 0..17; got [20]")):
-        pipelines.parse_layers("0,20", 18, "m")
+        parse_layers("0,20", 18, "m")
     with pytest.raises(ConfigError, match="expected every:K with K a positive integer"):
-        pipelines.parse_layers("every:0", 18, "m")
+        parse_layers("every:0", 18, "m")
 
 
 def test_balanced_sample_caps_large_groups():
     wg = {f"a{i}": "A" for i in range(100)} | {f"b{i}": "B" for i in range(10)} | {f"c{i}": "C" for i in range(50)}
-    words = pipelines._balanced_sample(wg, 70, seed=0)
+    words = balanced_sample(wg, 70, seed=0)
     counts = {g: sum(wg[w] == g for w in words) for g in "ABC"}
     assert counts == {"A": 30, "B": 10, "C": 30}
-    assert words == pipelines._balanced_sample(wg, 70, seed=0)
+    assert words == balanced_sample(wg, 70, seed=0)
 
 
 def test_similarity_command_writes_a_complete_report(tiny_models, tmp_path, capsys):

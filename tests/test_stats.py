@@ -69,7 +69,7 @@ def test_auc_matches_the_pairwise_definition():
 
 
 def test_report_verdicts_say_which_way_a_statistic_went():
-    from geomsteer.reports import _verdict
+    from geomsteer.reports import verdict as _verdict
 
     base = {"conservative_null": "nested_random_sets", "alternative": "less"}
     assert _verdict({**base, "p_value": 1e-4, "effect_size": -6.0}).startswith("beyond every null")

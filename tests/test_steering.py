@@ -45,7 +45,7 @@ def test_malformed_pair_files(tmp_path, lines, message):
 
 
 def _plain(model, text, prompt, hook):
-    ids = A._bos(model) + (model.tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []) \
+    ids = A.bos_ids(model) + (model.tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []) \
         + model.tokenizer(text, add_special_tokens=False)["input_ids"]
     _, cache = model.run_with_cache(torch.tensor([ids]), names_filter=hook)
     return cache[hook][0].double().numpy(), len(ids)
@@ -95,7 +95,7 @@ def test_save_and_load_round_trip(tiny, tmp_path):
     assert set(back) == set(hooks)
     for h in hooks:
         np.testing.assert_array_equal(back[h].vector, vs[h].vector)
-        assert (back[h].model, back[h].position, back[h].n_pairs, back[h].data_sha256) == ("tiny", "last", 1, "abc")
+        assert (back[h].model, back[h].position, back[h].n_pairs, back[h].data_sha256) == ("tiny", "mean", 1, "abc")  # the default rule
     with pytest.raises(OutputExistsError):
         S.save_vectors(vs, path)
     (tmp_path / "x.safetensors").write_bytes(b"not a file")
@@ -106,7 +106,7 @@ def test_save_and_load_round_trip(tiny, tmp_path):
 
 def test_steering_adds_the_vector_and_always_removes_its_hook(tiny):
     hook = "blocks.0.hook_resid_post"
-    ids = torch.tensor([A._bos(tiny) + tiny.tokenizer(" hello there", add_special_tokens=False)["input_ids"]])
+    ids = torch.tensor([A.bos_ids(tiny) + tiny.tokenizer(" hello there", add_special_tokens=False)["input_ids"]])
     v = np.random.default_rng(0).normal(size=16).astype(np.float32)
     _, clean = tiny.run_with_cache(ids, names_filter=hook)
     with S.steering(tiny, v, 2.0, hook=hook):
@@ -123,7 +123,7 @@ def test_steering_adds_the_vector_and_always_removes_its_hook(tiny):
 def test_steering_at_the_last_real_token_of_padded_rows(tiny):
     hook = "blocks.1.hook_resid_post"
     tok = tiny.tokenizer
-    rows = [A._bos(tiny) + tok(t, add_special_tokens=False)["input_ids"] for t in (" a b c d", " a")]
+    rows = [A.bos_ids(tiny) + tok(t, add_special_tokens=False)["input_ids"] for t in (" a b c d", " a")]
     lengths = [len(r) for r in rows]
     ids = torch.full((2, max(lengths)), tok.pad_token_id)
     for i, r in enumerate(rows):
@@ -194,7 +194,7 @@ def test_target_logodds_match_a_plain_computation_and_ignore_padding(tiny, softc
     got = S.target_logodds(tiny, items, batch_size=2)
     tok = tiny.tokenizer
     for i, it in enumerate(items):
-        ids = torch.tensor([A._bos(tiny) + tok(it.prompt, add_special_tokens=False)["input_ids"]])
+        ids = torch.tensor([A.bos_ids(tiny) + tok(it.prompt, add_special_tokens=False)["input_ids"]])
         with torch.no_grad():
             lp = torch.log_softmax(tiny(ids)[0, -1].double(), -1).numpy()
         pos = np.log(sum(np.exp(lp[tok(t, add_special_tokens=False)["input_ids"][0]]) for t in it.positive))
@@ -204,7 +204,7 @@ def test_target_logodds_match_a_plain_computation_and_ignore_padding(tiny, softc
 
 def _greedy_by_hand(model, prompt, n, v=None, alpha=0.0, hook=None):
     """Greedy decoding one full forward pass per token, the vector added after the start token."""
-    head = A._bos(model)
+    head = A.bos_ids(model)
     ids = head + model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     out = []
     for _ in range(n):
@@ -258,7 +258,7 @@ def test_neutral_kl_is_zero_unsteered_and_matches_a_plain_computation(tiny):
     tok = tiny.tokenizer
     total, count = 0.0, 0
     for t in texts:
-        ids = torch.tensor([A._bos(tiny) + tok(t, add_special_tokens=False)["input_ids"][:8]])
+        ids = torch.tensor([A.bos_ids(tiny) + tok(t, add_special_tokens=False)["input_ids"][:8]])
         with torch.no_grad():
             p = torch.log_softmax(tiny(ids)[0].double(), -1)
             with S.steering(tiny, v, 2.0, hook, start=1):

@@ -33,7 +33,7 @@ __all__ = ["SteeringSweep", "SteeringDecomposition", "SteeringPropagation", "omp
 DEFAULT_ALPHAS = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
 
 
-def _check_alphas(alphas: Sequence[float]) -> list[float]:
+def check_alphas(alphas: Sequence[float]) -> list[float]:
     out = [float(a) for a in alphas]
     if not out or not all(np.isfinite(out)):
         raise ConfigError(f"multipliers must be finite numbers, got {list(alphas)!r}; for example --alphas -4 -2 0 2 4")
@@ -41,9 +41,9 @@ def _check_alphas(alphas: Sequence[float]) -> list[float]:
 
 
 def _layer(hook: str) -> int:
-    from ..activations import _layer_of
+    from ..hooks import layer_of
 
-    return _layer_of(hook)
+    return layer_of(hook)
 
 
 def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
@@ -91,7 +91,7 @@ class SteeringSweep:
 
     def _null_alphas(self, alphas: list[float]) -> list[float]:
         if self.null_alphas is not None:
-            chosen = _check_alphas(self.null_alphas)
+            chosen = check_alphas(self.null_alphas)
             missing = [a for a in chosen if a not in alphas]
             if missing:
                 raise ConfigError(f"null multipliers {missing} are not among the sweep's multipliers {alphas}")
@@ -100,10 +100,10 @@ class SteeringSweep:
 
     def fit(self, model: Any, vectors: Mapping[str, Any], items: Sequence[Any], neutral: Any = None,
             sample_prompts: Sequence[str] = (), progress: Callable[[], None] | None = None) -> "SteeringSweep":
-        from ..activations import _bos
+        from ..activations import bos_ids
         from ..steering import SteeredTargets, generate, steering, target_ids, target_logodds
 
-        alphas = _check_alphas(self.alphas)
+        alphas = check_alphas(self.alphas)
         if not vectors:
             raise DataError("no steering vectors to sweep")
         if not items:
@@ -111,7 +111,7 @@ class SteeringSweep:
         if self.n_null and self.n_null < 2:
             raise ConfigError(f"n_null must be 0 (no nulls) or at least 2 draws per null, got {self.n_null}; 20 is the default")
         null_alphas = self._null_alphas(alphas) if self.n_null else []
-        start = len(_bos(model))
+        start = len(bos_ids(model))
         ids = target_ids(model, items)
         base = target_logodds(model, items, self.batch_size, ids)
         rows, samples, summary = [], [], {}
@@ -281,11 +281,11 @@ def _prompt_activations(model: Any, items_or_texts: Sequence[Any], hooks: Sequen
     """Activations at ``hooks`` on every real token after the start token, optionally steered."""
     import contextlib
 
-    from ..activations import _bos, _forward_rows
+    from ..activations import bos_ids, forward_rows
     from ..steering import steering
 
     tok = model.tokenizer
-    head = _bos(model)
+    head = bos_ids(model)
     texts = [getattr(t, "prompt", t) for t in items_or_texts]
     out: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
     ctx = (steering(model, vector, alpha, steer_hook, start=len(head)) if vector is not None and alpha != 0
@@ -293,7 +293,7 @@ def _prompt_activations(model: Any, items_or_texts: Sequence[Any], hooks: Sequen
     with ctx:
         for b in range(0, len(texts), batch_size):
             rows = [head + tok(t, add_special_tokens=False)["input_ids"] for t in texts[b : b + batch_size]]
-            acts = _forward_rows(model, rows, hooks)
+            acts = forward_rows(model, rows, hooks)
             for h in hooks:
                 a = acts[h].float().cpu().numpy()
                 for r, row in enumerate(rows):
@@ -493,7 +493,7 @@ class SteeringPropagation:
             progress: Callable[[], None] | None = None) -> "SteeringPropagation":
         from ..saes import encode
 
-        alphas = [a for a in _check_alphas(self.alphas) if a != 0]
+        alphas = [a for a in check_alphas(self.alphas) if a != 0]
         if not alphas:
             raise ConfigError("give at least one non-zero multiplier")
         if not (self.threshold > 0):

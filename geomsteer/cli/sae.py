@@ -1,0 +1,95 @@
+"""geomsteer sae train | inspect: sparse autoencoders with SAELens."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..pipelines import sae as S
+from .common import Parser, option, output_args, positive_int, run_and_save
+
+
+def add_parser(sub: Any) -> None:
+    sae = sub.add_parser("sae", help="sparse autoencoders: train with SAELens on a model's activations")
+    sae_sub = sae.add_subparsers(dest="sae_command", required=True, parser_class=Parser)
+    tr = sae_sub.add_parser(
+        "train",
+        help="extract activations (cached, resumable) and train an SAE with SAELens",
+        description=(
+            "Extract activations at --hook over the corpus (WordNet glosses by default; cached under "
+            "$GEOMSTEER_CACHE/activations and resumed if interrupted), train an SAE with SAELens, and "
+            "measure it on held-out text: L0, variance explained, cross-entropy loss recovered with the "
+            "SAE spliced in (zero-ablation baseline), dead features. --out gets the SAE in SAELens's format "
+            "(loadable with SAE.load_from_disk) and geomsteer.json with the metrics and provenance."
+        ),
+    )
+    tr.add_argument("--model", required=True, help="model alias, local Hugging Face directory, or .gguf file")
+    tr.add_argument("--hook", required=True, help="TransformerLens hook name, e.g. blocks.6.hook_resid_post")
+    option(tr, "--tokens", S.train, "tokens", "training tokens", type=positive_int)
+    option(tr, "--d-sae", S.train, "d_sae", "number of SAE latents", type=positive_int)
+    option(tr, "--architecture", S.train, "architecture", "SAELens training architecture",
+           choices=["topk", "standard", "jumprelu"])
+    option(tr, "--k", S.train, "k", "active latents per token for topk", type=positive_int)
+    tr.add_argument("--corpus", nargs="+", metavar="FILE", help=".txt or .jsonl files (default: WordNet glosses)")
+    option(tr, "--batch-size", S.train, "batch_size", "training batch in tokens", type=positive_int)
+    option(tr, "--lr", S.train, "lr", "learning rate", type=float)
+    option(tr, "--epochs", S.train, "epochs", "passes over the training tokens", type=positive_int)
+    option(tr, "--context-length", S.train, "context_length", "tokens per document", type=positive_int)
+    option(tr, "--eval-tokens", S.train, "eval_tokens",
+           "held-out tokens for L0, variance explained, dead features and top contexts", type=positive_int)
+    option(tr, "--ce-documents", S.train, "ce_documents",
+           "held-out documents for the cross-entropy measures, 16 to a batch", type=positive_int)
+    tr.add_argument("--no-pack", action="store_true",
+                    help="one document per context (default: pack whole short documents into each context)")
+    output_args(tr, "seed for corpus order and training (default: 0)")
+
+    ins = sae_sub.add_parser(
+        "inspect",
+        help="one feature: top-activating contexts, decoder logit lens, density, and an HTML card",
+        description=("Print a feature's top-activating held-out contexts (firing token in [brackets]), the tokens "
+                     "its decoder direction promotes and suppresses through the unembedding (logit lens), and how "
+                     "often it fires; write a self-contained HTML card (default DIR/cards/feature-N.html)."),
+    )
+    ins.add_argument("sae_dir", type=Path, metavar="DIR", help="an SAE directory written by 'geomsteer sae train'")
+    ins.add_argument("--feature", type=int, required=True, help="feature index")
+    option(ins, "--contexts", S.inspect, "n_contexts", "how many contexts", type=positive_int)
+    ins.add_argument("--html", type=Path, default=None, help="where to write the card (default: DIR/cards/feature-N.html)")
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if args.sae_command == "inspect":
+        return _inspect(args)
+    res = run_and_save(args, argv, lambda: S.train(
+        args.model, args.hook, tokens=args.tokens, d_sae=args.d_sae, architecture=args.architecture, k=args.k,
+        corpus_files=args.corpus, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
+        context_length=args.context_length, pack=not args.no_pack, epochs=args.epochs, eval_tokens=args.eval_tokens,
+        ce_documents=args.ce_documents))
+    m = res.metrics
+    print(f"SAE ({args.architecture}, {args.d_sae} latents) at {args.hook}: L0 {m['l0']:.1f}, variance explained "
+          f"{m['fraction_variance_explained']:.3f}, CE loss recovered {m['ce_loss_recovered']:.3f} "
+          f"(against mean ablation {m['ce_loss_recovered_mean_ablation']:.3f}; +{m['delta_ce']:.3f} nats/token), "
+          f"dead {m['dead_fraction']:.1%}")
+    print(f"SAE: {args.out} (load with gs.sae.load or sae_lens.SAE.load_from_disk)")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from ..reports.common import check_parent_dirs
+
+    html = args.html or Path(args.sae_dir) / "cards" / f"feature-{args.feature}.html"
+    check_parent_dirs(html, "--html")
+    card = S.inspect(args.sae_dir, args.feature, args.contexts)
+    path = card.save(html)
+    c = card.card
+    d = c["density"]
+    print(f"Feature {args.feature} of {args.sae_dir} ({c['model']}, {c['hook']}): fires on "
+          f"{d['fraction']:.3%} of {d['n_tokens']:,} held-out tokens, max activation {d['max']:.2f}")
+    print("Top contexts:")
+    for row in card.result.tables["contexts"]:
+        print(f"  {row['activation']:8.2f}  {row['text']}")
+    for key, label in (("top", "Promoted"), ("bottom", "Suppressed")):
+        toks = ", ".join(repr(t.replace("▁", " ").replace("Ġ", " ")) for t, _ in c["logit_lens"][key])
+        print(f"{label} tokens (logit lens): {toks}")
+    print(f"Card: {path}")
+    return 0

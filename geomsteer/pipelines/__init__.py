@@ -1,0 +1,13 @@
+"""One module per job: load -> measure -> analyze -> a result object (the notebook API and the CLI call these).
+
+Each job validates its inputs before any heavy step and reports progress on stderr; nothing is
+written until ``.save(dir)`` is called on its result (atomically, never over an existing
+directory without ``force``).
+"""
+
+from . import sae, steer
+from .concepts import cluster, mapper
+from .hierarchy import hierarchy
+from .similarity import similarity
+
+__all__ = ["hierarchy", "similarity", "mapper", "cluster", "steer", "sae"]

@@ -1,0 +1,184 @@
+"""Sparse autoencoders: train one on a model's activations, read an SAE directory, inspect a feature."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .._progress import say, step
+from ..errors import ConfigError
+from ..hooks import check_hooks
+from ..reports.common import package_versions
+from ..results import FeatureCard, SaeResult
+from ..saes import SaeDir, read_sae_dir
+from ..types import AnalysisResult
+from .common import check_output_dir, with_command
+
+__all__ = ["train", "load", "inspect", "held_out_tokens"]
+
+
+def held_out_tokens(store: Any, hook: str) -> dict[str, np.ndarray]:
+    """A store's activations at ``hook`` with each token's id, document and position, all shards joined."""
+    parts = list(store.iter_shards([hook, "token_ids", "doc_index", "position"]))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _sorted_in_windows(texts: Sequence[str], window: int) -> list[str]:
+    """Documents sorted by length inside consecutive windows: batches pad less, order stays mixed."""
+    out: list[str] = []
+    for i in range(0, len(texts), window):
+        out.extend(sorted(texts[i : i + window], key=len))
+    return out
+
+
+def train(model: Any, hook: str, *, tokens: int = 300_000, d_sae: int = 4096,
+                  architecture: str = "topk", k: int = 32, corpus_files: Sequence[str] | None = None,
+                  seed: int = 0, batch_size: int = 1024, lr: float = 2e-3, context_length: int = 128,
+                  extract_batch: int = 16, eval_tokens: int = 20_000, ce_documents: int = 96, pack: bool = True,
+                  epochs: int = 2, out: str | Path | None = None, force: bool = False) -> SaeResult:
+    """Extract activations (cached, resumable), train an SAE with SAELens, measure it on held-out text.
+
+    ``model`` is a name or a model from :func:`geomsteer.load_model`. With ``out`` the SAE is also
+    written there (SAELens's format plus ``geomsteer.json``), as ``geomsteer sae train`` does;
+    otherwise call ``.save(dir)`` on the result.
+    """
+    from .. import activations, corpus, models, saes
+
+    if out is not None:
+        check_output_dir(Path(out), force)
+    if tokens < batch_size:
+        raise ConfigError(f"--tokens {tokens} is smaller than one training batch ({batch_size} tokens); "
+                          "ask for more tokens or a smaller --batch-size")
+    t0 = time.perf_counter()
+    model, resolved = models.use_model(model)
+    model_name = resolved.name
+    check_hooks(model, [hook])
+    with step("Reading the corpus"):
+        docs = corpus.text_files(corpus_files) if corpus_files else corpus.wordnet_glosses()
+        train_docs, eval_docs = docs.split(0.1)
+        train_texts = _sorted_in_windows(train_docs.shuffled(seed).texts, 64 * extract_batch)
+        eval_shuffled = eval_docs.shuffled(seed).texts  # the CE sample must not be biased towards short texts
+        eval_texts = _sorted_in_windows(eval_shuffled, 64 * extract_batch)
+    weights = resolved.provenance.get("gguf_sha256", model_name) if resolved.path is not None else _weights_sha256(model)
+    key = hashlib.sha256(json.dumps([activations.STORE_FORMAT, weights,
+                                     hook, docs.name,
+                                     docs.provenance, seed, context_length, pack], sort_keys=True, default=str)
+                         .encode()).hexdigest()[:16]
+    root = models.cache_dir() / "activations" / key
+    with step(f"Extracting {tokens:,} training tokens at {hook} (cached in {root})"):
+        train_store = activations.extract_to_store(
+            model, train_texts, [hook], root / f"train-{tokens}", model_name=model_name, corpus_name=docs.name,
+            corpus_provenance=docs.provenance, batch_size=extract_batch, context_length=context_length,
+            max_tokens=tokens, pack=pack, seed=seed)
+    with step(f"Extracting {eval_tokens:,} held-out tokens"):
+        eval_store = activations.extract_to_store(
+            model, eval_texts, [hook], root / f"heldout-{eval_tokens}", model_name=model_name,
+            corpus_name=docs.name, corpus_provenance=docs.provenance, batch_size=extract_batch,
+            context_length=context_length, max_tokens=eval_tokens, pack=pack, seed=seed)
+    X = train_store.load(hook)
+    t_extract = time.perf_counter() - t0
+    with step(f"Training a {architecture} SAE (d_sae {d_sae}) on {len(X):,} tokens x {epochs} epochs with SAELens"):
+        t1 = time.perf_counter()
+        sae = saes.train_sae(X, d_sae=d_sae, architecture=architecture, k=k, total_tokens=epochs * len(X),
+                             batch_size=batch_size, lr=lr, seed=seed, hook_name=hook, model_name=model_name)
+        t_train = time.perf_counter() - t1
+    del X
+    with step("Measuring the SAE on held-out text"):
+        metrics = saes.sae_metrics(sae, eval_store.load(hook))
+        batches = []
+        for i in range(0, min(ce_documents, len(eval_shuffled)), 16):
+            ids, mask, _ = activations.tokenize(model, eval_shuffled[i : i + 16], context_length)
+            batches.append((ids, mask))
+        metrics.update(saes.ce_loss_recovered(model, sae, hook, batches))
+        metrics["statistics"] = saes.quality_statistics(metrics)
+    extra = {
+        "geomsteer_result": "sae",
+        "model": model_name, "hook": hook, "architecture": architecture, "d_sae": d_sae,
+        "k": k if architecture == "topk" else None, "tokens": int(train_store.n_tokens), "seed": seed,
+        "lr": lr, "batch_size": batch_size, "epochs": epochs, "context_length": context_length, "packed": pack,
+        "ce_documents": ce_documents,
+        "corpus": {"name": docs.name, **docs.provenance},
+        "activation_stores": {"train": str(train_store.path), "held_out": str(eval_store.path)},
+        "model_provenance": resolved.provenance,
+        "seconds": {"extraction": round(t_extract, 1), "training": round(t_train, 1),
+                    "total": round(time.perf_counter() - t0, 1)},
+        "packages": package_versions(),
+    }
+    say(f"  L0 {metrics['l0']:.1f}, variance explained {metrics['fraction_variance_explained']:.3f}, "
+        f"CE loss recovered {metrics['ce_loss_recovered']:.3f} (mean ablation: "
+        f"{metrics['ce_loss_recovered_mean_ablation']:.3f}; delta CE {metrics['delta_ce']:.3f} nats), "
+        f"dead {metrics['dead_fraction']:.1%}")
+
+    def write(dest, force_, command):
+        return saes.save_sae(sae, dest, metrics=metrics, extra=with_command(extra, command), replace=force_)
+
+    res = AnalysisResult(analyzer="sae", params={k: extra[k] for k in ("architecture", "d_sae", "k", "lr", "batch_size",
+                                                                       "epochs", "context_length", "packed", "seed")},
+                         provenance=extra, metrics=metrics)
+    result = SaeResult(res, extra, write, sae)
+    if out is not None:
+        result.save(out, force)
+    return result
+
+
+def _weights_sha256(model: Any) -> str:
+    """A digest of a model's weights (a model passed in has no files to name its activation cache by)."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load(path: str | Path | SaeDir, hook: str | None = None) -> SaeDir:
+    """An SAE directory (SAELens's format, with geomsteer.json when geomsteer trained it): the SAE, its hook and
+    model, its held-out activations. Errors say what the directory lacks."""
+    return read_sae_dir(path, hook=hook)
+
+
+def inspect(sae: str | Path | SaeDir, feature: int, n_contexts: int = 10, model: Any = None) -> FeatureCard:
+    """Top held-out contexts, decoder logit lens and density of one feature (renders as its HTML card).
+
+    ``sae`` is a directory written by ``geomsteer sae train`` or what :func:`load` returned; ``model``
+    (optional) is the model it was trained on, for the logit lens (default: loaded from the name the
+    SAE records)."""
+    from .. import models, saes
+    from ..reports import write_feature_card
+
+    sd = read_sae_dir(sae)
+    saes.check_feature(sd.sae, feature)
+    if not sd.info:
+        from ..errors import DataError
+
+        raise DataError(f"{str(sd.path)!r} has no geomsteer.json: expected an SAE written by 'geomsteer sae train', "
+                        "which records the model, hook and held-out activations the card needs")
+    store = sd.held_out_store()
+    hook = sd.hook
+    with step(f"Encoding {store.n_tokens:,} held-out tokens"):
+        cat = held_out_tokens(store, hook)
+        acts = saes.encode(sd.sae, cat[hook])[:, feature]
+    if model is not None:
+        emb = models.unembedding_for(*models.use_model(model))
+    else:
+        emb = models.load_unembedding(sd.model)
+    id_to_tok = emb.id_to_token
+    lens = saes.logit_lens(sd.sae, feature, emb.gamma, norm_scale=emb.final_norm_scale)
+    ctx = saes.top_contexts(acts, cat["token_ids"], cat["doc_index"], cat["position"], n=n_contexts)
+    firing = acts > 0
+    info = sd.info
+    card = {
+        "feature": feature, "sae": str(sd.path), "model": sd.model, "hook": hook,
+        "density": {"fraction": float(firing.mean()), "n_tokens": int(len(acts)),
+                    "mean_when_firing": float(acts[firing].mean()) if firing.any() else 0.0,
+                    "max": float(acts.max())},
+        "contexts": [{**c, "tokens": [(id_to_tok[t], a) for t, a in c["tokens"]]} for c in ctx],
+        "logit_lens": {k: [(id_to_tok[t], s) for t, s in v] for k, v in lens.items()},
+        "provenance": {"sae_dir": str(sd.path), "held_out_store": str(store.path), "trained": {
+            k: info.get(k) for k in ("model", "hook", "architecture", "d_sae", "k", "tokens", "seed")}},
+    }
+    return FeatureCard(card, lambda path, force, command: write_feature_card(path, card))

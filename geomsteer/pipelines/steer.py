@@ -1,0 +1,310 @@
+"""Steering vectors: compute them from contrastive pairs, apply them, and measure what they do (``gs.steer``)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .._progress import step
+from ..errors import ConfigError, DataError
+from ..hooks import check_hooks, layer_of, parse_layers, resid_hook
+from ..results import SteeringResult, VectorsResult
+from ..steering import DEFAULT_POSITION
+from ..types import AnalysisResult
+from .common import DEFAULT_SEED, check_null_draws, stamp, with_command
+
+__all__ = ["compute", "apply", "sweep", "decompose", "propagate"]
+
+
+def _result(kind: str, provenance: dict, res: AnalysisResult, t0: float, files: dict | None = None) -> SteeringResult:
+    from ..reports import write_steering_report
+
+    provenance = stamp(provenance, t0)
+
+    def write(out, force, command):
+        with step(f"Writing the report to {out}"):
+            return write_steering_report(kind, res, with_command(provenance, command), out, force=force, files=files)
+
+    return SteeringResult(res, provenance, write)
+
+
+def _vectors(vectors: Any, model_name: str, hooks: Sequence[str] | None = None) -> tuple[dict, dict]:
+    """Vectors (a vectors.safetensors path, a ``compute`` result, a SteeringVector or a dict of them) checked
+    against the model and the hooks asked for, and their provenance."""
+    from .._atomic import sha256_file
+    from ..steering import SteeringVector, load_vectors, vectors_bytes
+
+    path = None
+    if isinstance(vectors, VectorsResult):
+        found = dict(vectors.vectors)
+    elif isinstance(vectors, SteeringVector):
+        found = {vectors.hook: vectors}
+    elif isinstance(vectors, Mapping):
+        found = dict(vectors)
+    else:
+        path = Path(vectors)
+        found = load_vectors(path)
+    first = next(iter(found.values()))
+    if first.model and first.model != model_name:
+        where = f"the vectors in {str(path)!r}" if path else "the vectors given"
+        raise DataError(f"{where} were computed on {first.model!r}, not {model_name!r}; compute them on {model_name} "
+                        f"with 'geomsteer steer compute --model {model_name}'")
+    if hooks:
+        missing = [h for h in hooks if h not in found]
+        if missing:
+            where = repr(str(path)) if path else "the vectors given"
+            raise DataError(f"{where} holds no vector at {missing[0]}; it has {', '.join(found)}: pick one of those "
+                            "with --hook or compute a vector there")
+        found = {h: found[h] for h in hooks}
+    sha = sha256_file(path) if path else hashlib.sha256(vectors_bytes(found)).hexdigest()
+    prov = {"vectors": str(path) if path else None, "vectors_sha256": sha, "vector_data_sha256": first.data_sha256,
+            "vector_position": first.position, "vector_method": first.method, "vector_n_pairs": first.n_pairs}
+    return found, prov
+
+
+def _one_hook(vectors: Any, model_name: str, hook: str | None) -> str:
+    """The hook of the one vector a step uses: ``hook`` if given (and present), else the only one."""
+    found, prov = _vectors(vectors, model_name, [hook] if hook else None)
+    if hook is None and len(found) > 1:
+        where = repr(prov["vectors"]) if prov["vectors"] else "the vectors given"
+        raise ConfigError(f"{where} holds vectors at {', '.join(found)}: choose one with --hook")
+    return next(iter(found))
+
+
+def _model_and_vectors(model: Any, vectors: Any, hooks: Sequence[str] | None) -> tuple[Any, Any, dict, dict]:
+    """The loaded model, what it was loaded from, and its vectors (checked against its size and hooks).
+
+    Vectors are read before the model loads, so a bad file fails fast."""
+    from .. import models
+
+    name = model if isinstance(model, str) else getattr(models.resolved_of(model), "name", "")
+    if isinstance(model, str):
+        _vectors(vectors, name, hooks)
+    tl, resolved = models.use_model(model)
+    found, prov = _vectors(vectors, resolved.name, hooks)
+    for h, v in found.items():
+        if v.vector.shape != (int(tl.cfg.d_model),):
+            where = f" in {prov['vectors']!r}" if prov["vectors"] else ""
+            raise DataError(f"the vector at {h}{where} has size {v.vector.shape[0]}, but this model's residual stream "
+                            f"has size {tl.cfg.d_model}; use a vector computed on this model")
+    check_hooks(tl, list(found))
+    return tl, resolved, found, prov
+
+
+def _eval_items(eval: Any) -> tuple[list, str, str]:
+    from ..resources import steering_file
+    from ..steering import load_eval
+
+    path = steering_file(eval)
+    items, sha = load_eval(path)
+    return items, sha, str(path)
+
+
+def compute(model: Any, pairs: Any = "sentiment", *, layers: Any = "every:3", position: str = DEFAULT_POSITION,
+            method: str = "mean_diff") -> VectorsResult:
+    """Steering vectors at several residual layers from contrastive pairs, with how consistent the pairs are
+    (what ``geomsteer steer compute`` runs).
+
+    ``pairs`` is a shipped set's name (sentiment, formality, animal_plant) or a JSONL path; ``layers``
+    is ``all``, ``every:K``, ``"3,6"`` or a list of layer numbers. ``.save(dir)`` writes vectors.safetensors.
+    """
+    from .. import models
+    from ..resources import steering_file
+    from ..steering import METHODS, POSITIONS, compute_vectors, load_pairs, vectors_bytes
+
+    if position not in POSITIONS:
+        raise ConfigError(f"unknown --position {position!r}: expected one of {', '.join(POSITIONS)}")
+    if method not in METHODS:
+        raise ConfigError(f"unknown --method {method!r}: expected one of {', '.join(METHODS)}")
+    t0 = time.perf_counter()
+    pairs_path = steering_file(pairs)
+    pair_list, sha = load_pairs(pairs_path)
+    tl, resolved = models.use_model(model)
+    hooks = [resid_hook(layer) for layer in parse_layers(layers, int(tl.cfg.n_layers), resolved.name)]
+    check_hooks(tl, hooks)
+    with step(f"Reading {len(pair_list)} pairs at {len(hooks)} layers ({position} token rule, {method})"):
+        vectors = compute_vectors(tl, pair_list, hooks, position=position, method=method, model_name=resolved.name,
+                                  data_sha256=sha)
+    per = {h: {"layer": layer_of(h), "norm": v.norm, **v.provenance} for h, v in vectors.items()}
+    layers_param = layers if isinstance(layers, str) else ",".join(str(int(x)) for x in layers)
+    res = AnalysisResult(analyzer="steering_compute",
+                         params={"position": position, "method": method, "layers": layers_param},
+                         provenance={}, metrics={"per_hook": per})
+    prov = {"model": resolved.name, "model_provenance": resolved.provenance, "pairs": str(pairs_path),
+            "pairs_sha256": sha, "n_pairs": len(pair_list), "hooks": hooks}
+    base = _result("steering_compute", prov, res, t0, {"vectors.safetensors": vectors_bytes(vectors)})
+    return VectorsResult(res, base.provenance, base._writer, vectors)
+
+
+def apply(model: Any, vectors: Any, prompts: Sequence[str] | str = (), *, hook: str | None = None, alpha: float = 4.0,
+          max_new_tokens: int = 32, temperature: float = 0.0, seed: int = DEFAULT_SEED) -> SteeringResult:
+    """Generations with and without the vector (and with a random direction of its norm)
+    (what ``geomsteer steer apply`` runs). ``prompts`` default to four of the sentiment evaluation prompts."""
+    from ..steering import generate, random_direction
+
+    if not math.isfinite(alpha):
+        raise ConfigError(f"--alpha must be a finite number, got {alpha!r}")
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts) or [it.prompt for it in _eval_items("sentiment_eval")[0][:4]]
+    t0 = time.perf_counter()
+    name = model if isinstance(model, str) else ""
+    tl, resolved, found, vprov = _model_and_vectors(model, vectors, [_one_hook(vectors, name or _name(model), hook)])
+    h, sv = next(iter(found.items()))
+    rnd = random_direction(sv.vector, seed + 1)
+    with step(f"Generating {max_new_tokens} tokens for {len(prompts)} prompt(s), unsteered, steered and random"):
+        plain = generate(tl, prompts, max_new_tokens, temperature=temperature, seed=seed)
+        steered = generate(tl, prompts, max_new_tokens, sv, alpha, h, temperature=temperature, seed=seed)
+        randomly = generate(tl, prompts, max_new_tokens, rnd, alpha, h, temperature=temperature, seed=seed)
+    rows = [{"prompt": p, "unsteered": a, "steered": b, "random_direction": c}
+            for p, a, b, c in zip(prompts, plain, steered, randomly)]
+    res = AnalysisResult(analyzer="steering_apply",
+                         params={"hook": h, "alpha": alpha, "max_new_tokens": max_new_tokens,
+                                 "temperature": temperature, "seed": seed},
+                         provenance={}, metrics={"vector_norm": sv.norm}, tables={"generations": rows})
+    prov = {"model": resolved.name, "model_provenance": resolved.provenance, **vprov}
+    return _result("steering_apply", prov, res, t0)
+
+
+def _name(model: Any) -> str:
+    from .. import models
+
+    r = models.resolved_of(model)
+    return r.name if r is not None else ""
+
+
+def sweep(model: Any, vectors: Any, eval: Any = "sentiment_eval", *, hooks: Sequence[str] | None = None,
+          alphas: Sequence[float] = (-4, -2, -1, 0, 1, 2, 4), n_neutral: int = 16, n_random: int = 3,
+          n_samples: int = 2, max_new_tokens: int = 24, seed: int = DEFAULT_SEED, n_null: int = 20) -> SteeringResult:
+    """Multiplier x layer grid: target log-odds shift, KL on neutral text, samples, against shuffled-label and
+    covariance nulls (what ``geomsteer steer sweep`` runs)."""
+    from .._progress import counter
+    from ..analyzers.steering import SteeringSweep, check_alphas
+    from ..corpus import wordnet_glosses
+    from ..steering import NeutralText, target_ids
+
+    alphas = check_alphas(alphas)
+    check_null_draws(n_null)
+    t0 = time.perf_counter()
+    items, eval_sha, eval_path = _eval_items(eval)
+    tl, resolved, found, vprov = _model_and_vectors(model, vectors, list(hooks) if hooks else None)
+    target_ids(tl, items)  # bad targets fail before the long part
+    neutral_texts = list(wordnet_glosses(examples=False).shuffled(seed))[:n_neutral] if n_neutral > 0 else []
+    with step(f"Unsteered next-token distributions on {len(neutral_texts)} neutral texts (WordNet glosses)"):
+        neutral = NeutralText(tl, neutral_texts, max_tokens=24) if neutral_texts else None
+    sw = SteeringSweep(alphas=alphas, n_random=n_random, n_samples=n_samples, max_new_tokens=max_new_tokens, seed=seed,
+                       n_null=n_null)
+    with counter(f"Sweeping {len(found)} layer(s) x {len(alphas)} multipliers", len(found) * len(alphas),
+                 unit="cells") as advance:
+        sw.fit(tl, found, items, neutral, sample_prompts=[it.prompt for it in items], progress=lambda: advance(1))
+    prov = {"model": resolved.name, "model_provenance": resolved.provenance, **vprov, "eval": eval_path,
+            "eval_sha256": eval_sha, "n_prompts": len(items),
+            "neutral": {"source": "WordNet glosses (definitions), shuffled", "n_texts": len(neutral_texts),
+                        "max_tokens": 24, "seed": seed}}
+    return _result("steering_sweep", prov, sw.result(), t0)
+
+
+def _feature_contexts(sd: Any, features: Sequence[int], n: int) -> dict[int, list[str]]:
+    """Top held-out contexts of some features, from the store recorded with the SAE (optional: {} without it)."""
+    from .. import models, saes
+    from .._progress import say
+    from ..errors import GeomsteerError
+    from .sae import held_out_tokens
+
+    if n < 1 or not features or not sd.info:
+        return {}
+    try:
+        store = sd.held_out_store()
+    except GeomsteerError:
+        say(f"(no top contexts: the held-out activations of {sd.path} are no longer cached)")
+        return {}
+    cat = held_out_tokens(store, sd.hook)
+    codes = saes.encode(sd.sae, cat[sd.hook])[:, list(features)]
+    tok = models.load_tokenizer(sd.model)
+    out = {}
+    for i, f in enumerate(features):
+        ctx = saes.top_contexts(codes[:, i], cat["token_ids"], cat["doc_index"], cat["position"], n=n, window=6)
+        out[int(f)] = ["".join((f"[[{s}]]" if j == c["firing"] else s) for j, s in
+                               enumerate(tok.decode([t]) for t, _ in c["tokens"])).strip() for c in ctx]
+    return out
+
+
+def decompose(model: Any, vectors: Any, sae: Any, eval: Any = "sentiment_eval", *, hook: str | None = None,
+              alpha: float = 4.0, k: int = 32, nonneg: bool = False, top: int = 12, n_contexts: int = 3,
+              seed: int = DEFAULT_SEED, n_null: int = 20) -> SteeringResult:
+    """The vector in an SAE's feature space (sparse coding and code differences) and whether that steers, on
+    held-out prompts against both nulls (what ``geomsteer steer decompose`` runs)."""
+    from .. import models
+    from ..analyzers.steering import SteeringDecomposition
+    from ..saes import read_sae_dir
+
+    if not math.isfinite(alpha) or alpha == 0:
+        raise ConfigError(f"--alpha must be a finite non-zero number, got {alpha!r}")
+    check_null_draws(n_null, allow_zero=False)
+    t0 = time.perf_counter()
+    items, eval_sha, eval_path = _eval_items(eval)
+    sd = read_sae_dir(sae)
+    hook = _one_hook(vectors, model if isinstance(model, str) else _name(model), hook or sd.hook)
+    if sd.hook and sd.hook != hook:
+        raise DataError(f"the SAE at {str(sd.path)!r} was trained at {sd.hook}, but the vector is at {hook}; "
+                        "decompose with an SAE trained at the vector's hook")
+    tl, resolved, found, vprov = _model_and_vectors(model, vectors, [hook])
+    if sd.d_in != tl.cfg.d_model:
+        raise DataError(f"the SAE at {str(sd.path)!r} reads vectors of size {sd.d_in}, but {resolved.name} has "
+                        f"d_model {tl.cfg.d_model}; use an SAE trained on this model")
+    emb = models.unembedding_for(tl, resolved)
+    W_U = emb.gamma * (emb.final_norm_scale if emb.final_norm_scale is not None else 1.0)
+    dec = SteeringDecomposition(k=k, nonneg=nonneg, top=top, seed=seed, n_null=n_null)
+    with step(f"Decomposing the vector at {hook} into {sd.d_sae} SAE features (sparse coding, code differences "
+              f"on half of {len(items)} prompts at multiplier {alpha:g}, steering effects on the other half, "
+              f"{n_null} draws of each null)"):
+        dec.fit(tl, found[hook], sd.sae, items, alpha, unembedding=W_U, vocab=emb.id_to_token)
+    with step("Top contexts of the top features (the SAE's held-out tokens)"):
+        ctx = _feature_contexts(sd, [r["feature"] for r in dec.features_], n_contexts)
+    for r in dec.features_:
+        r["top_contexts"] = ctx.get(r["feature"], [])
+    prov = {"model": resolved.name, "model_provenance": resolved.provenance, **vprov, "sae": str(sd.path),
+            "eval": eval_path, "eval_sha256": eval_sha, "n_prompts": len(items)}
+    return _result("steering_decomposition", prov, dec.result(), t0)
+
+
+def propagate(model: Any, vectors: Any, saes: Sequence[Any], eval: Any = "sentiment_eval", *,
+              hook: str | None = None, alphas: Sequence[float] = (1, 2, 4), threshold: float = 0.1, top: int = 8,
+              seed: int = DEFAULT_SEED, n_null: int = 20) -> SteeringResult:
+    """Steer at the vector's layer; count and name the SAE features that change at each later layer, against
+    both nulls (what ``geomsteer steer propagate`` runs). ``saes``: one SAE (directory or loaded) per layer."""
+    from .._progress import counter
+    from ..analyzers.steering import SteeringPropagation, check_alphas
+    from ..saes import read_sae_dir
+
+    alphas = check_alphas(alphas)
+    check_null_draws(n_null)
+    t0 = time.perf_counter()
+    items, eval_sha, eval_path = _eval_items(eval)
+    if not isinstance(saes, (list, tuple)):
+        saes = [saes]
+    by_hook: dict[str, Any] = {}
+    for d in saes:
+        sd = read_sae_dir(d)
+        if not sd.hook:
+            raise DataError(f"the SAE at {str(sd.path)!r} does not record its hook; expected an SAE written by "
+                            "'geomsteer sae train'")
+        if sd.hook in by_hook:
+            raise DataError(f"two SAEs were given for {sd.hook}; give one SAE per layer")
+        by_hook[sd.hook] = sd
+    name = model if isinstance(model, str) else _name(model)
+    tl, resolved, found, vprov = _model_and_vectors(model, vectors, [_one_hook(vectors, name, hook)])
+    h0, sv = next(iter(found.items()))
+    check_hooks(tl, list(by_hook))
+    prop = SteeringPropagation(alphas=alphas, threshold=threshold, top=top, seed=seed, n_null=n_null)
+    n_passes = 2 * len([a for a in alphas if a != 0]) + n_null * (1 + (sv.pair_differences is not None))
+    with counter(f"Steering at {h0}, encoding {len(by_hook)} layer(s) with SAEs ({n_null} draws of each null)", n_passes,
+                 unit="passes") as advance:
+        prop.fit(tl, sv, {h: sd.sae for h, sd in by_hook.items()}, items, progress=lambda: advance(1))
+    prov = {"model": resolved.name, "model_provenance": resolved.provenance, **vprov,
+            "saes": {h: str(sd.path) for h, sd in by_hook.items()}, "eval": eval_path, "eval_sha256": eval_sha,
+            "n_prompts": len(items)}
+    return _result("steering_propagation", prov, prop.result(), t0)
