@@ -6,7 +6,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["data_path", "steering_file", "STEERING_SETS"]
+__all__ = ["data_path", "steering_file", "read_steering_file", "STEERING_SETS"]
 
 STEERING_SETS = ("sentiment", "formality", "animal_plant", "sentiment_eval", "animal_plant_eval")
 
@@ -26,3 +26,14 @@ def steering_file(name: str | os.PathLike) -> Path:
     if stem in STEERING_SETS and not Path(text).is_file():
         return data_path("steering", f"{stem}.jsonl")
     return Path(text)
+
+
+def read_steering_file(name: str | os.PathLike, kind: str, shape: str, shipped: str) -> tuple[Path, bytes]:
+    """The path and bytes of a steering set (see :func:`steering_file`); a missing file says what was expected."""
+    from .errors import DataError
+
+    p = steering_file(name)
+    if not p.is_file():
+        raise DataError(f"{kind} file {str(p)!r} does not exist: expected a JSONL file of {shape} objects, or a "
+                        f"shipped set: {shipped}")
+    return p, p.read_bytes()

@@ -14,6 +14,7 @@ from geomsteer.analyzers.steering import (
     omp,
 )
 from geomsteer.errors import ConfigError, DataError, NotFittedError
+from geomsteer.steering.experiments import measure_sweep
 
 ITEMS = [S.EvalPrompt("The film was", (" good", " great"), (" bad",)),
          S.EvalPrompt("Yesterday the meeting was", (" good",), (" bad", " awful")),
@@ -180,8 +181,9 @@ def test_sweep_rows_baseline_and_samples(wide):
     vec = S.SteeringVector(rng.standard_normal(64).astype(np.float32), "tiny", hook, "last", "mean_diff", 2)
     neutral = S.NeutralText(wide, ["a small grey stone", "to run quickly"], max_tokens=6)
     ticks = []
-    sw = SteeringSweep(alphas=[2.0, -2.0, 0.0], n_random=2, n_samples=1, max_new_tokens=3).fit(
-        wide, {hook: vec}, ITEMS, neutral, sample_prompts=["It was"], progress=lambda: ticks.append(1))
+    measured = measure_sweep(wide, {hook: vec}, ITEMS, neutral, alphas=[2.0, -2.0, 0.0], n_random=2, n_samples=1,
+                             max_new_tokens=3, sample_prompts=["It was"], progress=lambda: ticks.append(1))
+    sw = SteeringSweep().fit(measured)
     assert len(ticks) == 3  # one per cell, for the progress bar
     res = sw.result()
     grid = res.tables["grid"]
@@ -211,6 +213,9 @@ def test_sweep_rows_baseline_and_samples(wide):
     s = res.metrics["per_hook"][hook]
     assert s["monotone"] == bool(grid[0]["logodds_shift"] < 0 < grid[2]["logodds_shift"])
     assert [x["direction"] for x in res.tables["samples"]] == ["unsteered", "vector", "vector"]
+    # the analyzer computes from the measurements alone: refitting runs no model and gives the same table
+    again = SteeringSweep(seed=1).fit(measured).result()
+    assert again.tables["grid"] == grid and len(ticks) == 3
     assert not wide.hook_dict[hook].fwd_hooks
 
 
@@ -300,8 +305,9 @@ SENT_ITEMS = [S.EvalPrompt(w + end, (" good",), (" bad",)) for w, end in
 def _sweep(model, pairs, seed=0):
     hook = "blocks.1.hook_resid_post"
     vs = S.compute_vectors(model, pairs, [hook], position="last")
-    res = SteeringSweep(alphas=[-1.0, 0.0, 1.0], n_random=2, n_samples=0, n_null=20, seed=seed).fit(
-        model, vs, SENT_ITEMS).result()
+    measured = measure_sweep(model, vs, SENT_ITEMS, alphas=[-1.0, 0.0, 1.0], n_random=2, n_samples=0, n_null=20,
+                             seed=seed)
+    res = SteeringSweep(seed=seed).fit(measured).result()
     return res.metrics["per_hook"][hook]["statistics"]["logodds_shift_at_1"]
 
 

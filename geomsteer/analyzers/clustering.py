@@ -14,8 +14,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, NotFittedError
+from ..errors import ConfigError, DataError
 from ..types import AnalysisResult
+from .base import Analyzer
 
 __all__ = ["ClusterAnalyzer", "purity"]
 
@@ -32,7 +33,7 @@ def purity(labels_true: Sequence, labels_pred: Sequence) -> float:
     return float(total / len(t))
 
 
-class ClusterAnalyzer:
+class ClusterAnalyzer(Analyzer):
     """Cluster rows; score against categories with a shuffled-category baseline; label clusters.
 
     ``estimator``: any scikit-learn clusterer with ``fit_predict`` (default
@@ -41,6 +42,9 @@ class ClusterAnalyzer:
     each score); ``n_bootstrap`` resamples of the rows for each score's 95% interval (the
     clustering held fixed); ``top_k`` names/tokens per cluster.
     """
+
+    _fit_call = "fit(X, labels)"
+    _fitted = "labels_"
 
     def __init__(self, estimator: Any = None, n_clusters: int = 8, normalize: bool = False, n_shuffles: int = 200,
                  top_k: int = 8, seed: int = 0, n_bootstrap: int = 200):
@@ -53,9 +57,8 @@ class ClusterAnalyzer:
         self.n_bootstrap = n_bootstrap
 
     def get_params(self) -> dict[str, Any]:
-        return {"estimator": repr(self.estimator) if self.estimator is not None else f"KMeans({self.n_clusters})",
-                "n_clusters": self.n_clusters, "normalize": self.normalize, "n_shuffles": self.n_shuffles,
-                "top_k": self.top_k, "seed": self.seed, "n_bootstrap": self.n_bootstrap}
+        est = repr(self.estimator) if self.estimator is not None else f"KMeans({self.n_clusters})"
+        return {**super().get_params(), "estimator": est}
 
     def fit(self, X, labels: Sequence[str] | None = None, names: Sequence[str] | None = None,
             unembedding: np.ndarray | None = None, vocab: Sequence[str] | None = None,
@@ -136,8 +139,7 @@ class ClusterAnalyzer:
         return out
 
     def result(self) -> AnalysisResult:
-        if not hasattr(self, "labels_"):
-            raise NotFittedError("this ClusterAnalyzer is not fitted yet: call fit(X, labels) first")
+        self.check_fitted("labels_")
         return AnalysisResult(
             analyzer="clustering",
             params=self.get_params(),

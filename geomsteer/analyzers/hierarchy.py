@@ -27,8 +27,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, NotFittedError
+from ..errors import ConfigError, DataError
 from ..types import AnalysisResult, ConceptHierarchy, Directions
+from .base import Analyzer
 
 __all__ = [
     "Whitening",
@@ -401,7 +402,7 @@ def tree_split(token_sets: Sequence[np.ndarray], groups: Mapping[int, int], test
 # The analyzer
 
 
-class HierarchyAnalyzer:
+class HierarchyAnalyzer(Analyzer):
     """Estimate category directions on a WordNet hierarchy and test Park et al.'s predictions.
 
     Parameters (stored as given; validated in :meth:`fit`)
@@ -423,6 +424,10 @@ class HierarchyAnalyzer:
     :class:`~geomsteer.types.AnalysisResult`.
     """
 
+    _fit_call = "fit(unembedding, hierarchy)"
+    _fitted = "metrics_"
+    _not_params = ('progress',)
+
     def __init__(self, estimator: str = "lda", test_size: float = 0.3, n_random_tokens: int = 1000,
                  n_null_draws: int = 4, eig_floor: float = 1e-10, baselines: bool = True, seed: int = 0,
                  n_jobs: int | None = None, progress: bool = True):
@@ -435,10 +440,6 @@ class HierarchyAnalyzer:
         self.seed = seed
         self.n_jobs = n_jobs
         self.progress = progress
-
-    def get_params(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("estimator", "test_size", "n_random_tokens", "n_null_draws",
-                                              "eig_floor", "baselines", "seed", "n_jobs")}
 
     # -- validation -----------------------------------------------------------------------
     def _validate(self, gamma: np.ndarray, hierarchy: ConceptHierarchy) -> None:
@@ -677,13 +678,11 @@ class HierarchyAnalyzer:
 
     def embed_(self, token_ids: np.ndarray) -> np.ndarray:
         """Whitened unembedding rows g(y) of tokens that belong to a category (after ``fit``)."""
-        if not hasattr(self, "_embedded"):
-            raise NotFittedError("this HierarchyAnalyzer is not fitted yet: call fit(unembedding, hierarchy) first")
+        self.check_fitted("_embedded")
         return self._embedded.get(token_ids)
 
     def result(self) -> AnalysisResult:
-        if not hasattr(self, "metrics_"):
-            raise NotFittedError("this HierarchyAnalyzer is not fitted yet: call fit(unembedding, hierarchy) first")
+        self.check_fitted("metrics_")
         return AnalysisResult(
             analyzer="hierarchy",
             params=self.get_params(),

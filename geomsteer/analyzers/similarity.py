@@ -26,8 +26,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .. import metrics as M
-from ..errors import ConfigError, DataError, NotFittedError
+from ..errors import ConfigError, DataError
 from ..types import Activations, AnalysisResult
+from .base import Analyzer
 
 __all__ = ["SimilarityAnalyzer", "FeatureMatcher", "DETAIL_METRICS"]
 
@@ -96,7 +97,7 @@ def _stat(entry: Mapping[str, Any], n: int, **extra: Any) -> dict[str, Any]:
                      contrasts=contrasts, **extra)
 
 
-class SimilarityAnalyzer:
+class SimilarityAnalyzer(Analyzer):
     """Layer x layer similarity of two models (or one) with shuffled-pairing and random-model nulls.
 
     Parameters: ``k`` neighbours for the k-NN metrics; ``n_permutations`` shuffled pairings for
@@ -110,6 +111,9 @@ class SimilarityAnalyzer:
     the samples given to the metrics that build n x n matrices (a seeded subsample, recorded).
     """
 
+    _fit_call = "fit(a, b, ...)"
+    _fitted = "scans_"
+
     def __init__(self, k: int = 10, n_permutations: int = 1000, top_pairs: int = 3, min_group: int = 50,
                  detail_max_samples: int = 3000, scan_permutations: int = 200, scan_max_samples: int = 1000,
                  seed: int = 0):
@@ -121,12 +125,6 @@ class SimilarityAnalyzer:
         self.min_group = min_group
         self.detail_max_samples = detail_max_samples
         self.seed = seed
-
-    def get_params(self) -> dict[str, Any]:
-        return {"k": self.k, "n_permutations": self.n_permutations, "top_pairs": self.top_pairs,
-                "min_group": self.min_group, "detail_max_samples": self.detail_max_samples,
-                "scan_permutations": self.scan_permutations, "scan_max_samples": self.scan_max_samples,
-                "seed": self.seed}
 
     # ----------------------------------------------------------------------------------------
 
@@ -158,7 +156,7 @@ class SimilarityAnalyzer:
                 raise DataError(f"{name} describes other samples than a (or in another order): align the words "
                                 "of both models first (unit_activations drops a word from both sides)")
         n = len(labels)
-        M._check_k(self.k, n, "mutual k-NN")
+        M.check_k(self.k, n, "mutual k-NN")
         if n < 4:
             raise DataError(f"similarity needs at least 4 aligned samples, got {n}")
         if groups is not None and len(groups) != n:
@@ -327,8 +325,7 @@ class SimilarityAnalyzer:
     # ----------------------------------------------------------------------------------------
 
     def result(self) -> AnalysisResult:
-        if not hasattr(self, "scans_"):
-            raise NotFittedError("this SimilarityAnalyzer is not fitted yet: call fit(a, b, ...) first")
+        self.check_fitted("scans_")
         metrics: dict[str, Any] = {}
         if self.best_pairs_:
             top = self.best_pairs_[0]
@@ -358,7 +355,7 @@ class SimilarityAnalyzer:
         )
 
 
-class FeatureMatcher:
+class FeatureMatcher(Analyzer):
     """Match the SAE features of two models by activation correlation; compare paired decoders.
 
     ``fit(codes_a, codes_b, decoder_a, decoder_b)``: codes are SAE activations (n, f) of the
@@ -370,6 +367,9 @@ class FeatureMatcher:
     the matched correlations are compared with the matching redone on shuffled samples.
     """
 
+    _fit_call = "fit(codes_a, codes_b, decoder_a, decoder_b)"
+    _fitted = "matching_"
+
     def __init__(self, threshold: float = 0.5, n_random: int = 1000, max_pairs: int = 2000, seed: int = 0,
                  n_random_svcca: int = 100):
         self.threshold = threshold
@@ -377,10 +377,6 @@ class FeatureMatcher:
         self.n_random_svcca = n_random_svcca
         self.max_pairs = max_pairs
         self.seed = seed
-
-    def get_params(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "n_random": self.n_random, "n_random_svcca": self.n_random_svcca,
-                "max_pairs": self.max_pairs, "seed": self.seed}
 
     def fit(self, codes_a, codes_b, decoder_a, decoder_b, provenance: Mapping[str, Any] | None = None
             ) -> "FeatureMatcher":
@@ -447,9 +443,7 @@ class FeatureMatcher:
         return self
 
     def result(self) -> AnalysisResult:
-        if not hasattr(self, "matching_"):
-            raise NotFittedError("this FeatureMatcher is not fitted yet: call fit(codes_a, codes_b, decoder_a, "
-                                 "decoder_b) first")
+        self.check_fitted("matching_")
         return AnalysisResult(
             analyzer="feature_matching",
             params=self.get_params(),

@@ -25,20 +25,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, NotFittedError
+from ..errors import ConfigError, DataError
 from ..types import AnalysisResult
+from ..steering.experiments import DEFAULT_ALPHAS, check_alphas, null_vectors
+from .base import Analyzer
 
 __all__ = ["SteeringSweep", "SteeringDecomposition", "SteeringPropagation", "omp", "DEFAULT_ALPHAS"]
-
-DEFAULT_ALPHAS = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
-
-
-def check_alphas(alphas: Sequence[float]) -> list[float]:
-    out = [float(a) for a in alphas]
-    if not out or not all(np.isfinite(out)):
-        raise ConfigError(f"multipliers must be finite numbers, got {list(alphas)!r}; for example --alphas -4 -2 0 2 4")
-    return sorted(set(out))
-
 
 def _layer(hook: str) -> int:
     from ..hooks import layer_of
@@ -58,151 +50,85 @@ def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
 # Sweep
 
 
-class SteeringSweep:
-    """Dose-response of steering vectors over multipliers and layers, beside null vectors.
+class SteeringSweep(Analyzer):
+    """Dose-response statistics of steering vectors over multipliers and layers, beside null vectors.
 
-    ``fit(model, vectors, items, neutral=None, sample_prompts=())``: ``vectors`` maps hooks to
-    :class:`~geomsteer.steering.SteeringVector`; ``items`` are
-    :class:`~geomsteer.steering.EvalPrompt`; ``neutral`` a :class:`~geomsteer.steering.NeutralText`.
-
-    Every cell has ``n_random`` random directions drawn from the activation covariance at the hook
-    (the band of the dose-response figure). At the null multipliers (by default the most negative
-    and the most positive) the shift is tested against two null distributions of ``n_null``
-    draws each: vectors computed from the same pairs with shuffled labels (steered exactly like
-    the vector) and covariance directions with the vector's norm.
+    ``fit(measurements)`` takes what :func:`geomsteer.steering.experiments.measure_sweep` measured
+    (the model is not touched here). Every cell has random directions drawn from the activation
+    covariance at the hook (the band of the dose-response figure). At the tested multipliers (by
+    default the most negative and the most positive) the shift is tested against two null
+    distributions: vectors computed from the same pairs with shuffled labels (steered exactly like
+    the vector) and covariance directions with the vector's norm. ``seed`` drives the bootstrap.
     """
 
-    def __init__(self, alphas: Sequence[float] = DEFAULT_ALPHAS, n_random: int = 3, n_samples: int = 2,
-                 max_new_tokens: int = 24, seed: int = 0, batch_size: int = 16, n_null: int = 20,
-                 null_alphas: Sequence[float] | None = None) -> None:
-        self.alphas = alphas
-        self.n_random = max(1, int(n_random))
-        self.n_null = int(n_null)
-        self.null_alphas = null_alphas
-        self.n_samples = n_samples
-        self.max_new_tokens = max_new_tokens
+    _fit_call = "fit(measure_sweep(model, vectors, items, ...))"
+    _fitted = "rows_"
+
+    def __init__(self, seed: int = 0) -> None:
         self.seed = seed
-        self.batch_size = batch_size
 
-    def get_params(self) -> dict[str, Any]:
-        return {"alphas": list(self.alphas), "n_random": self.n_random, "n_null": self.n_null,
-                "null_alphas": None if self.null_alphas is None else list(self.null_alphas), "n_samples": self.n_samples,
-                "max_new_tokens": self.max_new_tokens, "seed": self.seed, "batch_size": self.batch_size}
-
-    def _null_alphas(self, alphas: list[float]) -> list[float]:
-        if self.null_alphas is not None:
-            chosen = check_alphas(self.null_alphas)
-            missing = [a for a in chosen if a not in alphas]
-            if missing:
-                raise ConfigError(f"null multipliers {missing} are not among the sweep's multipliers {alphas}")
-            return [a for a in chosen if a != 0]
-        return [a for a in {alphas[0], alphas[-1]} if a != 0]
-
-    def fit(self, model: Any, vectors: Mapping[str, Any], items: Sequence[Any], neutral: Any = None,
-            sample_prompts: Sequence[str] = (), progress: Callable[[], None] | None = None) -> "SteeringSweep":
-        from ..activations import bos_ids
-        from ..steering import SteeredTargets, generate, steering, target_ids, target_logodds
-
-        alphas = check_alphas(self.alphas)
-        if not vectors:
-            raise DataError("no steering vectors to sweep")
-        if not items:
-            raise DataError("no evaluation prompts: the sweep measures the target log-odds on held-out prompts")
-        if self.n_null and self.n_null < 2:
-            raise ConfigError(f"n_null must be 0 (no nulls) or at least 2 draws per null, got {self.n_null}; 20 is the default")
-        null_alphas = self._null_alphas(alphas) if self.n_null else []
-        start = len(bos_ids(model))
-        ids = target_ids(model, items)
-        base = target_logodds(model, items, self.batch_size, ids)
-        rows, samples, summary = [], [], {}
-        prompts = list(sample_prompts)[: self.n_samples]
-        if prompts:
-            samples.append({"hook": None, "alpha": 0.0, "direction": "unsteered",
-                            "texts": generate(model, prompts, self.max_new_tokens, seed=self.seed)})
-        for hi, (hook, sv) in enumerate(vectors.items()):
-            v = np.asarray(getattr(sv, "vector", sv), dtype=np.float32)
-            ev = SteeredTargets(model, items, hook, self.batch_size, ids)
-            nulls = _null_vectors(sv, v, ev.X, max(self.n_random, self.n_null if null_alphas else 0),
-                                  self.n_null if null_alphas else 0, self.seed + 1000 * hi)
-            cov = nulls["covariance_directions"]
+    def fit(self, measurements: Any) -> "SteeringSweep":
+        m = measurements
+        if not hasattr(m, "cells"):
+            raise DataError(f"expected the measurements of geomsteer.steering.experiments.measure_sweep, got a "
+                            f"{type(m).__name__}")
+        n_random = m.n_random
+        rows, summary = [], {}
+        hooks = list(dict.fromkeys(c.hook for c in m.cells))
+        for hook in hooks:
             stats: dict[str, Any] = {}
-            for a in alphas:
+            mine = [c for c in m.cells if c.hook == hook]
+            for c in mine:
+                d, band, a = c.shift, c.covariance, c.alpha
                 row: dict[str, Any] = {"hook": hook, "layer": _layer(hook), "alpha": a}
-                tested = a in null_alphas
-                d = ev(v, a)[0] - base
-                band = ev(cov if tested else cov[: self.n_random], a) - base[None]
-                kl = rkl = 0.0 if a == 0 else None
-                if a != 0 and neutral is not None:
-                    with steering(model, v, a, hook, start=start):
-                        kl = neutral.kl(model)
-                    with steering(model, cov[0], a, hook, start=start):
-                        rkl = neutral.kl(model)  # one draw: KL is the costly part
                 row["logodds_shift"] = float(d[:, 0].mean())
                 row["logodds_shift_sem"] = float(d[:, 0].std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
                 row["logp_positive_shift"] = float(d[:, 1].mean())
                 row["logp_negative_shift"] = float(d[:, 2].mean())
-                row["kl_neutral"] = kl
+                row["kl_neutral"] = c.kl
                 row["prompts_moved_with_sign"] = float(np.mean(np.sign(d[:, 0]) == np.sign(a))) if a else None
-                D = band[: self.n_random].mean(1)
+                D = band[:n_random].mean(1)
                 row["random_logodds_shift"] = float(D[:, 0].mean())
                 row["random_logodds_shift_sd"] = float(D[:, 0].std(ddof=1)) if len(D) > 1 else 0.0
                 row["random_abs_logodds_shift"] = float(np.abs(D[:, 0]).mean())
                 row["random_logp_positive_shift"] = float(D[:, 1].mean())
                 row["random_logp_negative_shift"] = float(D[:, 2].mean())
-                row["random_kl_neutral"] = rkl
-                if tested:
+                row["random_kl_neutral"] = c.random_kl
+                if c.tested:
                     draws = {"covariance_directions": band.mean(1)[:, 0]}
-                    if nulls["shuffled_labels"] is not None:
-                        draws["shuffled_labels"] = (ev(nulls["shuffled_labels"], a) - base[None]).mean(1)[:, 0]
+                    if c.shuffled is not None:
+                        draws["shuffled_labels"] = c.shuffled.mean(1)[:, 0]
                     stats[f"logodds_shift_at_{a:g}"] = _shift_statistic(d[:, 0], draws, a, self.seed)
                     row["null_shifts"] = {k: [float(x) for x in x_] for k, x_ in draws.items()}
                 rows.append(row)
-                if prompts and a != 0 and a in (alphas[0], alphas[-1]):
-                    samples.append({"hook": hook, "alpha": a, "direction": "vector",
-                                    "texts": generate(model, prompts, self.max_new_tokens, v, a, hook, seed=self.seed)})
-                if progress:
-                    progress()
-            mine = [r for r in rows if r["hook"] == hook]
-            shifts = [r["logodds_shift"] for r in mine]
-            top = mine[-1]
+            mine_rows = [r for r in rows if r["hook"] == hook]
+            shifts = [r["logodds_shift"] for r in mine_rows]
+            top = mine_rows[-1]
             summary[hook] = {
-                "layer": _layer(hook), "vector_norm": float(np.linalg.norm(v)),
-                "spearman_alpha_shift": _spearman(alphas, shifts),
+                "layer": _layer(hook), "vector_norm": m.vector_norms[hook],
+                "spearman_alpha_shift": _spearman([r["alpha"] for r in mine_rows], shifts),
                 "monotone": bool(np.all(np.diff(shifts) > 0)),
                 "shift_at_max_alpha": top["logodds_shift"], "random_shift_at_max_alpha": top["random_logodds_shift"],
                 "random_abs_shift_at_max_alpha": top["random_abs_logodds_shift"],
                 "kl_at_max_alpha": top["kl_neutral"], "random_kl_at_max_alpha": top["random_kl_neutral"],
-                "statistics": stats, "nulls_note": nulls["note"],
+                "statistics": stats, "nulls_note": m.nulls_notes.get(hook),
             }
-        self.rows_, self.samples_, self.summary_ = rows, samples, summary
+        base = m.base
+        self.rows_, self.samples_, self.summary_ = rows, [dict(s) for s in m.samples], summary
         self.baseline_ = {"logodds_mean": float(base[:, 0].mean()), "logp_positive_mean": float(base[:, 1].mean()),
-                          "logp_negative_mean": float(base[:, 2].mean()), "n_prompts": len(items),
-                          "neutral_positions": getattr(neutral, "n_positions", 0)}
-        self.alphas_ = alphas
-        self.null_alphas_ = null_alphas
+                          "logp_negative_mean": float(base[:, 2].mean()), "n_prompts": int(len(base)),
+                          "neutral_positions": m.neutral_positions}
+        self.alphas_ = list(m.alphas)
+        self.null_alphas_ = list(m.null_alphas)
+        self.measured_with_ = dict(m.params)
         return self
 
     def result(self) -> AnalysisResult:
-        if not hasattr(self, "rows_"):
-            raise NotFittedError("this SteeringSweep is not fitted yet: call fit(model, vectors, items) first")
-        return AnalysisResult(analyzer="steering_sweep", params=self.get_params(), provenance={"null_alphas": self.null_alphas_},
+        self.check_fitted("rows_")
+        return AnalysisResult(analyzer="steering_sweep", params={**self.measured_with_, **self.get_params()},
+                              provenance={"null_alphas": self.null_alphas_},
                               metrics={"per_hook": self.summary_, "unsteered": self.baseline_},
                               tables={"grid": self.rows_, "samples": self.samples_})
-
-
-def _null_vectors(sv: Any, v: np.ndarray, X: np.ndarray, n_cov: int, n_shuffled: int, seed: int) -> dict[str, Any]:
-    """Covariance directions with ``v``'s norm and, when the vector file kept its pairs, shuffled-label vectors."""
-    from ..steering import covariance_directions, shuffled_label_vectors
-
-    out: dict[str, Any] = {"covariance_directions": covariance_directions(X, float(np.linalg.norm(v)), max(n_cov, 1), seed),
-                           "shuffled_labels": None, "note": None}
-    if n_shuffled:
-        if getattr(sv, "pair_differences", None) is not None:
-            out["shuffled_labels"] = shuffled_label_vectors(sv, n_shuffled, seed)
-        else:
-            out["note"] = ("no shuffled-label null: the vector file carries no pair differences (recompute it with "
-                           "'geomsteer steer compute')")
-    return out
 
 
 def _shift_statistic(per_prompt: np.ndarray, draws: Mapping[str, np.ndarray], alpha: float, seed: int) -> dict[str, Any]:
@@ -301,7 +227,7 @@ def _prompt_activations(model: Any, items_or_texts: Sequence[Any], hooks: Sequen
     return {h: np.concatenate(v) for h, v in out.items()}
 
 
-class SteeringDecomposition:
+class SteeringDecomposition(Analyzer):
     """A steering vector in an SAE's feature space: sparse coding and steered-minus-unsteered codes.
 
     ``fit(model, vector, sae, items, alpha, unembedding=None, vocab=None)``: ``vector`` a
@@ -311,6 +237,9 @@ class SteeringDecomposition:
     folded in) and ``vocab`` give each top feature's logit lens.
     """
 
+    _fit_call = "fit(model, vector, sae, items, alpha)"
+    _fitted = "features_"
+
     def __init__(self, k: int = 32, nonneg: bool = False, top: int = 12, n_null: int = 20, seed: int = 0,
                  batch_size: int = 16) -> None:
         self.k = k
@@ -319,9 +248,6 @@ class SteeringDecomposition:
         self.top = top
         self.seed = seed
         self.batch_size = batch_size
-
-    def get_params(self) -> dict[str, Any]:
-        return {"k": self.k, "nonneg": self.nonneg, "top": self.top, "n_null": self.n_null, "seed": self.seed}
 
     def fit(self, model: Any, vector: Any, sae: Any, items: Sequence[Any], alpha: float,
             unembedding: np.ndarray | None = None, vocab: Sequence[str] | None = None) -> "SteeringDecomposition":
@@ -358,7 +284,7 @@ class SteeringDecomposition:
         # (b) steered minus unsteered codes on the fitting prompts' tokens
         X0 = _prompt_activations(model, fit_items, [hook], None, 0.0, None, self.batch_size)[hook]
         C0 = encode(sae, X0)
-        nulls = _null_vectors(vector, v.astype(np.float32), X0, self.n_null, self.n_null, self.seed + 7)
+        nulls = null_vectors(vector, v.astype(np.float32), X0, self.n_null, self.n_null, self.seed + 7)
         null_vecs = {k: nulls[k].astype(np.float64) for k in ("shuffled_labels", "covariance_directions")
                      if nulls[k] is not None}
         rnd = null_vecs["covariance_directions"][0]
@@ -445,8 +371,7 @@ class SteeringDecomposition:
         return self
 
     def result(self) -> AnalysisResult:
-        if not hasattr(self, "features_"):
-            raise NotFittedError("this SteeringDecomposition is not fitted yet: call fit(model, vector, sae, items, alpha)")
+        self.check_fitted("features_")
         return AnalysisResult(
             analyzer="steering_decomposition", params=self.get_params(),
             provenance={"hook": self.hook_, "alpha": self.alpha_, "vector_norm": self.norm_, "prompt_split": self.split_,
@@ -462,7 +387,7 @@ class SteeringDecomposition:
 # Propagation through later layers
 
 
-class SteeringPropagation:
+class SteeringPropagation(Analyzer):
     """Which SAE features change at each later layer when the vector is added at layer k.
 
     ``fit(model, vector, saes, texts)``: ``saes`` maps hooks to SAEs (those before the vector's
@@ -476,6 +401,9 @@ class SteeringPropagation:
     than its nulls).
     """
 
+    _fit_call = "fit(model, vector, saes, texts)"
+    _fitted = "rows_"
+
     def __init__(self, alphas: Sequence[float] = (1.0, 2.0, 4.0), threshold: float = 0.1, top: int = 8,
                  seed: int = 0, batch_size: int = 16, n_null: int = 20) -> None:
         self.alphas = alphas
@@ -484,10 +412,6 @@ class SteeringPropagation:
         self.top = top
         self.seed = seed
         self.batch_size = batch_size
-
-    def get_params(self) -> dict[str, Any]:
-        return {"alphas": list(self.alphas), "threshold": self.threshold, "top": self.top, "seed": self.seed,
-                "n_null": self.n_null}
 
     def fit(self, model: Any, vector: Any, saes: Mapping[str, Any], texts: Sequence[Any],
             progress: Callable[[], None] | None = None) -> "SteeringPropagation":
@@ -515,7 +439,7 @@ class SteeringPropagation:
             raise ConfigError(f"n_null must be 0 (no nulls) or at least 2 draws per null, got {self.n_null}; 20 is the default")
         hooks_read = later if hook in later else [hook, *later]
         X0 = _prompt_activations(model, texts, hooks_read, None, 0.0, None, self.batch_size)
-        nulls = _null_vectors(vector, v, X0[hook], max(1, self.n_null), self.n_null, self.seed + 11)
+        nulls = null_vectors(vector, v, X0[hook], max(1, self.n_null), self.n_null, self.seed + 11)
         rnd = nulls["covariance_directions"][0]
         C0 = {h: encode(saes[h], X0[h]) for h in later}
         scale = {h: float(C0[h][C0[h] > 0].mean()) if (C0[h] > 0).any() else 1.0 for h in later}
@@ -604,8 +528,7 @@ class SteeringPropagation:
         return M
 
     def result(self) -> AnalysisResult:
-        if not hasattr(self, "rows_"):
-            raise NotFittedError("this SteeringPropagation is not fitted yet: call fit(model, vector, saes, texts)")
+        self.check_fitted("rows_")
         per_layer = {}
         for h in self.hooks_:
             mine = [r for r in self.rows_ if r["hook"] == h and r["direction"] == "vector"]

@@ -24,8 +24,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, NotFittedError
+from ..errors import ConfigError, DataError
 from ..types import AnalysisResult
+from .base import Analyzer
 
 __all__ = ["MapperAnalyzer", "adaptive_eps", "graph_betti"]
 
@@ -73,7 +74,7 @@ def graph_betti(nodes: dict, links: dict) -> tuple[int, int]:
     return c, g.number_of_edges() - g.number_of_nodes() + c
 
 
-class MapperAnalyzer:
+class MapperAnalyzer(Analyzer):
     """Mapper with an SAE-feature lens; kmapper graph + gudhi nerve, Betti numbers, persistence.
 
     Parameters: ``lens`` ("pca", "umap" or "features"), ``n_components`` of the lens (PCA/UMAP),
@@ -84,6 +85,9 @@ class MapperAnalyzer:
     simplex dimension of the nerve, ``lens_clip`` the quantile at which each lens coordinate is
     clipped on both sides (so that a few outliers do not stretch the cover), ``seed``.
     """
+
+    _fit_call = "fit(X, codes, labels)"
+    _fitted = "graph_"
 
     def __init__(self, lens: str = "pca", n_components: int = 2, features: Sequence[int] | None = None,
                  n_cubes: int = 10, overlap: float = 0.3, min_samples: int = 5, eps_scale: float = 1.0, eps_k: int = 10,
@@ -104,11 +108,6 @@ class MapperAnalyzer:
         self.n_null = n_null
         self.n_label_permutations = n_label_permutations
         self.seed = seed
-
-    def get_params(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("lens", "n_components", "features", "n_cubes", "overlap", "min_samples",
-                                               "eps_scale", "eps_k", "n_bootstrap", "bootstrap_fraction", "max_dim", "lens_clip",
-                                               "n_null", "n_label_permutations", "seed")}
 
     # ----------------------------------------------------------------------------------------
 
@@ -383,8 +382,7 @@ class MapperAnalyzer:
 
     def node_table(self) -> list[dict[str, Any]]:
         """One row per node: size, dominant categories with their shares, top SAE features, example names."""
-        if not hasattr(self, "graph_"):
-            raise NotFittedError("this MapperAnalyzer is not fitted yet: call fit(X, codes, labels) first")
+        self.check_fitted("graph_")
         from collections import Counter
 
         rows = []
@@ -401,8 +399,7 @@ class MapperAnalyzer:
         return rows
 
     def result(self) -> AnalysisResult:
-        if not hasattr(self, "graph_"):
-            raise NotFittedError("this MapperAnalyzer is not fitted yet: call fit(X, codes, labels) first")
+        self.check_fitted("graph_")
         g = self.graph_
         n_edges = sum(len(v) for v in g["links"].values())
         covered = len({i for v in g["nodes"].values() for i in v})

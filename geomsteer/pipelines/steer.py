@@ -182,9 +182,10 @@ def sweep(model: Any, vectors: Any, eval: Any = "sentiment_eval", *, hooks: Sequ
     """Multiplier x layer grid: target log-odds shift, KL on neutral text, samples, against shuffled-label and
     covariance nulls (what ``geomsteer steer sweep`` runs)."""
     from .._progress import counter
-    from ..analyzers.steering import SteeringSweep, check_alphas
+    from ..analyzers.steering import SteeringSweep
     from ..corpus import wordnet_glosses
     from ..steering import NeutralText, target_ids
+    from ..steering.experiments import check_alphas, measure_sweep
 
     alphas = check_alphas(alphas)
     check_null_draws(n_null)
@@ -195,11 +196,12 @@ def sweep(model: Any, vectors: Any, eval: Any = "sentiment_eval", *, hooks: Sequ
     neutral_texts = list(wordnet_glosses(examples=False).shuffled(seed))[:n_neutral] if n_neutral > 0 else []
     with step(f"Unsteered next-token distributions on {len(neutral_texts)} neutral texts (WordNet glosses)"):
         neutral = NeutralText(tl, neutral_texts, max_tokens=24) if neutral_texts else None
-    sw = SteeringSweep(alphas=alphas, n_random=n_random, n_samples=n_samples, max_new_tokens=max_new_tokens, seed=seed,
-                       n_null=n_null)
     with counter(f"Sweeping {len(found)} layer(s) x {len(alphas)} multipliers", len(found) * len(alphas),
                  unit="cells") as advance:
-        sw.fit(tl, found, items, neutral, sample_prompts=[it.prompt for it in items], progress=lambda: advance(1))
+        measured = measure_sweep(tl, found, items, neutral, alphas=alphas, n_random=n_random, n_null=n_null,
+                                 sample_prompts=[it.prompt for it in items], n_samples=n_samples,
+                                 max_new_tokens=max_new_tokens, seed=seed, progress=lambda: advance(1))
+    sw = SteeringSweep(seed=seed).fit(measured)
     prov = {"model": resolved.name, "model_provenance": resolved.provenance, **vprov, "eval": eval_path,
             "eval_sha256": eval_sha, "n_prompts": len(items),
             "neutral": {"source": "WordNet glosses (definitions), shuffled", "n_texts": len(neutral_texts),
@@ -277,7 +279,8 @@ def propagate(model: Any, vectors: Any, saes: Sequence[Any], eval: Any = "sentim
     """Steer at the vector's layer; count and name the SAE features that change at each later layer, against
     both nulls (what ``geomsteer steer propagate`` runs). ``saes``: one SAE (directory or loaded) per layer."""
     from .._progress import counter
-    from ..analyzers.steering import SteeringPropagation, check_alphas
+    from ..analyzers.steering import SteeringPropagation
+    from ..steering.experiments import check_alphas
     from ..saes import read_sae_dir
 
     alphas = check_alphas(alphas)

@@ -1,0 +1,199 @@
+"""Subspace and geometry metrics: SVCCA (cross-validated), Procrustes, RSA, cosine, feature Jaccard."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import DataError
+from .cka import repair
+from .common import as_matrix, paired
+
+
+def svcca(X, Y, keep: float = 0.99, max_dims: int | None = None, seed: int = 0) -> float:
+    """Singular vector CCA (Raghu et al. 2017), cross-validated: fit on half the samples, score on the other.
+
+    In-sample SVCCA is about 1 for independent data whenever the kept directions approach the number
+    of samples (two independent 640-d Gaussians score 0.98 at n = 100), so here the samples are split
+    in two halves at random (``seed``). On one half each centred representation keeps its top
+    singular directions explaining ``keep`` of its variance (``keep`` >= 1: that many directions),
+    at most ``max_dims`` (default: the half's size minus 2, so the kept directions never span the
+    whole sample space, where canonical directions become arbitrary), and CCA between the reduced
+    representations gives canonical direction pairs; the score is the mean correlation of those
+    pairs on the other half (centred with the first half's means), averaged over both ways round.
+    About 0 for independent data at any n (it can be slightly negative), about 1 when Y is an
+    invertible linear map of X plus small noise. Invariant to orthogonal transforms, isotropic
+    scaling and translation. Needs at least 8 samples.
+    """
+    A, B = paired(X, Y, 8, "SVCCA")
+    return float(svcca_permutations(A, B, [None], keep, max_dims, seed)[0])
+
+
+def _svcca_reduce(M: np.ndarray, keep: float, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and the top singular directions (d, r) keeping ``keep`` of the variance, r <= cap."""
+    mean = M.mean(0)
+    _, s, Vt = np.linalg.svd(M - mean, full_matrices=False)
+    s2 = s**2
+    if keep >= 1:
+        r = int(min(keep, (s > s[0] * 1e-12).sum()))
+    else:
+        r = int(np.searchsorted(np.cumsum(s2) / s2.sum(), keep) + 1)
+    r = max(1, min(r, cap, int((s > s[0] * 1e-12).sum())))
+    return mean, Vt[:r].T
+
+
+def _inv_sqrt(C: np.ndarray) -> np.ndarray:
+    w, V = np.linalg.eigh((C + C.T) / 2)
+    w = np.maximum(w, w.max() * 1e-12)
+    return (V / np.sqrt(w)) @ V.T
+
+
+def _svcca_one_way(A: np.ndarray, B: np.ndarray, fit: np.ndarray, test: np.ndarray,
+                   ra: tuple[np.ndarray, np.ndarray], rb: tuple[np.ndarray, np.ndarray]) -> float:
+    (ma, Va), (mb, Vb) = ra, rb
+    Ra, Rb = (A[fit] - ma) @ Va, (B[fit] - mb) @ Vb
+    Wa, Wb = _inv_sqrt(Ra.T @ Ra), _inv_sqrt(Rb.T @ Rb)
+    U, _, Vt = np.linalg.svd(Wa @ Ra.T @ Rb @ Wb)
+    m = min(Va.shape[1], Vb.shape[1])
+    Pa = (A[test] - ma) @ Va @ Wa @ U[:, :m]
+    Pb = (B[test] - mb) @ Vb @ Wb @ Vt.T[:, :m]
+    Pa, Pb = Pa - Pa.mean(0), Pb - Pb.mean(0)
+    den = np.linalg.norm(Pa, axis=0) * np.linalg.norm(Pb, axis=0)
+    corr = np.where(den > 0, np.einsum("ij,ij->j", Pa, Pb) / np.where(den > 0, den, 1), 0.0)
+    return float(corr.mean())
+
+
+def svcca_permutations(X, Y, permutations: Sequence[np.ndarray | None], keep: float = 0.99,
+                       max_dims: int | None = None, seed: int = 0) -> np.ndarray:
+    """:func:`svcca` of X against Y with its rows re-paired by each permutation (None: as given).
+
+    The halves are the same for every draw (``seed``), so X's reductions on each half are computed
+    once; each draw reduces only Y's re-paired halves."""
+    A, B = paired(X, Y, 8, "SVCCA")
+    A, B = A.astype(np.float64), B.astype(np.float64)
+    n = len(A)
+    perm = np.random.default_rng([seed, 0x5CCA]).permutation(n)
+    halves = (perm[: n // 2], perm[n // 2:])
+    cap = max(1, n // 2 - 2) if max_dims is None else int(max_dims)
+    ra = [_svcca_reduce(A[h], keep, cap) for h in halves]
+    out = []
+    for p in permutations:
+        Bp = B if p is None else B[np.asarray(p)]
+        rb = [_svcca_reduce(Bp[h], keep, cap) for h in halves]
+        out.append((_svcca_one_way(A, Bp, halves[0], halves[1], ra[0], rb[0])
+                    + _svcca_one_way(A, Bp, halves[1], halves[0], ra[1], rb[1])) / 2)
+    return np.array(out)
+
+
+def procrustes(X, Y) -> float:
+    """Orthogonal Procrustes distance (Schönemann 1966; as a shape metric, Williams et al. 2021).
+
+    With Xc, Yc column-centred and scaled to unit Frobenius norm (zero-padded to a common width),
+    d = min over orthogonal Q of ||Xc - Yc Q||_F = sqrt(2 - 2 ||Xc^T Yc||_*), ||.||_* the nuclear
+    norm. 0 for representations equal up to rotation, translation and scale; at most sqrt(2).
+    Symmetric; invariant to orthogonal transforms, isotropic scaling and translation.
+    """
+    A, B = paired(X, Y, 2, "Procrustes distance")
+
+    def norm(M):
+        Mc = M.astype(np.float64) - M.mean(0, dtype=np.float64)
+        return Mc / np.linalg.norm(Mc)
+
+    nuc = np.linalg.svd(norm(A).T @ norm(B), compute_uv=False).sum()
+    return float(np.sqrt(max(0.0, 2.0 - 2.0 * nuc)))
+
+
+def _check_rows_vary(A: np.ndarray, B: np.ndarray) -> None:
+    """RSA's correlation distance needs rows that are not constant."""
+    for M, name in ((A, "X"), (B, "Y")):
+        const = np.ptp(M, axis=1) == 0
+        if const.any():
+            raise DataError(f"{name} has {int(const.sum())} constant row(s) (e.g. row {int(np.argmax(const))}): the "
+                            "correlation distance is undefined for them; drop those samples from X and Y")
+
+
+def rsa(X, Y, method: str = "spearman") -> float:
+    """Representational similarity analysis (Kriegeskorte et al. 2008).
+
+    Each representation's dissimilarity matrix is 1 - Pearson correlation between the samples'
+    vectors; the score is the Spearman (or Pearson) correlation of the two matrices' upper
+    triangles. Invariant to permutations of samples applied to both, and to any per-sample
+    affine change of a row (a correlation distance), hence to isotropic scaling; not to general
+    rotations of the feature space when rows are not centred. Rows must not be constant.
+    """
+    from scipy.stats import pearsonr, spearmanr
+
+    A, B = paired(X, Y, 3, "RSA")
+    if method not in ("spearman", "pearson"):
+        raise DataError(f"unknown method {method!r}: expected 'spearman' or 'pearson'")
+    _check_rows_vary(A, B)
+    iu = np.triu_indices(len(A), 1)
+    da, db = (1 - np.corrcoef(A.astype(np.float64)))[iu], (1 - np.corrcoef(B.astype(np.float64)))[iu]
+    return float((spearmanr if method == "spearman" else pearsonr)(da, db)[0])
+
+
+def cosine(A, B) -> np.ndarray:
+    """Cosine similarity of matched directions: row i of A against row i of B (same width).
+
+    Returns an array of n cosines in [-1, 1]. Invariant to positive scaling of either row and to
+    one orthogonal transform applied to both.
+    """
+    P, Q = as_matrix(A, "A").astype(np.float64), as_matrix(B, "B").astype(np.float64)
+    if P.shape != Q.shape:
+        raise DataError(f"matched directions need equal shapes, got {P.shape} and {Q.shape}; "
+                        "map both into one space first")
+    na, nb = np.linalg.norm(P, axis=1), np.linalg.norm(Q, axis=1)
+    if (na == 0).any() or (nb == 0).any():
+        raise DataError("cosine is undefined for a zero vector; drop the zero rows first")
+    return np.einsum("ij,ij->i", P, Q) / (na * nb)
+
+
+def feature_jaccard(A, B, threshold: float = 0.0) -> np.ndarray:
+    """Jaccard overlap of the samples on which two features fire (activation > ``threshold``).
+
+    ``A`` (n, f1) and ``B`` (n, f2) are feature activations on the same n samples; the result is
+    the (f1, f2) matrix |S_a ∩ S_b| / |S_a ∪ S_b|, with 1-D inputs a single number. Invariant to
+    permutations of samples applied to both and to positive scaling of a feature (threshold 0).
+    A pair of features that never fire has no Jaccard index (NaN).
+    """
+    a1, b1 = np.ndim(A) == 1, np.ndim(B) == 1
+    P = as_matrix(np.reshape(A, (-1, 1)) if a1 else A, "A") > threshold
+    Q = as_matrix(np.reshape(B, (-1, 1)) if b1 else B, "B") > threshold
+    if P.shape[0] != Q.shape[0]:
+        raise DataError(f"A and B must have the same number of rows (samples), got {P.shape[0]} and {Q.shape[0]}")
+    inter = P.T.astype(np.float64) @ Q.astype(np.float64)
+    union = P.sum(0)[:, None] + Q.sum(0)[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        J = np.where(union > 0, inter / np.where(union > 0, union, 1), np.nan)
+    return J[0, 0] if a1 and b1 else J
+
+
+def rsa_permutations(X, Y, permutations: Sequence[np.ndarray]) -> tuple[float, np.ndarray]:
+    """Spearman RSA of X and Y (as :func:`rsa`) and of X against Y with its rows re-paired by each
+    permutation. The ranks of Y's dissimilarities are taken once: re-pairing the samples permutes
+    the rank matrix, so each draw is one gather and one dot product."""
+    from scipy.stats import rankdata
+
+    A, B = paired(X, Y, 3, "RSA")
+    _check_rows_vary(A, B)
+    n = len(A)
+    iu = np.triu_indices(n, 1)
+
+    def rank_matrix(M: np.ndarray) -> np.ndarray:
+        r = rankdata((1 - np.corrcoef(M.astype(np.float64)))[iu])
+        R = np.zeros((n, n))
+        R[iu] = r
+        return R + R.T
+
+    Ra, Rb = rank_matrix(A), rank_matrix(B)
+    ra = Ra[iu]
+    ra_c = ra - ra.mean()
+    rb = Rb[iu]
+    norm = np.sqrt((ra_c @ ra_c) * ((rb - rb.mean()) @ (rb - rb.mean())))
+
+    def score(R: np.ndarray) -> float:
+        v = R[iu]
+        return float(ra_c @ (v - v.mean()) / norm) if norm > 0 else float("nan")
+
+    return score(Rb), np.array([score(repair(Rb, np.asarray(p))) for p in permutations])

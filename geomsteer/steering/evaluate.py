@@ -1,0 +1,248 @@
+"""Evaluating steering: held-out prompts with target tokens, their log-odds (also under many vectors at
+once), and the side effect on neutral text."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import DataError
+from .apply import logits_at, logits_at_last, steering, unembed_rows, unembeds_itself
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation prompts, target tokens, generation, side effects
+
+
+@dataclass(frozen=True)
+class EvalPrompt:
+    """A held-out prompt and the next tokens that count as the positive and the negative outcome."""
+
+    prompt: str
+    positive: tuple[str, ...]
+    negative: tuple[str, ...]
+
+
+def load_eval(path: str | Path) -> tuple[list[EvalPrompt], str]:
+    """Evaluation prompts from JSONL: ``{"prompt": ..., "positive": [" good", ...], "negative": [...]}``.
+
+    ``positive`` and ``negative`` are target strings (one string or a list); each counts by its
+    first token. Returns the prompts and the file's sha256.
+    """
+    from ..resources import read_steering_file
+
+    p, raw = read_steering_file(path, "evaluation", '{"prompt": ..., "positive": [...], "negative": [...]}',
+                                "sentiment_eval, animal_plant_eval")
+    from ..corpus import jsonl_objects
+
+    items = []
+    for i, obj in jsonl_objects(raw.decode("utf-8", errors="replace"), p):
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj.get("prompt"):
+            raise DataError(f"{p}:{i}: expected an object with a non-empty string 'prompt' and target lists "
+                            "'positive' and 'negative'")
+        sides = []
+        for key in ("positive", "negative"):
+            v = obj.get(key)
+            v = [v] if isinstance(v, str) else v
+            if not isinstance(v, list) or not v or not all(isinstance(t, str) and t for t in v):
+                raise DataError(f"{p}:{i}: {key!r} must be a non-empty string or list of non-empty strings, "
+                                f"got {obj.get(key)!r}")
+            sides.append(tuple(v))
+        items.append(EvalPrompt(obj["prompt"], sides[0], sides[1]))
+    if not items:
+        raise DataError(f"evaluation file {str(p)!r} holds no prompts: expected at least one JSONL line")
+    return items, hashlib.sha256(raw).hexdigest()
+
+
+def target_ids(model: Any, items: Sequence[EvalPrompt]) -> list[tuple[list[int], list[int]]]:
+    """Per prompt, the first token ids of its positive and negative targets (distinct sets)."""
+    tok = model.tokenizer
+    cache: dict[str, int] = {}
+
+    def first(t: str) -> int:
+        if t not in cache:
+            ids = tok(t, add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise DataError(f"target {t!r} tokenizes to nothing: give targets with at least one token, such as \" good\"")
+            cache[t] = ids[0]
+        return cache[t]
+
+    out = []
+    for it in items:
+        pos = sorted({first(t) for t in it.positive})
+        neg = sorted({first(t) for t in it.negative})
+        both = set(pos) & set(neg)
+        if both:
+            raise DataError(f"prompt {it.prompt!r}: positive and negative targets share the first token "
+                            f"{tok.decode([min(both)])!r}; targets count by their first token, so make them differ there")
+        out.append((pos, neg))
+    return out
+
+
+def target_logodds(model: Any, items: Sequence[EvalPrompt], batch_size: int = 16,
+                   ids: Sequence[tuple[list[int], list[int]]] | None = None) -> np.ndarray:
+    """Per prompt: (log-odds, log p(positive set), log p(negative set)) of the next token, shape (n, 3).
+
+    A set's log-probability is the logsumexp of its tokens' log-probabilities; the log-odds is
+    their difference. Runs under whatever hooks are active (e.g. inside :func:`steering`).
+    """
+    import torch
+
+    from ..activations import bos_ids
+
+    ids = ids if ids is not None else target_ids(model, items)
+    head = bos_ids(model)
+    tok = model.tokenizer
+    out = np.empty((len(items), 3))
+    for b in range(0, len(items), batch_size):
+        rows = [head + tok(it.prompt, add_special_tokens=False)["input_ids"] for it in items[b : b + batch_size]]
+        logp = torch.log_softmax(logits_at_last(model, rows), -1)
+        for r, (pos, neg) in enumerate(ids[b : b + batch_size]):
+            lp = float(torch.logsumexp(logp[r, pos], 0))
+            ln = float(torch.logsumexp(logp[r, neg], 0))
+            out[b + r] = (lp - ln, lp, ln)
+    return out
+
+
+class NeutralText:
+    """Token rows of neutral texts and the unsteered model's next-token log-probabilities on them.
+
+    :meth:`kl` is the mean over real positions after the start token of KL(unsteered || current),
+    where "current" is the model under whatever hooks are active: the side effect of steering.
+    """
+
+    def __init__(self, model: Any, texts: Sequence[str], max_tokens: int = 32, batch_size: int = 8) -> None:
+        import torch
+
+        from ..activations import bos_ids
+
+        if not texts:
+            raise DataError("no neutral texts: expected at least one text to measure side effects on")
+        tok = model.tokenizer
+        head = bos_ids(model)
+        self.start = len(head)
+        self.batches = []
+        self.n_positions = 0
+        for b in range(0, len(texts), batch_size):
+            rows = [head + tok(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts[b : b + batch_size]]
+            lengths = torch.as_tensor([len(r) for r in rows])
+            ids = torch.full((len(rows), int(lengths.max())), tok.pad_token_id or 0, dtype=torch.long)
+            for i, r in enumerate(rows):
+                ids[i, : len(r)] = torch.as_tensor(r)
+            pos = torch.arange(ids.shape[1])[None, :]
+            mask = pos < lengths[:, None]
+            valid = mask & (pos >= self.start)
+            ref = torch.log_softmax(logits_at(model, ids, mask.long(), valid), -1)
+            p_ref = ref.exp()
+            # KL(p || q) = sum p log p - sum p log q: the first term is fixed, computed once
+            self.batches.append((ids, mask, valid, p_ref, float((p_ref * ref).sum(dtype=torch.float64))))
+            del ref
+            self.n_positions += int(valid.sum())
+
+    def kl(self, model: Any) -> float:
+        import torch
+
+        total = 0.0
+        for ids, mask, valid, p_ref, neg_entropy in self.batches:
+            cur = torch.log_softmax(logits_at(model, ids, mask.long(), valid), -1)
+            total += neg_entropy - float((p_ref * cur).sum(dtype=torch.float64))
+        return total / max(self.n_positions, 1)
+
+
+class SteeredTargets:
+    """Target log-odds of evaluation prompts under many steering vectors at one hook.
+
+    ``SteeredTargets(model, items, hook)(vectors, alpha)`` returns an array (m, n_prompts, 3) of
+    what :func:`target_logodds` gives under ``steering(model, v, alpha, hook, start=<after the
+    start token>)`` for each of the m vectors. For a HookedTransformer and a
+    ``blocks.<k>.hook_resid_post`` hook the prompts run up to block k once; each vector is added
+    to that residual and only the later blocks run, many vectors to a batch. Other models and
+    hooks take the plain path. ``X`` holds the unsteered activations at the hook on the prompts'
+    tokens after the start token (for :func:`covariance_directions`).
+    """
+
+    def __init__(self, model: Any, items: Sequence[EvalPrompt], hook: str, batch_size: int = 16,
+                 ids: Sequence[tuple[list[int], list[int]]] | None = None, max_rows: int = 128) -> None:
+        import re
+
+        import torch
+
+        from ..activations import bos_ids, forward_rows
+        from ..hooks import check_hooks
+
+        check_hooks(model, [hook])
+        self.model, self.items, self.hook, self.batch_size = model, list(items), hook, batch_size
+        self.ids = list(ids) if ids is not None else target_ids(model, items)
+        self.head = bos_ids(model)
+        tok = model.tokenizer
+        self.rows = [self.head + tok(it.prompt, add_special_tokens=False)["input_ids"] for it in self.items]
+        m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook)
+        self.fast = bool(m) and unembeds_itself(model)
+        self.max_rows = max(int(max_rows), len(self.rows))
+        n = len(self.rows)
+        if self.fast:
+            self.layer = int(m.group(1))  # type: ignore[union-attr]
+            pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+            self.lengths = torch.as_tensor([len(r) for r in self.rows])
+            L = int(self.lengths.max())
+            ids_t = torch.full((n, L), pad, dtype=torch.long)
+            for i, r in enumerate(self.rows):
+                ids_t[i, : len(r)] = torch.as_tensor(r)
+            self.mask = (torch.arange(L)[None, :] < self.lengths[:, None]).long()
+            with torch.no_grad():
+                self.resid = model(ids_t, attention_mask=self.mask, stop_at_layer=self.layer + 1)
+            acts = self.resid.float().numpy()
+        else:
+            acts = forward_rows(model, self.rows, [hook])[hook].float().cpu().numpy()
+        self.X = np.concatenate([acts[r, len(self.head) : len(row)] for r, row in enumerate(self.rows)])
+        width = max(max(len(p), len(q)) for p, q in self.ids)
+
+        def padded(sets: list[list[int]]) -> tuple[Any, Any]:  # ids padded with a repeat, masked out by -inf
+            idx = torch.as_tensor([t + [t[0]] * (width - len(t)) for t in sets])
+            off = torch.as_tensor([[0.0] * len(t) + [-np.inf] * (width - len(t)) for t in sets], dtype=torch.float64)
+            return idx, off
+
+        self.pos, self.pos_off = padded([p for p, _ in self.ids])
+        self.neg, self.neg_off = padded([q for _, q in self.ids])
+
+    def __call__(self, vectors: np.ndarray, alpha: float) -> np.ndarray:
+        V = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if not self.fast or alpha == 0:
+            if alpha == 0:
+                base = target_logodds(self.model, self.items, self.batch_size, self.ids)
+                return np.repeat(base[None], len(V), axis=0)
+            out = []
+            for v in V:
+                with steering(self.model, v, alpha, self.hook, start=len(self.head)):
+                    out.append(target_logodds(self.model, self.items, self.batch_size, self.ids))
+            return np.stack(out)
+        return self._fast(V, float(alpha))
+
+    def _fast(self, V: np.ndarray, alpha: float) -> np.ndarray:
+        import torch
+
+        model, n = self.model, len(self.rows)
+        out = np.empty((len(V), n, 3))
+        per = max(1, self.max_rows // n)
+        start = len(self.head)
+        rows = torch.arange(n)
+        with torch.no_grad():
+            for c in range(0, len(V), per):
+                Vc = torch.as_tensor(alpha * V[c : c + per]).to(self.resid.dtype)
+                mc = len(Vc)
+                r = self.resid.unsqueeze(0).repeat(mc, 1, 1, 1)
+                r[:, :, start:, :] += Vc[:, None, None, :]
+                r = r.reshape(mc * n, *self.resid.shape[1:])
+                res = model(r, start_at_layer=self.layer + 1, stop_at_layer=model.cfg.n_layers,
+                            attention_mask=self.mask.repeat(mc, 1))
+                last = res.reshape(mc, n, *res.shape[1:])[:, rows, self.lengths - 1]  # (mc, n, d)
+                logits = unembed_rows(model, last.reshape(mc * n, -1)).reshape(mc, n, -1).double()
+                lse = torch.logsumexp(logits, -1)
+                lp = torch.logsumexp(logits.gather(-1, self.pos.expand(mc, -1, -1)) + self.pos_off, -1) - lse
+                ln = torch.logsumexp(logits.gather(-1, self.neg.expand(mc, -1, -1)) + self.neg_off, -1) - lse
+                out[c : c + mc] = torch.stack([lp - ln, lp, ln], -1).numpy()
+        return out
