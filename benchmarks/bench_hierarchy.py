@@ -28,7 +28,8 @@ def lda_benchmark(limit: int | None) -> None:
     from threadpoolctl import threadpool_limits
 
     from geomsteer import models
-    from geomsteer.analyzers.hierarchy import _map_categories, fit_whitening, lda_direction, lda_direction_reference
+    from geomsteer.analyzers.hierarchy import fit_whitening, lda_direction, lda_direction_reference
+    from geomsteer.analyzers.hierarchy_stats import map_categories
     from geomsteer.wordnet import build_hierarchy
 
     e = models.load_unembedding("gemma-3-270m")
@@ -48,7 +49,7 @@ def lda_benchmark(limit: int | None) -> None:
         fast_seq = [lda_direction(G) for G in Gs]
         t_seq = time.perf_counter() - t
     t = time.perf_counter()
-    fast = _map_categories(lambda i: lda_direction(Gs[i]), len(Gs), os.cpu_count() or 1, None, sizes)
+    fast = map_categories(lambda i: lda_direction(Gs[i]), len(Gs), os.cpu_count() or 1, None, sizes)
     t_par = time.perf_counter() - t
 
     cos = np.array([a @ b / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(fast, ref)])

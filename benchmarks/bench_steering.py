@@ -36,7 +36,7 @@ def best_of(fn, repeat: int = 3) -> float:
 def bench_omp() -> None:
     from sklearn.linear_model import orthogonal_mp
 
-    from geomsteer.analyzers.steering import omp
+    from geomsteer.sparse import omp
 
     rng = np.random.default_rng(0)
     D = rng.standard_normal((4096, 640))

@@ -27,7 +27,7 @@ def test_params_come_from_init_and_result_before_fit_says_how_to_fit(cls):
 
 
 def test_repr_and_params_show_what_was_set():
-    a = SteeringPropagation(alphas=(1, 2), n_null=5)
-    assert repr(a) == "SteeringPropagation(alphas=(1, 2), n_null=5)"
-    assert a.get_params()["alphas"] == [1, 2]  # as result.json shows it
+    a = MapperAnalyzer(n_cubes=12, features=(3, 4))
+    assert repr(a) == "MapperAnalyzer(features=(3, 4), n_cubes=12)"
+    assert a.get_params()["features"] == [3, 4]  # tuples as result.json shows them
     assert HierarchyAnalyzer(seed=7).get_params()["seed"] == 7 and "progress" not in HierarchyAnalyzer().get_params()

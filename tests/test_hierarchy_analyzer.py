@@ -62,7 +62,7 @@ def test_random_unembedding_with_a_planted_tree_finds_nothing():
 
 
 def test_held_out_split_keeps_each_lemma_on_one_side():
-    from geomsteer.analyzers.hierarchy import tree_split
+    from geomsteer.analyzers.hierarchy_stats import tree_split
 
     gamma, h = planted(seed=0)
     sets = [h.tokens(n) for n in h.names]
@@ -79,7 +79,7 @@ def test_held_out_split_keeps_each_lemma_on_one_side():
 
 
 def test_lemma_split_of_one_category():
-    from geomsteer.analyzers.hierarchy import lemma_split
+    from geomsteer.analyzers.hierarchy_stats import lemma_split
 
     toks = np.arange(40)
     groups = {t: t // 4 for t in range(40)}

@@ -70,9 +70,9 @@ def test_cache_entry_with_a_changed_file_is_not_used(tmp_path):
     (bad / "model.safetensors").write_bytes(b"weighTs")  # same size, different content
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"half")  # no manifest: an interrupted build
-    assert models._valid_cache(good)
-    assert not models._valid_cache(bad)
-    assert not models._valid_cache(partial)
+    assert models.gguf._valid_cache(good)
+    assert not models.gguf._valid_cache(bad)
+    assert not models.gguf._valid_cache(partial)
 
 
 def test_cache_build_interrupted_leaves_nothing_behind(tmp_path, monkeypatch):
@@ -83,7 +83,7 @@ def test_cache_build_interrupted_leaves_nothing_behind(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        models._build_cache("toy", make_gguf, {})
+        models.build_cache("toy", make_gguf, {})
     assert list((tmp_path / "models").iterdir()) == []
 
 
@@ -115,7 +115,7 @@ def test_a_warm_unembedding_needs_no_tokenizer(gemma_unembedding, monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("the tokenizer was loaded")
 
-    monkeypatch.setattr(models, "load_tokenizer", refuse)  # the cache beside the matrix holds the vocabulary
+    monkeypatch.setattr(models.unembedding, "load_tokenizer", refuse)  # the cache beside the matrix holds the vocabulary
     again = models.load_unembedding("gemma-3-270m")
     assert again.vocab == gemma_unembedding.vocab and again.tokenizer_name == gemma_unembedding.tokenizer_name
     np.testing.assert_array_equal(again.gamma[:100], gemma_unembedding.gamma[:100])
@@ -197,5 +197,5 @@ def test_final_norm_scale_is_probed_exactly(arch):
         norm.weight.copy_(torch.randn(16))
         if getattr(norm, "bias", None) is not None:
             norm.bias.copy_(torch.randn(16))  # a bias must not leak into the scale
-    scale = models._final_norm_scale(model)
+    scale = models.unembedding._final_norm_scale(model)
     np.testing.assert_allclose(scale, expected(norm.weight.detach()).numpy(), rtol=1e-4, atol=1e-5)

@@ -95,11 +95,11 @@ def test_words_in_text_align_across_tokenizers(gemma_tiny, qwen_tiny):
 
 def test_rerandomize_shuffles_each_tensor_reproducibly():
     m1, m2 = tiny_model(n_layers=1, seed=0), tiny_model(n_layers=1, seed=0)
-    models._KEPT[("kept-for-this-test",)] = m1  # a model kept for reuse is never handed out shuffled
+    models.load._KEPT[("kept-for-this-test",)] = m1  # a model kept for reuse is never handed out shuffled
     before = {k: v.clone() for k, v in m1.state_dict().items()}
     models.rerandomize(m1, seed=3)
     models.rerandomize(m2, seed=3)
-    assert ("kept-for-this-test",) not in models._KEPT
+    assert ("kept-for-this-test",) not in models.load._KEPT
     for name, p in m1.named_parameters():
         assert torch.equal(torch.sort(p.flatten()).values, torch.sort(before[name].flatten()).values)
         assert torch.equal(p, dict(m2.named_parameters())[name])

@@ -10,11 +10,15 @@ from geomsteer.analyzers.steering import (
     SteeringDecomposition,
     SteeringPropagation,
     SteeringSweep,
-    _prompt_activations,
     omp,
 )
 from geomsteer.errors import ConfigError, DataError, NotFittedError
-from geomsteer.steering.experiments import measure_sweep
+from geomsteer.steering.experiments import (
+    measure_decomposition,
+    measure_propagation,
+    measure_sweep,
+    prompt_activations,
+)
 
 ITEMS = [S.EvalPrompt("The film was", (" good", " great"), (" bad",)),
          S.EvalPrompt("Yesterday the meeting was", (" good",), (" bad", " awful")),
@@ -78,8 +82,8 @@ def test_omp_agrees_with_a_plain_least_squares_on_the_chosen_atoms():
 def test_steered_activations_at_the_steering_hook_are_shifted_exactly(wide):
     hook = "blocks.0.hook_resid_post"
     v = np.random.default_rng(0).standard_normal(64).astype(np.float32)
-    X0 = _prompt_activations(wide, ITEMS, [hook, "blocks.1.hook_resid_post"], None, 0.0, None, batch_size=2)
-    X1 = _prompt_activations(wide, ITEMS, [hook, "blocks.1.hook_resid_post"], v, 1.5, hook, batch_size=2)
+    X0 = prompt_activations(wide, ITEMS, [hook, "blocks.1.hook_resid_post"], None, 0.0, None, batch_size=2)
+    X1 = prompt_activations(wide, ITEMS, [hook, "blocks.1.hook_resid_post"], v, 1.5, hook, batch_size=2)
     np.testing.assert_allclose(X1[hook] - X0[hook], np.tile(1.5 * v, (len(X0[hook]), 1)), rtol=1e-4, atol=1e-4)
     assert not np.allclose(X1["blocks.1.hook_resid_post"], X0["blocks.1.hook_resid_post"])
     assert not wide.hook_dict[hook].fwd_hooks
@@ -93,8 +97,11 @@ def test_a_planted_vector_decomposes_back_into_its_features(wide):
     v = 4.0 * W[7] + 3.0 * W[30] + 2.0 * W[81]
     vec = S.SteeringVector(v.astype(np.float32), "tiny", hook, "last", "mean_diff", 3)
     emb = (wide.W_U.detach().numpy().T, [f"t{i}" for i in range(wide.cfg.d_vocab)])
-    dec = SteeringDecomposition(k=3, top=5, seed=0).fit(wide, vec, sae, ITEMS, alpha=2.0, unembedding=emb[0], vocab=emb[1])
+    measured = measure_decomposition(wide, vec, sae, ITEMS, alpha=2.0, k=3, seed=0)
+    dec = SteeringDecomposition(top=5, seed=0).fit(measured, unembedding=emb[0], vocab=emb[1])
     res = dec.result()
+    # statistics from the measurements alone: a refit runs no model and reproduces every number
+    assert SteeringDecomposition(top=5, seed=0).fit(measured, emb[0], emb[1]).result().to_dict() == res.to_dict()
     assert sorted(res.tables["sparse_coding"]["atoms"]) == planted
     e = res.metrics["explained_fraction"]
     assert e["sparse_coding"] == pytest.approx(1.0, abs=1e-6)
@@ -125,17 +132,19 @@ def test_decomposition_errors(wide):
     vec = S.SteeringVector(np.ones(64, np.float32), "tiny", "blocks.0.hook_resid_post", "last", "mean_diff", 2)
     with pytest.raises(DataError, match="the steering vector is at blocks.0.hook_resid_post but the SAE was trained at "
                                         "blocks.1.hook_resid_post"):
-        SteeringDecomposition().fit(wide, vec, sae, ITEMS, 1.0)
+        measure_decomposition(wide, vec, sae, ITEMS, 1.0)
     small = S.SteeringVector(np.ones(16, np.float32), "tiny", "blocks.1.hook_resid_post", "last", "mean_diff", 2)
     with pytest.raises(DataError, match="the SAE reads vectors of size 64, the steering vector has size 16"):
-        SteeringDecomposition().fit(wide, small, sae, ITEMS, 1.0)
+        measure_decomposition(wide, small, sae, ITEMS, 1.0)
     with pytest.raises(ConfigError, match="finite non-zero number"):
-        SteeringDecomposition().fit(wide, vec, sae, ITEMS, float("inf"))
+        measure_decomposition(wide, vec, sae, ITEMS, float("inf"))
     with pytest.raises(DataError, match="needs at least 2 evaluation prompts"):
-        SteeringDecomposition().fit(wide, S.SteeringVector(np.ones(64, np.float32), "tiny", "blocks.1.hook_resid_post",
-                                                           "last", "mean_diff", 2), sae, ITEMS[:1], 1.0)
+        measure_decomposition(wide, S.SteeringVector(np.ones(64, np.float32), "tiny", "blocks.1.hook_resid_post",
+                                                     "last", "mean_diff", 2), sae, ITEMS[:1], 1.0)
     with pytest.raises(NotFittedError):
         SteeringDecomposition().result()
+    with pytest.raises(DataError, match="expected the measurements of .*measure_decomposition"):
+        SteeringDecomposition().fit({"not": "measurements"})
 
 
 def test_propagation_counts_nothing_for_a_vanishing_multiplier_and_skips_earlier_layers(wide):
@@ -144,8 +153,8 @@ def test_propagation_counts_nothing_for_a_vanishing_multiplier_and_skips_earlier
     v = np.random.default_rng(5).standard_normal(64).astype(np.float32) * 3
     vec = S.SteeringVector(v, "tiny", h1, "last", "mean_diff", 2)
     ticks = []
-    prop = SteeringPropagation(alphas=[1e-6, 1.0, 4.0], threshold=0.1).fit(wide, vec, saes, ITEMS,
-                                                                         progress=lambda: ticks.append(1))
+    measured = measure_propagation(wide, vec, saes, ITEMS, alphas=[1e-6, 1.0, 4.0], progress=lambda: ticks.append(1))
+    prop = SteeringPropagation(threshold=0.1).fit(measured)
     assert len(ticks) == 6 + 20  # one per multiplier and direction, one per null draw (no pairs: covariance only)
     res = prop.result()
     st = res.metrics["statistics"][f"features_changed:{h1}"]
@@ -161,18 +170,18 @@ def test_propagation_counts_nothing_for_a_vanishing_multiplier_and_skips_earlier
     total = prop.table("vector", "total_abs_change")[0]
     assert total[0] < total[1] < total[2]
     # at the steering layer the residual moves by exactly alpha |v| relative to its size
-    X0 = _prompt_activations(wide, ITEMS, [h1], None, 0.0, None)[h1]
+    X0 = prompt_activations(wide, ITEMS, [h1], None, 0.0, None)[h1]
     grid = {(r["alpha"], r["direction"]): r for r in res.tables["grid"]}
     expect = float(np.mean(4.0 * np.linalg.norm(v) / np.linalg.norm(X0, axis=1)))
     assert grid[(4.0, "vector")]["relative_residual_change"] == pytest.approx(expect, rel=1e-3)
     # steering at layer 0 reaches both SAEs
     vec0 = S.SteeringVector(v, "tiny", h0, "last", "mean_diff", 2)
-    res0 = SteeringPropagation(alphas=[2.0]).fit(wide, vec0, saes, ITEMS).result()
+    res0 = SteeringPropagation().fit(measure_propagation(wide, vec0, saes, ITEMS, alphas=[2.0])).result()
     assert res0.provenance["sae_hooks"] == [h0, h1] and not res0.provenance["skipped_earlier_hooks"]
     with pytest.raises(ConfigError, match="no SAE at or after the steering layer"):
-        SteeringPropagation().fit(wide, vec, {h0: saes[h0]}, ITEMS)
+        measure_propagation(wide, vec, {h0: saes[h0]}, ITEMS)
     with pytest.raises(ConfigError, match="multipliers must be finite numbers"):
-        SteeringPropagation(alphas=[float("nan")]).fit(wide, vec, saes, ITEMS)
+        measure_propagation(wide, vec, saes, ITEMS, alphas=[float("nan")])
 
 
 def test_sweep_rows_baseline_and_samples(wide):
@@ -196,7 +205,7 @@ def test_sweep_rows_baseline_and_samples(wide):
     assert grid[2]["logodds_shift"] == pytest.approx(float((moved - base)[:, 0].mean()), abs=1e-5)
     assert grid[2]["kl_neutral"] > 0 and grid[2]["random_kl_neutral"] > 0
     # the band: covariance directions at the hook, seeded per hook, steered like the vector
-    X = _prompt_activations(wide, ITEMS, [hook], None, 0.0, None)[hook]
+    X = prompt_activations(wide, ITEMS, [hook], None, 0.0, None)[hook]
     draws = []
     for u in S.covariance_directions(X, np.linalg.norm(vec.vector), 2, seed=0):
         with S.steering(wide, u, 2.0, hook, start=1):

@@ -242,6 +242,7 @@ def decompose(model: Any, vectors: Any, sae: Any, eval: Any = "sentiment_eval", 
     from .. import models
     from ..analyzers.steering import SteeringDecomposition
     from ..saes import read_sae_dir
+    from ..steering.experiments import measure_decomposition
 
     if not math.isfinite(alpha) or alpha == 0:
         raise ConfigError(f"--alpha must be a finite non-zero number, got {alpha!r}")
@@ -259,11 +260,12 @@ def decompose(model: Any, vectors: Any, sae: Any, eval: Any = "sentiment_eval", 
                         f"d_model {tl.cfg.d_model}; use an SAE trained on this model")
     emb = models.unembedding_for(tl, resolved)
     W_U = emb.gamma * (emb.final_norm_scale if emb.final_norm_scale is not None else 1.0)
-    dec = SteeringDecomposition(k=k, nonneg=nonneg, top=top, seed=seed, n_null=n_null)
     with step(f"Decomposing the vector at {hook} into {sd.d_sae} SAE features (sparse coding, code differences "
               f"on half of {len(items)} prompts at multiplier {alpha:g}, steering effects on the other half, "
               f"{n_null} draws of each null)"):
-        dec.fit(tl, found[hook], sd.sae, items, alpha, unembedding=W_U, vocab=emb.id_to_token)
+        measured = measure_decomposition(tl, found[hook], sd.sae, items, alpha, k=k, nonneg=nonneg, n_null=n_null,
+                                         seed=seed)
+    dec = SteeringDecomposition(top=top, seed=seed).fit(measured, unembedding=W_U, vocab=emb.id_to_token)
     with step("Top contexts of the top features (the SAE's held-out tokens)"):
         ctx = _feature_contexts(sd, [r["feature"] for r in dec.features_], n_contexts)
     for r in dec.features_:
@@ -280,11 +282,13 @@ def propagate(model: Any, vectors: Any, saes: Sequence[Any], eval: Any = "sentim
     both nulls (what ``geomsteer steer propagate`` runs). ``saes``: one SAE (directory or loaded) per layer."""
     from .._progress import counter
     from ..analyzers.steering import SteeringPropagation
-    from ..steering.experiments import check_alphas
+    from ..steering.experiments import check_alphas, measure_propagation
     from ..saes import read_sae_dir
 
     alphas = check_alphas(alphas)
     check_null_draws(n_null)
+    if not threshold > 0:
+        raise ConfigError(f"--threshold must be positive, got {threshold!r}")
     t0 = time.perf_counter()
     items, eval_sha, eval_path = _eval_items(eval)
     if not isinstance(saes, (list, tuple)):
@@ -302,11 +306,12 @@ def propagate(model: Any, vectors: Any, saes: Sequence[Any], eval: Any = "sentim
     tl, resolved, found, vprov = _model_and_vectors(model, vectors, [_one_hook(vectors, name, hook)])
     h0, sv = next(iter(found.items()))
     check_hooks(tl, list(by_hook))
-    prop = SteeringPropagation(alphas=alphas, threshold=threshold, top=top, seed=seed, n_null=n_null)
     n_passes = 2 * len([a for a in alphas if a != 0]) + n_null * (1 + (sv.pair_differences is not None))
     with counter(f"Steering at {h0}, encoding {len(by_hook)} layer(s) with SAEs ({n_null} draws of each null)", n_passes,
                  unit="passes") as advance:
-        prop.fit(tl, sv, {h: sd.sae for h, sd in by_hook.items()}, items, progress=lambda: advance(1))
+        measured = measure_propagation(tl, sv, {h: sd.sae for h, sd in by_hook.items()}, items, alphas=alphas,
+                                       n_null=n_null, seed=seed, progress=lambda: advance(1))
+    prop = SteeringPropagation(threshold=threshold, top=top).fit(measured)
     prov = {"model": resolved.name, "model_provenance": resolved.provenance, **vprov,
             "saes": {h: str(sd.path) for h, sd in by_hook.items()}, "eval": eval_path, "eval_sha256": eval_sha,
             "n_prompts": len(items)}

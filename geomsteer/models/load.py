@@ -1,0 +1,170 @@
+"""Loading: tokenizers, Hugging Face and TransformerLens models, models passed in by the caller, re-randomization."""
+
+from __future__ import annotations
+
+import functools
+import os
+import weakref
+from typing import Any
+
+
+from .._progress import step
+from ..errors import ConfigError
+from .gguf import quiet_transformers
+from .registry import ResolvedModel, resolve
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_at(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def load_tokenizer(model: str | ResolvedModel):
+    """The Hugging Face tokenizer of a model (cached per process)."""
+    r = model if isinstance(model, ResolvedModel) else resolve(model)
+    return _tokenizer_at(str(r.path))
+
+
+def load_hf_model(model: str | ResolvedModel, dtype: str = "float32", device: str = "cpu"):
+    """The Hugging Face causal LM, loaded from the resolved local directory."""
+    from transformers import AutoModelForCausalLM
+
+    r = model if isinstance(model, ResolvedModel) else resolve(model)
+    torch_dtype = _torch_dtype(dtype)
+    check_device(device)
+    quiet_transformers()
+    hf = AutoModelForCausalLM.from_pretrained(str(r.path), dtype=torch_dtype)
+    return hf.to(device).eval()
+
+
+def check_device(device: str) -> str:
+    """Validate a torch device string against what this machine has."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}: expected a torch device such as 'cpu', 'cuda' or 'cuda:1'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} is not available: this machine has no CUDA device; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r} is not available: this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s); use an index below that")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} is not available on this machine; use --device cpu")
+    return device
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    table = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in table:
+        raise ConfigError(f"unknown dtype {dtype!r}: expected one of {', '.join(table)}")
+    return table[dtype]
+
+
+def load_model(model: str | ResolvedModel, device: str = "cpu", dtype: str = "float32") -> Any:
+    """A TransformerLens model with the model's raw weights (no layer-norm folding or centering).
+
+    Registry models load as ``HookedTransformer`` under TransformerLens's official name; local
+    directories, GGUF files and ``qwen2.5-0.5b`` (whose config TransformerLens would fetch from the
+    hub) load as a ``TransformerBridge`` booted from the local directory. Neither computes logits unless asked:
+    use ``stop_at_layer`` / ``run_with_cache(names_filter=...)`` for residuals.
+    """
+    r = model if isinstance(model, ResolvedModel) else resolve(model)
+    check_device(device)
+    key = (str(r.path), r.tl_name, device, dtype)
+    if os.environ.get("GEOMSTEER_KEEP_MODELS") and key in _KEPT:
+        tl = _KEPT[key]
+        tl.reset_hooks()
+        return tl
+    tok = load_tokenizer(r)
+    with step(f"Loading {r.name} into TransformerLens"):
+        if r.tl_name is not None:
+            from transformer_lens import HookedTransformer
+
+            hf = load_hf_model(r, dtype=dtype)
+            tl = HookedTransformer.from_pretrained_no_processing(
+                r.tl_name, hf_model=hf, tokenizer=tok, device=device, dtype=dtype
+            )
+            del hf
+        else:
+            from transformer_lens.model_bridge import TransformerBridge
+
+            tl = TransformerBridge.boot_transformers(str(r.path), device=device, dtype=_torch_dtype(dtype), tokenizer=tok)
+    tl.eval()
+    _RESOLVED[tl] = r
+    if os.environ.get("GEOMSTEER_KEEP_MODELS"):
+        _KEPT[key] = tl
+    return tl
+
+
+# The model name and files behind every model load_model returned, so that a loaded model can be
+# passed wherever a name is accepted (its provenance and unembedding are still known).
+_RESOLVED: "weakref.WeakKeyDictionary[Any, ResolvedModel]" = weakref.WeakKeyDictionary()
+
+
+def resolved_of(model: Any) -> ResolvedModel | None:
+    """What ``model`` was loaded from, if :func:`load_model` loaded it."""
+    try:
+        return _RESOLVED.get(model)
+    except TypeError:  # not weak-referenceable: not a model geomsteer loaded
+        return None
+
+
+def use_model(model: Any, device: str = "cpu", dtype: str = "float32") -> tuple[Any, ResolvedModel]:
+    """A loaded model and what it was loaded from, given a name (loads it) or a model object.
+
+    A model :func:`load_model` returned keeps its name and files; any other TransformerLens model
+    (``HookedTransformer`` or ``TransformerBridge`` with a tokenizer) is used as it is and named by
+    its ``cfg.model_name``, its provenance saying it was passed in."""
+    if isinstance(model, (str, os.PathLike, ResolvedModel)):
+        r = model if isinstance(model, ResolvedModel) else resolve(os.fspath(model))
+        return load_model(r, device=device, dtype=dtype), r
+    r = resolved_of(model)
+    if r is None:
+        cfg = getattr(model, "cfg", None)
+        if cfg is None or getattr(model, "tokenizer", None) is None or not hasattr(model, "hook_dict"):
+            raise ConfigError(f"expected a model name (see 'geomsteer models') or a TransformerLens model with a "
+                              f"tokenizer, got a {type(model).__name__}; load one with gs.load_model(name)")
+        name = str(getattr(cfg, "model_name", "") or type(model).__name__)
+        r = ResolvedModel(name=name, path=None, hf_id=None, tl_name=None, provenance={
+            "source": "a model object passed by the caller (not loaded by geomsteer)", "model_name": name,
+            "n_layers": int(cfg.n_layers), "d_model": int(cfg.d_model)})
+        _RESOLVED[model] = r
+    return model, r
+
+
+# With GEOMSTEER_KEEP_MODELS set (the test suite sets it), load_model keeps each loaded model for
+# the rest of the process and hands the same object out again (hooks reset); rerandomize drops a
+# model it shuffles from here, so a shuffled model is never handed out as the trained one.
+_KEPT: dict[tuple, Any] = {}
+
+
+def rerandomize(model: Any, seed: int = 0) -> Any:
+    """Shuffle the entries of every weight tensor of ``model`` in place; returns the model.
+
+    The re-randomized-model baseline: the same architecture, tokenizer and per-tensor weight
+    distributions (so every layer keeps its scale: embeddings, norm gains and projections stay in
+    the numeric range the architecture expects), with every learned structure destroyed. Tied
+    tensors are shuffled once.
+    """
+    import torch
+
+    for k in [k for k, m in _KEPT.items() if m is model]:
+        del _KEPT[k]
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for _, p in model.named_parameters():  # named_parameters lists a shared tensor once
+            flat = p.data.reshape(-1)
+            perm = torch.randperm(flat.numel(), generator=gen)
+            p.data.copy_(flat[perm].reshape(p.shape))
+            del perm
+    return model
