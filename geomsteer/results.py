@@ -196,7 +196,8 @@ class HierarchyResult(Result):
     @property
     def directions(self) -> "Directions":
         """Category name -> its direction (numpy vector) in the whitened unembedding space."""
-        return Directions(self.analyzer.names_, self.analyzer.directions_.vectors)
+        art = self.result.artifacts
+        return Directions(art["names"], art["directions"].vectors)
 
     def summary_lines(self) -> list[str]:
         p = self.provenance
@@ -207,7 +208,7 @@ class HierarchyResult(Result):
         """Tokens of ``child``, ``others`` and ``parent`` in the plane of ℓ_parent and ℓ_child − ℓ_parent."""
         from .reports.hierarchy import concept_plane_figure
 
-        return concept_plane_figure(self.analyzer, self.hierarchy, parent, child, [child, *others, parent])
+        return concept_plane_figure(self.result, self.hierarchy, parent, child, [child, *others, parent])
 
 
 class Directions(Mapping):

@@ -146,4 +146,6 @@ class ClusterAnalyzer(Analyzer):
             provenance={"rows": self.what_, "n": len(self.labels_)},
             metrics=self.scores_,
             tables={"clusters": self.clusters_},
+            artifacts={"names": list(self.names_), "labels": np.asarray(self.labels_),
+                       "categories": None if self.categories_ is None else list(self.categories_)},
         )

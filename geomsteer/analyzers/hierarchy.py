@@ -344,4 +344,10 @@ class HierarchyAnalyzer(Analyzer):
             provenance=self.provenance_,
             metrics=self.metrics_,
             tables={"categories": self.categories_, "simplices": self.simplices_},
+            artifacts={"model": self.model_, "names": list(self.names_), "directions": self.directions_,
+                       "mean_directions": self.mean_directions_, "whitening": self.whitening_,
+                       "token_ids": self.token_ids_, "estimator": self.estimator, "null_draws": self.null_draws_,
+                       "signed": self.signed_, "null_signed": self.null_signed_, "observed_units": self.observed_units_,
+                       "null_units": self.null_units_, "cosine_matrix": self.cosine_matrix_,
+                       "tree_similarity": self.tree_similarity_, "embed": self.embed_},
         )

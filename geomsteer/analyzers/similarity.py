@@ -450,4 +450,6 @@ class FeatureMatcher(Analyzer):
             provenance=self.provenance_,
             metrics=self.matching_,
             tables={"decoder_similarity": self.decoder_similarity_, "top_pairs": self.top_pairs_},
+            artifacts={"correlations": np.asarray(self.correlations_),
+                       "shuffled_correlations": dict(self.shuffled_correlations_)},
         )

@@ -416,4 +416,6 @@ class MapperAnalyzer(Analyzer):
                 "statistics": self.statistics_,
             },
             tables={"nodes": self.node_table()},
+            artifacts={"graph": self.graph_, "node_ids": list(self.node_ids_), "names": list(self.names_),
+                       "labels": list(self.labels_), "lens": np.asarray(self.lens_), "persistence": self.persistence_},
         )

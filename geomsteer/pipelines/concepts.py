@@ -91,11 +91,13 @@ def mapper(model: Any, sae: Any, concepts: Sequence[str] | str = DEFAULT_CONCEPT
         analyzer.fit(data["X"], data["codes"], labels=data["labels"], names=data["words"])
     provenance = stamp(data["provenance"], t0)
 
+    res = analyzer.result()
+
     def write(out, force, command):
         with step(f"Writing the report to {out}"):
-            return write_mapper_report(analyzer, with_command(provenance, command), out, force=force)
+            return write_mapper_report(res, with_command(provenance, command), out, force=force)
 
-    return MapperResult(analyzer.result(), provenance, write, analyzer)
+    return MapperResult(res, provenance, write, analyzer)
 
 
 def cluster(model: Any, sae: Any, concepts: Sequence[str] | str = DEFAULT_CONCEPTS, *, hook: str | None = None,
@@ -140,8 +142,10 @@ def cluster(model: Any, sae: Any, concepts: Sequence[str] | str = DEFAULT_CONCEP
         analyzer.fit(X, labels=labels, names=names, unembedding=W_U, vocab=vocab, decoder=decoder, what=what)
     provenance = stamp({**data["provenance"], "space": space, "rows": what}, t0)
 
+    res = analyzer.result()
+
     def write(out, force, command):
         with step(f"Writing the report to {out}"):
-            return write_cluster_report(analyzer, with_command(provenance, command), out, force=force)
+            return write_cluster_report(res, with_command(provenance, command), out, force=force)
 
-    return ClusterResult(analyzer.result(), provenance, write, analyzer)
+    return ClusterResult(res, provenance, write, analyzer)

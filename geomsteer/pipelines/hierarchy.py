@@ -53,8 +53,10 @@ def hierarchy(model: Any, *, pos: str = "noun", min_tokens: int = 50, seed: int 
     extra = {"min_tokens": min_tokens, "pos": pos, "seed": seed, "null_draws": null_draws,
              "elapsed_seconds": round(time.perf_counter() - t0, 1)}
 
+    res = analyzer.result()
+
     def write(out, force, command):
         with step(f"Writing the report to {out}"):
-            return write_hierarchy_report(analyzer, hier, out, force=force, command=command, extra=extra)
+            return write_hierarchy_report(res, hier, out, force=force, command=command, extra=extra)
 
-    return HierarchyResult(analyzer.result(), {"model": resolved.name, **extra}, write, analyzer, hier)
+    return HierarchyResult(res, {"model": resolved.name, **extra}, write, analyzer, hier)

@@ -181,8 +181,11 @@ def similarity(models: Sequence[Any], *, n_words: int = 4000, rule: str = "last"
         "packages": package_versions(),
     }
 
+    res = analyzer.result()
+    matching = matcher.result() if matcher is not None else None
+
     def write(out, force, command):
         with step(f"Writing the report to {out}"):
-            return write_similarity_report(analyzer, matcher, with_command(provenance, command), out, force=force)
+            return write_similarity_report(res, matching, with_command(provenance, command), out, force=force)
 
-    return SimilarityResult(analyzer.result(), provenance, write, analyzer, matcher)
+    return SimilarityResult(res, provenance, write, analyzer, matcher)

@@ -9,38 +9,38 @@ from typing import Any, Mapping
 import numpy as np
 
 from .. import _atomic
-from .common import pyplot, category_label, check_output_dir, result_head, statistic_rows, verdict
+from .common import as_result, pyplot, category_label, check_output_dir, result_head, statistic_rows, verdict
 
 
-def write_cluster_report(analyzer: Any, provenance: Mapping[str, Any], out: Path, force: bool = False) -> Path:
-    """``result.json``, ``report.md`` and ``figures/clusters.png`` for a :class:`ClusterAnalyzer`."""
+def write_cluster_report(result: Any, provenance: Mapping[str, Any], out: Path, force: bool = False) -> Path:
+    """``result.json``, ``report.md`` and ``figures/clusters.png`` for a ClusterAnalyzer's result."""
     from ..types import jsonable
 
     check_output_dir(out, force)
-    res = analyzer.result()
+    res = as_result(result)
+    art = res.artifacts
     doc = jsonable({
         **result_head("clustering", res, provenance),
         "clusters": res.tables["clusters"],
-        "assignments": {"names": analyzer.names_, "cluster": analyzer.labels_,
-                        "category": analyzer.categories_},
+        "assignments": {"names": art["names"], "cluster": art["labels"], "category": art["categories"]},
     })
     with _atomic.staged_dir(Path(out), replace=force) as tmp:
         (tmp / "figures").mkdir()
         (tmp / "result.json").write_text(json.dumps(doc, indent=2) + "\n")
-        fig = _cluster_figure(analyzer, tmp / "figures")
+        fig = _cluster_figure(art["labels"], art["categories"], tmp / "figures")
         (tmp / "report.md").write_text(_cluster_markdown(doc, fig))
     return Path(out)
 
 
-def _cluster_figure(a: Any, fig_dir: Path) -> str | None:
-    if a.categories_ is None:
+def _cluster_figure(labels: Any, categories: Any, fig_dir: Path) -> str | None:
+    if categories is None:
         return None
     plt = pyplot()
 
-    cats = sorted(set(a.categories_))
-    clusters = sorted(set(a.labels_.tolist()))
+    cats = sorted(set(categories))
+    clusters = sorted(set(np.asarray(labels).tolist()))
     M = np.zeros((len(clusters), len(cats)))
-    for c, lab in zip(a.labels_, a.categories_):
+    for c, lab in zip(labels, categories):
         M[clusters.index(c), cats.index(lab)] += 1
     fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(cats), 1 + 0.35 * len(clusters)))
     ax.imshow(M / M.sum(1, keepdims=True), cmap="Blues", aspect="auto", vmin=0, vmax=1)

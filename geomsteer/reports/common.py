@@ -151,3 +151,8 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def as_result(x: Any) -> Any:
+    """The AnalysisResult a report reads: given as is, or taken from a fitted analyzer's ``result()``."""
+    return x.result() if hasattr(x, "result") and callable(x.result) else x

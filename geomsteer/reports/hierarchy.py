@@ -11,21 +11,22 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .. import _atomic
-from .common import pyplot, category_label, check_output_dir, fmt, fmt_p, package_versions, statistic_rows, verdict
+from .common import as_result, pyplot, category_label, check_output_dir, fmt, fmt_p, package_versions, statistic_rows, verdict
 
 
-def write_hierarchy_report(analyzer: Any, hierarchy: Any, out: Path, force: bool = False,
+def write_hierarchy_report(result: Any, hierarchy: Any, out: Path, force: bool = False,
                            command: Sequence[str] | None = None, extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``result.json``, ``directions.safetensors``, ``report.md`` and ``figures/*.png`` to ``out``."""
     check_output_dir(out, force)
-    res = analyzer.result()
+    res = as_result(result)
+    art = res.artifacts
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     doc = {
         "geomsteer_result": "hierarchy",
         "created": created,
         "command": list(command) if command else None,
-        "model": analyzer.model_,
-        "n_categories": len(analyzer.names_),
+        "model": art["model"],
+        "n_categories": len(art["names"]),
         "params": res.params,
         "provenance": {**res.provenance, **(extra or {}), "packages": package_versions(),
                        "platform": platform.platform()},
@@ -39,40 +40,42 @@ def write_hierarchy_report(analyzer: Any, hierarchy: Any, out: Path, force: bool
     with _atomic.staged_dir(Path(out), replace=force) as tmp:
         (tmp / "figures").mkdir()
         (tmp / "result.json").write_text(json.dumps(doc, indent=2) + "\n")
-        _write_directions(analyzer, hierarchy, tmp / "directions.safetensors")
-        figures = _hierarchy_figures(analyzer, hierarchy, tmp / "figures")
-        (tmp / "report.md").write_text(_hierarchy_markdown(doc, figures, analyzer))
+        _write_directions(res, hierarchy, tmp / "directions.safetensors")
+        figures = _hierarchy_figures(res, hierarchy, tmp / "figures")
+        (tmp / "report.md").write_text(_hierarchy_markdown(doc, figures))
     return Path(out)
 
 
-def _write_directions(a: Any, h: Any, path: Path) -> None:
+def _write_directions(res: Any, h: Any, path: Path) -> None:
+    art = res.artifacts
     from safetensors.numpy import save_file
 
-    sets = a.token_ids_
+    sets = art["token_ids"]
     offsets = np.zeros(len(sets) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(s) for s in sets])
     tensors = {
-        "directions": np.ascontiguousarray(a.directions_.vectors, dtype=np.float32),
-        "mean_directions": np.ascontiguousarray(a.mean_directions_.vectors, dtype=np.float32),
-        "whitening": np.ascontiguousarray(a.whitening_.W, dtype=np.float64),
-        "unembedding_mean": np.ascontiguousarray(a.whitening_.mean, dtype=np.float64),
+        "directions": np.ascontiguousarray(art["directions"].vectors, dtype=np.float32),
+        "mean_directions": np.ascontiguousarray(art["mean_directions"].vectors, dtype=np.float32),
+        "whitening": np.ascontiguousarray(art["whitening"].W, dtype=np.float64),
+        "unembedding_mean": np.ascontiguousarray(art["whitening"].mean, dtype=np.float64),
         "token_ids": np.concatenate(sets).astype(np.int64),
         "token_offsets": offsets,
     }
     meta = {
         "format": "geomsteer.hierarchy.directions/1",
-        "names": json.dumps(list(a.names_)),
-        "parents": json.dumps([h.parent(n) for n in a.names_]),
-        "model": str(a.model_),
-        "space": a.directions_.space,
-        "estimator": str(a.estimator),
+        "names": json.dumps(list(art["names"])),
+        "parents": json.dumps([h.parent(n) for n in art["names"]]),
+        "model": str(art["model"]),
+        "space": art["directions"].space,
+        "estimator": str(art["estimator"]),
         "note": "directions[i] is category names[i] in the whitened space g(y) = (gamma(y) - unembedding_mean) "
                 "@ whitening; its tokens are token_ids[token_offsets[i]:token_offsets[i+1]]",
     }
     save_file(tensors, str(path), metadata=meta)
 
 
-def _hierarchy_figures(a: Any, h: Any, fig_dir: Path) -> dict[str, str]:
+def _hierarchy_figures(res: Any, h: Any, fig_dir: Path) -> dict[str, str]:
+    art = res.artifacts
     plt = pyplot()
 
     figs: dict[str, str] = {}
@@ -80,14 +83,14 @@ def _hierarchy_figures(a: Any, h: Any, fig_dir: Path) -> dict[str, str]:
     # 1. Each statistic against its null draws.
     from ..analyzers.hierarchy import STATISTICS
 
-    stats = [k for k in STATISTICS if k in a.metrics_]
+    stats = [k for k in STATISTICS if k in res.metrics]
     colors = {"shuffled_tokens": "tab:blue", "nested_random_sets": "tab:orange", "random_unembedding": "tab:green"}
     ncol = 3
     nrow = -(-len(stats) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(12, 3.1 * nrow), squeeze=False)
     for ax, k in zip(axes.ravel(), stats):
-        st = a.metrics_[k]
-        for null, draws in a.null_draws_.get(k, {}).items():
+        st = res.metrics[k]
+        for null, draws in art["null_draws"].get(k, {}).items():
             v = np.asarray(draws, dtype=np.float64)
             v = v[np.isfinite(v)]
             if v.size:
@@ -117,9 +120,9 @@ def _hierarchy_figures(a: Any, h: Any, fig_dir: Path) -> dict[str, str]:
     bins = np.linspace(-1, 1, 81)
     panels = [("parent_child", "cos(ℓ_parent, ℓ_child − ℓ_parent)"), ("siblings", "cos(ℓ_parent, ℓ_child1 − ℓ_child0)")]
     for ax, (key, xlabel) in zip(axes[:2], panels):
-        v = np.asarray(a.signed_[key])
+        v = np.asarray(art["signed"][key])
         ax.hist(v[np.isfinite(v)], bins=bins, histtype="step", density=True, color="black", lw=1.8, label="observed")
-        for null, sv in a.null_signed_.items():
+        for null, sv in art["null_signed"].items():
             w = np.asarray(sv[key])
             ax.hist(w[np.isfinite(w)], bins=bins, histtype="step", density=True, color=colors.get(null, "grey"),
                     label=null.replace("_", " "))
@@ -128,8 +131,8 @@ def _hierarchy_figures(a: Any, h: Any, fig_dir: Path) -> dict[str, str]:
         ax.legend(fontsize=7)
     axes[0].set_title("Hierarchical orthogonality, per edge")
     axes[1].set_title("Sibling differences, per pair")
-    series = [("observed", a.observed_units_["heldout_auc"], "black")]
-    series += [(n.replace("_", " "), u["heldout_auc"], colors.get(n, "grey")) for n, u in a.null_units_.items()]
+    series = [("observed", art["observed_units"]["heldout_auc"], "black")]
+    series += [(n.replace("_", " "), u["heldout_auc"], colors.get(n, "grey")) for n, u in art["null_units"].items()]
     ab = np.linspace(0, 1, 51)
     for name, v, c in series:
         v = np.asarray(v)
@@ -146,16 +149,16 @@ def _hierarchy_figures(a: Any, h: Any, fig_dir: Path) -> dict[str, str]:
 
     # 3. Cosine matrix ordered by the tree, beside 1 / (1 + tree distance).
     fig, axes = plt.subplots(1, 2, figsize=(11, 5))
-    im0 = axes[0].imshow(a.cosine_matrix_, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    im0 = axes[0].imshow(art["cosine_matrix"], cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
     axes[0].set_title("cos(ℓ_w, ℓ_z), categories in tree order")
     fig.colorbar(im0, ax=axes[0], fraction=0.046)
-    im1 = axes[1].imshow(a.tree_similarity_, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    im1 = axes[1].imshow(art["tree_similarity"], cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     axes[1].set_title("1 / (1 + tree distance)")
     fig.colorbar(im1, ax=axes[1], fraction=0.046)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    r = a.metrics_["cosine_vs_tree_distance"]["observed"]
+    r = res.metrics["cosine_vs_tree_distance"]["observed"]
     fig.suptitle(f"Pearson correlation of the two (upper triangles, train-split directions): {fmt(r)}")
     fig.tight_layout()
     fig.savefig(fig_dir / "heatmap.png", dpi=120)
@@ -163,7 +166,7 @@ def _hierarchy_figures(a: Any, h: Any, fig_dir: Path) -> dict[str, str]:
     figs["heatmap"] = "figures/heatmap.png"
 
     # 4. Park et al. Figure 2 style: animal / mammal / bird / plant in a 2-D plane.
-    path = _concept_plane(a, h, fig_dir, plt)
+    path = _concept_plane(res, h, fig_dir, plt)
     if path:
         figs["concept_plane"] = path
     return figs
@@ -173,12 +176,13 @@ _PLANE = [("animal.n.01", "mammal.n.01"), ("animal.n.01", "bird.n.01"), ("organi
 _PLANE_GROUPS = ["mammal.n.01", "bird.n.01", "fish.n.01", "reptile.n.01", "plant.n.02", "animal.n.01"]
 
 
-def _concept_plane(a: Any, h: Any, fig_dir: Path, plt: Any) -> str | None:
-    idx = {n: i for i, n in enumerate(a.names_)}
+def _concept_plane(res: Any, h: Any, fig_dir: Path, plt: Any) -> str | None:
+    art = res.artifacts
+    idx = {n: i for i, n in enumerate(art["names"])}
     pair = next(((x, y) for x, y in _PLANE if x in idx and y in idx), None)
     if pair is None:
         return None
-    fig = concept_plane_figure(a, h, pair[0], pair[1], [n for n in _PLANE_GROUPS if n in idx])
+    fig = concept_plane_figure(res, h, pair[0], pair[1], [n for n in _PLANE_GROUPS if n in idx])
     if fig is None:
         return None
     fig.savefig(fig_dir / "concept_plane.png", dpi=120)
@@ -186,19 +190,20 @@ def _concept_plane(a: Any, h: Any, fig_dir: Path, plt: Any) -> str | None:
     return "figures/concept_plane.png"
 
 
-def concept_plane_figure(a: Any, h: Any, parent: str, child: str, groups: Sequence[str]) -> Any:
+def concept_plane_figure(res: Any, h: Any, parent: str, child: str, groups: Sequence[str]) -> Any:
     """Tokens of ``groups`` and their category vectors in the plane of ℓ_parent and ℓ_child − ℓ_parent.
 
     The parent's tokens are drawn first and the other groups' on top of them."""
     from ..errors import ConfigError
 
     plt = pyplot()
-    idx = {n: i for i, n in enumerate(a.names_)}
+    art = res.artifacts
+    idx = {n: i for i, n in enumerate(art["names"])}
     unknown = [n for n in (parent, child, *groups) if n not in idx]
     if unknown:
         raise ConfigError(f"{unknown[0]!r} is not one of the {len(idx)} categories of this run; pick names from "
                           ".directions (e.g. {})".format(", ".join(list(idx)[:4])))
-    L = a.directions_.vectors.astype(np.float64)
+    L = art["directions"].vectors.astype(np.float64)
     base, vec = L[idx[parent]], L[idx[child]]
     e1 = base / np.linalg.norm(base)
     diff = vec - base
@@ -217,7 +222,7 @@ def concept_plane_figure(a: Any, h: Any, parent: str, child: str, groups: Sequen
             shown.update(toks.tolist())
         if not len(toks):
             continue
-        G = a.embed_(toks)
+        G = art["embed"](toks)
         ax.scatter(G @ e1, G @ e2, s=4, alpha=0.5, color=colors(k % 10), label=f"{category_label(n)} ({len(toks)})")
     for n in groups:
         v = L[idx[n]]
@@ -233,7 +238,7 @@ def concept_plane_figure(a: Any, h: Any, parent: str, child: str, groups: Sequen
     return fig
 
 
-def _hierarchy_markdown(doc: Mapping[str, Any], figs: Mapping[str, str], a: Any) -> str:
+def _hierarchy_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     from ..analyzers.hierarchy import NULLS, STATISTICS
 
     m = doc["metrics"]

@@ -11,16 +11,18 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .. import _atomic
-from .common import pyplot, category_label, check_output_dir, fmt, save_figure, short_hook
+from .common import as_result, pyplot, category_label, check_output_dir, fmt, save_figure, short_hook
 
 
-def write_similarity_report(analyzer: Any, matcher: Any, provenance: Mapping[str, Any], out: Path,
+def write_similarity_report(result: Any, matching: Any, provenance: Mapping[str, Any], out: Path,
                             force: bool = False) -> Path:
-    """Write ``result.json``, ``report.md``, ``figures/*.png`` and a self-contained ``report.html``."""
+    """Write ``result.json``, ``report.md``, ``figures/*.png`` and a self-contained ``report.html`` from a
+    SimilarityAnalyzer's result and, when SAE features were matched, a FeatureMatcher's (or ``None``)."""
     from ..types import jsonable
 
     check_output_dir(out, force)
-    res = analyzer.result()
+    res = as_result(result)
+    fm = as_result(matching) if matching is not None else None
     models = list(provenance.get("layers", {}))
     doc = {
         "geomsteer_result": "similarity",
@@ -36,8 +38,7 @@ def write_similarity_report(analyzer: Any, matcher: Any, provenance: Mapping[str
         "scans": res.artifacts["scans"],
         "feature_matching": None,
     }
-    if matcher is not None:
-        fm = matcher.result()
+    if fm is not None:
         doc["feature_matching"] = {"params": fm.params, "provenance": fm.provenance, **fm.metrics,
                                    "decoder_similarity": fm.tables["decoder_similarity"],
                                    "top_pairs": fm.tables["top_pairs"]}
@@ -45,19 +46,20 @@ def write_similarity_report(analyzer: Any, matcher: Any, provenance: Mapping[str
     with _atomic.staged_dir(Path(out), replace=force) as tmp:
         (tmp / "figures").mkdir()
         (tmp / "result.json").write_text(json.dumps(doc, indent=2) + "\n")
-        figs = _similarity_figures(analyzer, matcher, models, tmp / "figures")
+        figs = _similarity_figures(res, fm, models, tmp / "figures")
         (tmp / "report.md").write_text(_similarity_markdown(doc, figs))
         (tmp / "report.html").write_text(_similarity_html(doc))
     return Path(out)
 
 
-def _similarity_figures(a: Any, matcher: Any, models: Sequence[str], fig_dir: Path) -> dict[str, str]:
+def _similarity_figures(res: Any, fm: Any, models: Sequence[str], fig_dir: Path) -> dict[str, str]:
     plt = pyplot()
+    groups = res.tables["groups"]
 
     figs: dict[str, str] = {}
     names = {"a": models[0] if models else "A", "b": models[1] if len(models) > 1 else "B"}
-    for metric, title in (("linear_cka_debiased", "debiased linear CKA"), ("mutual_knn", f"mutual {a.k}-NN")):
-        for key, scan in a.scans_.items():
+    for metric, title in (("linear_cka_debiased", "debiased linear CKA"), ("mutual_knn", f"mutual {res.params['k']}-NN")):
+        for key, scan in res.artifacts["scans"].items():
             e = scan[metric]
             panels = [("observed", e["score"]), ("shuffled pairing", e["permutation"])]
             if "random_model" in e:
@@ -79,26 +81,26 @@ def _similarity_figures(a: Any, matcher: Any, models: Sequence[str], fig_dir: Pa
             fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
             fig.suptitle(f"{title}: {key.replace('_', ' ')}", fontsize=10)
             save_figure(fig, fig_dir, f"{key}_{metric}.png", figs)
-    if a.groups_:
-        fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(a.groups_)), 3.6))
-        x = np.arange(len(a.groups_))
-        obs = [g["linear_cka_debiased"]["score"] or 0 for g in a.groups_]
-        null = [g["linear_cka_debiased"]["permutation"]["mean"] or 0 for g in a.groups_]
-        rnd = [g["linear_cka_debiased"].get("random_model") or 0 for g in a.groups_]
+    if groups:
+        fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(groups)), 3.6))
+        x = np.arange(len(groups))
+        obs = [g["linear_cka_debiased"]["score"] or 0 for g in groups]
+        null = [g["linear_cka_debiased"]["permutation"]["mean"] or 0 for g in groups]
+        rnd = [g["linear_cka_debiased"].get("random_model") or 0 for g in groups]
         ax.bar(x - 0.27, obs, 0.27, label="observed")
         ax.bar(x, rnd, 0.27, label=f"re-randomized {names['b']}")
         ax.bar(x + 0.27, null, 0.27, label="shuffled pairing")
-        ax.set_xticks(x, [f"{category_label(g['group'])}\n(n={g['n']})" for g in a.groups_], fontsize=7, rotation=45, ha="right")
+        ax.set_xticks(x, [f"{category_label(g['group'])}\n(n={g['n']})" for g in groups], fontsize=7, rotation=45, ha="right")
         ax.set_ylabel("debiased linear CKA")
-        ax.set_title(f"Within one WordNet group at {short_hook(a.groups_[0]['layer_a'])} x "
-                     f"{short_hook(a.groups_[0]['layer_b'])}", fontsize=10)
+        ax.set_title(f"Within one WordNet group at {short_hook(groups[0]['layer_a'])} x "
+                     f"{short_hook(groups[0]['layer_b'])}", fontsize=10)
         ax.legend(fontsize=7)
         save_figure(fig, fig_dir, "groups.png", figs, "groups")
-    if matcher is not None:
+    if fm is not None:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         bins = np.linspace(-0.2, 1, 49)
-        ax.hist(matcher.correlations_, bins=bins, alpha=0.7, label="Hungarian pairs")
-        ax.hist(matcher.shuffled_correlations_["hungarian"], bins=bins, alpha=0.7, label="same, samples shuffled")
+        ax.hist(fm.artifacts["correlations"], bins=bins, alpha=0.7, label="Hungarian pairs")
+        ax.hist(fm.artifacts["shuffled_correlations"]["hungarian"], bins=bins, alpha=0.7, label="same, samples shuffled")
         ax.set_xlabel("activation correlation of matched features")
         ax.set_ylabel("pairs")
         ax.legend(fontsize=8)

@@ -9,44 +9,46 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .. import _atomic
-from .common import pyplot, category_label, check_output_dir, fmt, result_head, save_figure, statistic_rows, verdict
+from .common import as_result, pyplot, category_label, check_output_dir, fmt, result_head, save_figure, statistic_rows, verdict
 
 
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
             "#17becf"]
 
 
-def _layout(analyzer: Any) -> dict[str, tuple[float, float]]:
+def _layout(art: Mapping[str, Any], seed: int) -> dict[str, tuple[float, float]]:
     import networkx as nx
 
     g = nx.Graph()
-    g.add_nodes_from(analyzer.node_ids_)
-    for a, bs in analyzer.graph_["links"].items():
+    g.add_nodes_from(art["node_ids"])
+    for a, bs in art["graph"]["links"].items():
         g.add_edges_from((a, b) for b in bs)
-    pos = nx.spring_layout(g, seed=analyzer.seed, iterations=200)
+    pos = nx.spring_layout(g, seed=seed, iterations=200)
     return {k: (float(x), float(y)) for k, (x, y) in pos.items()}
 
 
-def write_mapper_report(analyzer: Any, provenance: Mapping[str, Any], out: Path, force: bool = False) -> Path:
-    """``result.json``, ``report.md``, ``figures/*.png`` and a self-contained interactive ``mapper.html``."""
+def write_mapper_report(result: Any, provenance: Mapping[str, Any], out: Path, force: bool = False) -> Path:
+    """``result.json``, ``report.md``, ``figures/*.png`` and a self-contained interactive ``mapper.html``
+    for a MapperAnalyzer's result (its declared artifacts: graph, node ids, names, labels, lens, persistence)."""
     from ..types import jsonable
 
     check_output_dir(out, force)
-    res = analyzer.result()
-    g = analyzer.graph_
+    res = as_result(result)
+    art = res.artifacts
+    g = art["graph"]
     doc = jsonable({
         **result_head("mapper", res, provenance),
         "nodes": res.tables["nodes"],
         "graph": {"nodes": g["nodes"], "links": g["links"]},
-        "samples": {"names": analyzer.names_, "labels": analyzer.labels_, "lens": analyzer.lens_},
+        "samples": {"names": art["names"], "labels": art["labels"], "lens": art["lens"]},
     })
-    pos = _layout(analyzer)
+    pos = _layout(art, res.params["seed"])
     with _atomic.staged_dir(Path(out), replace=force) as tmp:
         (tmp / "figures").mkdir()
         (tmp / "result.json").write_text(json.dumps(doc, indent=2) + "\n")
-        figs = _mapper_figures(analyzer, pos, tmp / "figures")
+        figs = _mapper_figures(res, pos, tmp / "figures")
         (tmp / "report.md").write_text(_mapper_markdown(doc, figs))
-        (tmp / "mapper.html").write_text(_mapper_html(analyzer, doc, pos))
+        (tmp / "mapper.html").write_text(_mapper_html(art, doc, pos))
     return Path(out)
 
 
@@ -55,34 +57,35 @@ def _category_colors(labels: Sequence[str]) -> dict[str, str]:
     return {c: _PALETTE[i % len(_PALETTE)] for i, c in enumerate(cats)}
 
 
-def _mapper_figures(a: Any, pos: Mapping[str, tuple[float, float]], fig_dir: Path) -> dict[str, str]:
+def _mapper_figures(res: Any, pos: Mapping[str, tuple[float, float]], fig_dir: Path) -> dict[str, str]:
     plt = pyplot()
+    art = res.artifacts
 
-    colors = _category_colors(a.labels_)
+    colors = _category_colors(art["labels"])
     figs = {}
     # the lens, coloured by category
     fig, ax = plt.subplots(figsize=(6, 5))
-    lens = a.lens_
+    lens = art["lens"]
     y = lens[:, 1] if lens.shape[1] > 1 else np.zeros(len(lens))
     for c, col in colors.items():
-        idx = [i for i, lab in enumerate(a.labels_) if lab == c]
+        idx = [i for i, lab in enumerate(art["labels"]) if lab == c]
         ax.scatter(lens[idx, 0], y[idx], s=4, alpha=0.5, color=col, label=category_label(c))
     ax.set_xlabel("lens 1")
     ax.set_ylabel("lens 2" if lens.shape[1] > 1 else "")
-    ax.set_title(f"{a.lens} lens of the SAE codes", fontsize=10)
+    ax.set_title(f"{res.params['lens']} lens of the SAE codes", fontsize=10)
     ax.legend(fontsize=7, markerscale=3)
     save_figure(fig, fig_dir, "lens.png", figs, "lens")
     # the graph, nodes as pies of their categories' shares
     fig, ax = plt.subplots(figsize=(7, 6))
-    for a_, bs in a.graph_["links"].items():
+    for a_, bs in art["graph"]["links"].items():
         for b in bs:
             ax.plot([pos[a_][0], pos[b][0]], [pos[a_][1], pos[b][1]], color="#bbb", lw=0.7, zorder=1)
-    sizes = {k: len(v) for k, v in a.graph_["nodes"].items()}
+    sizes = {k: len(v) for k, v in art["graph"]["nodes"].items()}
     smax = max(sizes.values())
-    for k, members in a.graph_["nodes"].items():
+    for k, members in art["graph"]["nodes"].items():
         shares = {}
         for i in members:
-            shares[a.labels_[i]] = shares.get(a.labels_[i], 0) + 1
+            shares[art["labels"][i]] = shares.get(art["labels"][i], 0) + 1
         dom = max(shares, key=shares.get)
         ax.scatter(*pos[k], s=20 + 280 * np.sqrt(sizes[k] / smax), color=colors[dom], edgecolor="k", lw=0.4,
                    alpha=0.4 + 0.6 * shares[dom] / len(members), zorder=2)
@@ -90,13 +93,13 @@ def _mapper_figures(a: Any, pos: Mapping[str, tuple[float, float]], fig_dir: Pat
         ax.scatter([], [], color=col, label=category_label(c))
     ax.legend(fontsize=7, title="dominant category", title_fontsize=7)
     ax.set_axis_off()
-    m = a.result().metrics
+    m = res.metrics
     ax.set_title(f"Mapper graph: {m['kmapper_graph']['nodes']} nodes, {m['kmapper_graph']['edges']} edges; "
                  f"nerve Betti {m['gudhi_nerve']['betti'][:3]}", fontsize=9)
     save_figure(fig, fig_dir, "graph.png", figs, "graph")
     # persistence diagram
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    pts = a.persistence_
+    pts = art["persistence"]
     finite = [d for _, (b, d) in pts if np.isfinite(d)] + [b for _, (b, d) in pts]
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
     top = hi + 0.1 * (hi - lo + 1e-9)
@@ -192,12 +195,12 @@ def _mapper_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     return "\n".join(L) + "\n"
 
 
-def _mapper_html(a: Any, doc: Mapping[str, Any], pos: Mapping[str, tuple[float, float]]) -> str:
+def _mapper_html(art: Mapping[str, Any], doc: Mapping[str, Any], pos: Mapping[str, tuple[float, float]]) -> str:
     """A self-contained page: SVG graph, hover tooltips, colour by category, click to list members."""
     import html
 
-    cats = sorted(set(a.labels_))
-    colors = _category_colors(a.labels_)
+    cats = sorted(set(art["labels"]))
+    colors = _category_colors(art["labels"])
     xs = [p[0] for p in pos.values()]
     ys = [p[1] for p in pos.values()]
     W, H, pad = 900, 640, 30
@@ -208,20 +211,20 @@ def _mapper_html(a: Any, doc: Mapping[str, Any], pos: Mapping[str, tuple[float, 
     def sy(y):
         return pad + (y - min(ys)) / ((max(ys) - min(ys)) or 1) * (H - 2 * pad)
 
-    smax = max(len(v) for v in a.graph_["nodes"].values())
+    smax = max(len(v) for v in art["graph"]["nodes"].values())
     nodes = []
     for r in doc["nodes"]:
-        members = a.graph_["nodes"][r["node"]]
+        members = art["graph"]["nodes"][r["node"]]
         shares = {c: 0 for c in cats}
         for i in members:
-            shares[a.labels_[i]] += 1
+            shares[art["labels"][i]] += 1
         nodes.append({
             "id": r["node"], "x": round(sx(pos[r["node"]][0]), 1), "y": round(sy(pos[r["node"]][1]), 1),
             "r": round(4 + 14 * np.sqrt(len(members) / smax), 1), "size": len(members),
             "shares": {c: v / len(members) for c, v in shares.items()},
-            "features": r["top_features"], "words": [a.names_[i] for i in members[:200]],
+            "features": r["top_features"], "words": [art["names"][i] for i in members[:200]],
         })
-    edges = [[a_, b] for a_, bs in a.graph_["links"].items() for b in bs]
+    edges = [[a_, b] for a_, bs in art["graph"]["links"].items() for b in bs]
     data = json.dumps({"nodes": nodes, "edges": edges, "cats": cats, "colors": colors})
     data = data.replace("</", "<\\/")  # never close the script element early
     m = doc["metrics"]
