@@ -298,6 +298,25 @@ class MapperResult(AnalyzerResult):
     kind = "mapper"
     default_table = "nodes"
 
+    def plot_lens(self) -> Any:
+        """The lens (the first two dimensions), one point per word, coloured by its concept."""
+        from .reports.common import category_label, pyplot
+
+        plt = pyplot()
+        art = self.result.artifacts
+        lens, labels = np.asarray(art["lens"]), list(art["labels"])
+        y = lens[:, 1] if lens.shape[1] > 1 else np.zeros(len(lens))
+        fig, ax = plt.subplots(figsize=(6, 5))
+        for c in sorted(set(labels)):
+            idx = [i for i, lab in enumerate(labels) if lab == c]
+            ax.scatter(lens[idx, 0], y[idx], s=4, alpha=0.5, label=category_label(c))
+        ax.set_xlabel("lens 1")
+        ax.set_ylabel("lens 2" if lens.shape[1] > 1 else "")
+        ax.set_title(f"{self.params.get('lens')} lens of the SAE codes")
+        ax.legend(fontsize=7, markerscale=3)
+        fig.tight_layout()
+        return fig
+
     def summary_lines(self) -> list[str]:
         kg = self.metrics.get("kmapper_graph", {})
         return [f"{self.provenance.get('words_used', 0):,} words at {self.provenance.get('hook')}: {kg.get('nodes')} "
@@ -325,6 +344,33 @@ class SteeringResult(Result):
         self.default_table = {"steering_apply": "generations", "steering_sweep": "grid",
                               "steering_decomposition": "features", "steering_propagation": "grid"}.get(
             result.analyzer)
+
+    def plot_dose_response(self) -> Any:
+        """For a sweep: the target log-odds shift against the multiplier at each hook, with the random
+        directions' mean ± sd as a band."""
+        from .errors import ConfigError
+        from .reports.common import pyplot, short_hook
+
+        if self.result.analyzer != "steering_sweep":
+            raise ConfigError(f"plot_dose_response needs a sweep (gs.steer.sweep), this is {self.result.analyzer}")
+        plt = pyplot()
+        grid = self.result.tables["grid"]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for h in dict.fromkeys(r["hook"] for r in grid):
+            rows = [r for r in grid if r["hook"] == h]
+            a = [r["alpha"] for r in rows]
+            ax.errorbar(a, [r["logodds_shift"] for r in rows], yerr=[r["logodds_shift_sem"] for r in rows], fmt="o-",
+                        label=short_hook(h))
+            mean = np.array([r["random_logodds_shift"] for r in rows])
+            sd = np.array([r["random_logodds_shift_sd"] for r in rows])
+            ax.fill_between(a, mean - sd, mean + sd, alpha=0.2)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_xlabel("multiplier")
+        ax.set_ylabel("shift of the target log-odds")
+        ax.set_title("dose response (band: covariance directions, mean ± sd)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return fig
 
     def summary_lines(self) -> list[str]:
         p = self.provenance

@@ -75,7 +75,7 @@ def test_steer_sweep_apply_decompose_propagate_on_the_tiny_model(tiny, tiny_vect
     assert list(tab.columns[:3]) == ["statistic", "observed", "ci95_low"] and len(tab) == len(st)
     html = sw._repr_html_()
     assert "null mean ± sd" in html and "shuffled labels" in html or "covariance directions" in html
-    assert sw.plot_statistics().axes  # a matplotlib figure
+    assert sw.plot_statistics().axes and sw.plot_dose_response().axes  # matplotlib figures
 
     ap = gs.steer.apply(tiny, tiny_vectors, "The food was", hook=HOOK, alpha=2, max_new_tokens=3)
     assert ap.table()["prompt"].tolist() == ["The food was"]
@@ -96,7 +96,7 @@ def test_mapper_cluster_and_similarity_on_tiny_models(tiny, tiny_sae):
     mp = gs.mapper(tiny, tiny_sae, ["animal.n.01", "plant.n.02"], max_words=200, n_null=2, n_bootstrap=0,
                    eps_scale=1.5, min_samples=3)
     assert mp.provenance["words_used"] > 50 and "nodes" in mp.statistics()
-    assert isinstance(mp.table(), pd.DataFrame)
+    assert isinstance(mp.table(), pd.DataFrame) and mp.plot_lens().axes
     cl = gs.cluster(tiny, tiny_sae, "animal.n.01,plant.n.02", max_words=200, n_clusters=3, n_shuffles=20)
     assert {"purity", "nmi"} <= set(cl.statistics()) and len(cl.table()) == 3
 

@@ -139,6 +139,13 @@ def test_gemma_loads_into_transformer_lens_with_hf_residuals(gemma_unembedding):
     assert rel < 1e-4
     # The TransformerLens unembedding is the raw one load_unembedding reads.
     np.testing.assert_allclose(tl.W_U.T.detach().numpy(), gemma_unembedding.gamma, atol=0)
+    # ... so a loaded model's unembedding is read from it (no second load of the files), final-norm scale included
+    from geomsteer.models.unembedding import unembedding_from_model
+
+    own = unembedding_from_model(tl, r)
+    np.testing.assert_array_equal(own.gamma, gemma_unembedding.gamma)
+    np.testing.assert_allclose(own.final_norm_scale, gemma_unembedding.final_norm_scale, rtol=1e-5, atol=1e-6)
+    assert own.vocab == gemma_unembedding.vocab
 
 
 @pytest.mark.real_model

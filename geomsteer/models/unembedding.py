@@ -113,7 +113,17 @@ def _save_unembedding(final: Path, gamma: np.ndarray, scale: np.ndarray | None, 
 
 
 def _final_norm_scale(hf: Any) -> np.ndarray | None:
-    """The elementwise scale of the final layer norm / RMS norm, measured by probing the module.
+    """The elementwise scale of a Hugging Face model's final layer norm / RMS norm (see :func:`norm_scale`)."""
+    import torch
+
+    base = getattr(hf, "base_model", hf)
+    norm = next((getattr(base, n) for n in ("norm", "ln_f", "final_layer_norm", "final_layernorm")
+                 if isinstance(getattr(base, n, None), torch.nn.Module)), None)
+    return None if norm is None else norm_scale(norm, hf.get_output_embeddings().weight.shape[1])
+
+
+def norm_scale(norm: Any, d: int) -> np.ndarray:
+    """The elementwise scale of a LayerNorm or RMSNorm module, measured by probing it.
 
     For a zero-mean, unit-RMS vector v without zeros, a LayerNorm or RMSNorm N gives
     N(v) - N(-v) = 2 v * scale, so scale = (N(v) - N(-v)) / (2 v) whatever the parametrization
@@ -121,12 +131,6 @@ def _final_norm_scale(hf: Any) -> np.ndarray | None:
     """
     import torch
 
-    base = getattr(hf, "base_model", hf)
-    norm = next((getattr(base, n) for n in ("norm", "ln_f", "final_layer_norm", "final_layernorm")
-                 if isinstance(getattr(base, n, None), torch.nn.Module)), None)
-    if norm is None:
-        return None
-    d = hf.get_output_embeddings().weight.shape[1]
     v = torch.where(torch.arange(d) % 2 == 0, 1.0, -1.0)
     if d % 2:
         v[-1] = 0.5  # keep the mean near zero; the formula below divides by v elementwise
@@ -140,16 +144,22 @@ def _final_norm_scale(hf: Any) -> np.ndarray | None:
 
 
 def unembedding_for(model: Any, resolved: ResolvedModel) -> Unembedding:
-    """The unembedding of a loaded model: from geomsteer's cache (or the model's files) when it knows them,
-    else read from the model itself (its ``W_U`` and final norm gain)."""
+    """The unembedding of a loaded model: from geomsteer's cache when it holds it, else read from the loaded
+    model itself (its ``W_U`` and the probed scale of its final norm), so the model's files are not loaded twice."""
     if resolved.path is not None:
-        return load_unembedding(resolved)
+        key = _unembedding_key(resolved, "float32")
+        if _cached_meta(cache_dir() / "unembeddings" / key if key else None) is not None or not hasattr(model, "W_U"):
+            return load_unembedding(resolved)
+    return unembedding_from_model(model, resolved)
+
+
+def unembedding_from_model(model: Any, resolved: ResolvedModel) -> Unembedding:
+    """The unembedding rows (vocab, d_model) and final-norm scale of a TransformerLens model with raw weights."""
     W = model.W_U.detach().float().cpu().numpy().T
     vocab = dict(model.tokenizer.get_vocab())
     gamma = np.ascontiguousarray(W[: min(max(vocab.values()) + 1, W.shape[0])])
     ln = getattr(model, "ln_final", None)
-    w = getattr(ln, "w", None) if ln is not None else None
-    scale = w.detach().float().cpu().numpy() if w is not None else None
+    scale = norm_scale(ln, gamma.shape[1]) if ln is not None and next(ln.parameters(), None) is not None else None
     prov = {**resolved.provenance, "d_model": int(gamma.shape[1]), "vocab_size": int(gamma.shape[0]),
-            "tokenizer": type(model.tokenizer).__name__, "unembedding": "the model's W_U"}
+            "tokenizer": type(model.tokenizer).__name__, "unembedding": "read from the loaded model's W_U"}
     return Unembedding(gamma, vocab, resolved.name, type(model.tokenizer).__name__, prov, scale)
