@@ -374,7 +374,7 @@ class SteeringResult(Result):
 
     def summary_lines(self) -> list[str]:
         p = self.provenance
-        return [f"{p.get('model')}, vector {p.get('vectors', '(in memory)')}"
+        return [f"{p.get('model')}, vector {p.get('vectors') or '(in memory)'}"
                 + (f", {p.get('n_prompts')} prompts" if p.get("n_prompts") else "")]
 
 
