@@ -12,7 +12,7 @@ DEMO_OUT ?= runs/demo
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test test-fast install benchmark clean-venv
+.PHONY: demo test test-fast docs install benchmark clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ demo: $(VENV)/.installed-offline
 # workers share the small trained SAE through a lock (tests/conftest.py).
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -ra -n 2 --dist loadfile tests
+
+$(VENV)/.installed-docs: pyproject.toml $(VENV)/.installed-offline
+	$(PIP) install --quiet -e '.[offline,docs]'
+	touch $@
+
+# The documentation site (mkdocs-material; the API reference is generated from the docstrings) into site/.
+# --strict: a broken link or a reference that does not resolve fails the build.
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 # The unit tests and tiny-model tests alone (no real-model test): for a quick check while editing.
 test-fast: $(VENV)/.installed-test

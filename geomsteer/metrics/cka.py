@@ -253,7 +253,7 @@ def _cka_prepared(pa: Sequence[_Centred], pb: Sequence[_Centred], debiased: bool
 
 
 def repair(K: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """K[p][:, p]: a square matrix with its samples re-paired (two takes; 2.5x faster than np.ix_)."""
+    """``K[p][:, p]``: a square matrix with its samples re-paired (two takes; 2.5x faster than np.ix_)."""
     return K.take(p, axis=0).take(p, axis=1)
 
 
@@ -282,7 +282,7 @@ def linear_cka_permutations(X, Y, permutations: Sequence[np.ndarray]) -> dict[st
 
     Centred Grams K = Xc Xc^T and L = Yc Yc^T; biased HSIC = sum(K * L); the unbiased HSIC
     (Song et al. 2012) uses K and L with zeroed diagonals. Re-pairing Y by pi turns L into
-    L[pi][:, pi], which keeps every term but the two products with K.
+    ``L[pi][:, pi]``, which keeps every term but the two products with K.
     """
     A, B = paired(X, Y, 4, "linear CKA")
     n = len(A)
@@ -348,7 +348,7 @@ class GramSide:
         return self.F[i].reshape(self.n, self.n)
 
     def repaired(self, q: np.ndarray, buf: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(F, D, R) with the samples re-paired by ``q`` (K[q][:, q] for every layer), into ``buf``."""
+        """(F, D, R) with the samples re-paired by ``q`` (``K[q][:, q]`` for every layer), into ``buf``."""
         buf = np.empty_like(self.F) if buf is None else buf
         for i in range(len(self.F)):
             self.gram(i).take(q, axis=0).take(q, axis=1, out=buf[i].reshape(self.n, self.n))
