@@ -210,6 +210,30 @@ class HierarchyResult(Result):
 
         return concept_plane_figure(self.result, self.hierarchy, parent, child, [child, *others, parent])
 
+    def plot_orthogonality(self) -> Any:
+        """|cos| per edge and per sibling pair on the data beside each null's distribution."""
+        from .reports.hierarchy import orthogonality_figure
+
+        return orthogonality_figure(self.result)
+
+    def plot_simplex(self, a: str, b: str, c: str, held_out: bool = True) -> Any:
+        """Three sibling categories' vectors and their held-out tokens in the 3-D span of the vectors."""
+        from .reports.hierarchy import simplex_figure
+
+        return simplex_figure(self.result, self.hierarchy, [a, b, c], held_out)
+
+    def plot_cosine(self) -> Any:
+        """The cosine matrix of the category vectors in tree order, beside tree similarity."""
+        from .reports.hierarchy import cosine_figure
+
+        return cosine_figure(self.result, self.hierarchy)
+
+    def conclusions(self) -> list[str]:
+        """One line per statistic: its value and whether it stands beyond every null (p < 0.01)."""
+        from .reports.hierarchy import conclusions
+
+        return conclusions(self.result)
+
 
 class Directions(Mapping):
     """Read-only mapping from a category's name to its direction vector."""
@@ -227,6 +251,12 @@ class Directions(Mapping):
             raise ConfigError(f"no direction for {name!r}: expected one of the {len(self.names)} categories"
                               + (f", e.g. {', '.join(near)}" if near else " (see .names)"))
         return np.asarray(self.vectors[self._index[name]])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self._index else default
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names)

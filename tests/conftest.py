@@ -99,3 +99,15 @@ def small_sae(tmp_path_factory):
                          "--tokens", "4096", "--d-sae", "128", "--k", "8", "--batch-size", "512", "--eval-tokens", "4096",
                          "--ce-documents", "16", "--out", str(out)]) == 0
     return out
+
+
+# The longest test files first, so that the two workers (--dist loadfile hands out whole files in
+# collection order) are not left with one long file at the end while the other idles; the file that
+# trains the shared SAE comes first, so that the others find it trained.
+FIRST = ["test_cli_steer.py", "test_models.py", "test_topology.py", "test_cli.py", "test_api.py",
+         "test_similarity.py", "test_analyses.py", "test_wheel.py", "test_cli_sae.py"]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: order within a file is kept

@@ -128,20 +128,20 @@ def test_sae_train_load_inspect_on_the_tiny_model(tiny, tmp_path):
 
 @pytest.mark.real_model
 def test_hierarchy_api_and_cli_write_the_same_numbers(tmp_path):
-    h = gs.hierarchy("gemma-3-270m", min_tokens=300, null_draws=2)
+    # without the nulls (two null-drawing runs took 100 s; the nulls' rendering is tested on a planted tree)
+    h = gs.hierarchy("gemma-3-270m", min_tokens=300, baselines=False)
     assert h.analyzer.names_ and isinstance(h.table(), pd.DataFrame) and len(h.table()) == len(h.directions)
     name = h.directions.names[0]
     v = h.directions[name]
     assert isinstance(v, np.ndarray) and v.ndim == 1
     with pytest.raises(gs.ConfigError, match="no direction for 'mammal.n.99'"):
         h.directions["mammal.n.99"]
-    html = h._repr_html_()
-    assert "observed [95% CI]" in html and "orthogonality_parent_child" in html and "null mean ± sd" in html
+    assert "mammal.n.99" not in h.directions and name in h.directions and h.directions.get("mammal.n.99") is None
     child = next(iter(h.hierarchy.graph.successors("entity.n.01")), None) or h.directions.names[1]
     fig = h.plot_concept_plane("entity.n.01", child)
     assert fig.axes and fig.axes[0].get_title()
     api = json.loads((h.save(tmp_path / "api") / "result.json").read_text())
-    assert cli.main(["hierarchy", "--model", "gemma-3-270m", "--min-tokens", "300", "--null-draws", "2",
+    assert cli.main(["hierarchy", "--model", "gemma-3-270m", "--min-tokens", "300", "--no-baselines",
                      "--out", str(tmp_path / "cli")]) == 0
     via_cli = json.loads((tmp_path / "cli" / "result.json").read_text())
     keys = ["metrics", "categories", "simplices", "params", "n_categories"]
@@ -161,3 +161,30 @@ def test_steer_compute_api_and_cli_write_the_same_numbers(tmp_path):
     np.testing.assert_array_equal(va["blocks.6.hook_resid_post"].vector, vc["blocks.6.hook_resid_post"].vector)
     np.testing.assert_array_equal(va["blocks.6.hook_resid_post"].pair_differences,
                                   vc["blocks.6.hook_resid_post"].pair_differences)
+
+
+def test_hierarchy_result_figures_and_conclusions_on_a_planted_tree():
+    from conftest import planted
+
+    from geomsteer.analyzers.hierarchy import HierarchyAnalyzer
+    from geomsteer.results import HierarchyResult
+
+    gamma, hier = planted()
+    a = HierarchyAnalyzer(seed=0, n_null_draws=3, progress=False).fit(gamma, hier)
+    h = HierarchyResult(a.result(), {"model": "planted"}, lambda *x: None, a, hier)
+    html = h._repr_html_()
+    assert "observed [95% CI]" in html and "orthogonality_parent_child" in html and "null mean ± sd" in html
+    assert len(h.statistics_table()) == len(h.metrics) and h.statistics_table()["null_draws"].eq(3).all()
+    fig = h.plot_orthogonality()
+    assert len(fig.axes) == 2 and "parent child" in fig.axes[0].get_title()
+    # each null is drawn beside the data: three nulls + the data per panel
+    assert len(fig.axes[0].patches) > 0 and len(fig.axes[0].get_legend().get_texts()) == 4
+    fig = h.plot_simplex("A1", "A2", "A3")
+    assert fig.axes[0].name == "3d" and len(fig.axes[0].collections) == 3
+    with pytest.raises(gs.ConfigError, match="expected three categories of this run"):
+        h.plot_simplex("A1", "A2", "Z9")
+    assert h.plot_cosine().axes
+    lines = h.conclusions()
+    assert len(lines) == len(h.metrics) and any("heldout auc" in x for x in lines)
+    # the planted directions separate held-out tokens beyond every null; a verdict says so
+    assert "beyond every null" in next(x for x in lines if x.startswith("heldout auc"))

@@ -349,5 +349,5 @@ class HierarchyAnalyzer(Analyzer):
                        "token_ids": self.token_ids_, "estimator": self.estimator, "null_draws": self.null_draws_,
                        "signed": self.signed_, "null_signed": self.null_signed_, "observed_units": self.observed_units_,
                        "null_units": self.null_units_, "cosine_matrix": self.cosine_matrix_,
-                       "tree_similarity": self.tree_similarity_, "embed": self.embed_},
+                       "tree_similarity": self.tree_similarity_, "embed": self.embed_, "splits": self.splits_},
         )

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .. import _atomic
-from .common import as_result, pyplot, category_label, check_output_dir, fmt, fmt_p, package_versions, statistic_rows, verdict
+from .common import as_result, category_label, check_output_dir, fmt, fmt_p, package_versions, pyplot, statistic_rows, verdict
 
 
 def write_hierarchy_report(result: Any, hierarchy: Any, out: Path, force: bool = False,
@@ -332,3 +332,95 @@ def _hierarchy_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
 
 # --------------------------------------------------------------------------------------------
 # SAE feature cards
+
+
+def orthogonality_figure(res: Any, statistics: Sequence[str] = ("orthogonality_parent_child",
+                                                                 "orthogonality_siblings")) -> Any:
+    """Histograms of each orthogonality statistic's units (|cos| per edge or sibling pair) on the data and
+    under every null; Park et al. predict the data's mass near 0, the nulls say what 'near' means here."""
+    plt = pyplot()
+    art = res.artifacts
+    stats = [s for s in statistics if s in art["observed_units"]]
+    fig, axes = plt.subplots(1, len(stats), figsize=(5.5 * len(stats), 3.8), squeeze=False)
+    for ax, s in zip(axes[0], stats):
+        obs = np.asarray(art["observed_units"][s], dtype=float)
+        bins = np.linspace(0, max(0.3, float(np.nanmax(obs)) if obs.size else 0.3), 31)
+        for null, units in art["null_units"].items():
+            ax.hist(np.asarray(units[s], dtype=float), bins=bins, density=True, histtype="step", lw=1.5,
+                    label=f"{null.replace('_', ' ')} (null)")
+        ax.hist(obs, bins=bins, density=True, alpha=0.45, color="black", label=f"{art['model']} (n={obs.size})")
+        st = res.metrics.get(s, {})
+        ax.set_title(f"{s.replace('_', ' ')}: mean {fmt(st.get('observed'))}, p {fmt_p(st.get('p_value'))}",
+                     fontsize=9)
+        ax.set_xlabel("|cos|")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def simplex_figure(res: Any, h: Any, children: Sequence[str], held_out: bool = True) -> Any:
+    """Three sibling categories' vectors and their (held-out) tokens in the 3-D span of the three vectors."""
+    from ..errors import ConfigError
+
+    plt = pyplot()
+    art = res.artifacts
+    idx = {n: i for i, n in enumerate(art["names"])}
+    children = list(children)
+    missing = [c for c in children if c not in idx]
+    if len(children) != 3 or missing:
+        raise ConfigError(f"expected three categories of this run, got {children} (not in it: {missing or 'none'})")
+    L = art["directions"].vectors.astype(np.float64)
+    V = np.stack([L[idx[c]] for c in children])
+    Q, _ = np.linalg.qr(V.T)  # an orthonormal basis of the three vectors' span
+    fig = plt.figure(figsize=(6.5, 5.5))
+    ax = fig.add_subplot(projection="3d")
+    for k, c in enumerate(children):
+        toks = art["splits"][idx[c]][1] if held_out else art["token_ids"][idx[c]]
+        P = art["embed"](np.asarray(toks, dtype=np.int64)) @ Q
+        ax.scatter(P[:, 0], P[:, 1], P[:, 2], s=4, alpha=0.4, color=f"C{k}",
+                   label=f"{category_label(c)} ({'held out' if held_out else 'all'}: {len(toks)})")
+    T = V @ Q
+    tri = np.vstack([T, T[:1]])
+    ax.plot(tri[:, 0], tri[:, 1], tri[:, 2], color="black", lw=1.5)
+    for k, c in enumerate(children):
+        ax.text(*T[k], " ℓ_" + category_label(c), fontsize=9)
+    ax.set_title("A sibling simplex in the causal inner product", fontsize=10)
+    ax.legend(fontsize=7, markerscale=3)
+    fig.tight_layout()
+    return fig
+
+
+def cosine_figure(res: Any, h: Any) -> Any:
+    """The categories' cosine matrix in tree order beside their tree similarity 1/(1 + tree distance)."""
+    plt = pyplot()
+    art = res.artifacts
+    idx = {n: i for i, n in enumerate(art["names"])}
+    order = [idx[n] for n in h.names if n in idx]  # depth-first preorder: subtrees are blocks
+    C = np.asarray(art["cosine_matrix"])[np.ix_(order, order)]
+    S = np.asarray(art["tree_similarity"])[np.ix_(order, order)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    im0 = axes[0].imshow(C, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    axes[0].set_title("cos(ℓ_w, ℓ_z), categories in tree order", fontsize=10)
+    fig.colorbar(im0, ax=axes[0], fraction=0.046)
+    im1 = axes[1].imshow(S, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    axes[1].set_title("1 / (1 + tree distance)", fontsize=10)
+    fig.colorbar(im1, ax=axes[1], fraction=0.046)
+    for ax in axes:
+        ax.set_xlabel("category")
+        ax.set_ylabel("category")
+    st = res.metrics.get("cosine_vs_tree_distance", {})
+    fig.suptitle(f"{art['model']}: Pearson r {fmt(st.get('observed'))}, p {fmt_p(st.get('p_value'))}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def conclusions(res: Any) -> list[str]:
+    """One line per statistic: what it measures, and whether it stands beyond every null."""
+    from ..analyzers.hierarchy import STATISTICS
+
+    out = []
+    for k, st in res.metrics.items():
+        what = STATISTICS.get(k, ("", "", ""))[2]
+        out.append(f"{k.replace('_', ' ')} = {fmt(st.get('observed'))}: {verdict(st)}" + (f" [{what}]" if what else ""))
+    return out
