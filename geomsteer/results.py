@@ -17,7 +17,7 @@ import numpy as np
 from .types import AnalysisResult
 
 __all__ = ["Result", "AnalyzerResult", "HierarchyResult", "SimilarityResult", "MapperResult", "ClusterResult", "SteeringResult",
-           "VectorsResult", "SaeResult", "FeatureCard", "find_statistics"]
+           "VectorsResult", "SaeResult", "FeatureCard", "CategoryDirections", "find_statistics"]
 
 Writer = Callable[[Path, bool, Sequence[str] | None], Path]
 
@@ -194,10 +194,10 @@ class HierarchyResult(Result):
         self.hierarchy = hierarchy
 
     @property
-    def directions(self) -> "Directions":
+    def directions(self) -> "CategoryDirections":
         """Category name -> its direction (numpy vector) in the whitened unembedding space."""
         art = self.result.artifacts
-        return Directions(art["names"], art["directions"].vectors)
+        return CategoryDirections(art["names"], art["directions"].vectors)
 
     def summary_lines(self) -> list[str]:
         p = self.provenance
@@ -235,7 +235,7 @@ class HierarchyResult(Result):
         return conclusions(self.result)
 
 
-class Directions(Mapping):
+class CategoryDirections(Mapping):
     """Read-only mapping from a category's name to its direction vector."""
 
     def __init__(self, names: Sequence[str], vectors: np.ndarray):

@@ -74,7 +74,7 @@ def test_steer_sweep_apply_decompose_propagate_on_the_tiny_model(tiny, tiny_vect
     tab = sw.statistics_table()
     assert list(tab.columns[:3]) == ["statistic", "observed", "ci95_low"] and len(tab) == len(st)
     html = sw._repr_html_()
-    assert "null mean ± sd" in html and "shuffled labels" in html or "covariance directions" in html
+    assert "null mean ± sd" in html and ("shuffled labels" in html or "covariance directions" in html)
     assert sw.plot_statistics().axes and sw.plot_dose_response().axes  # matplotlib figures
 
     ap = gs.steer.apply(tiny, tiny_vectors, "The food was", hook=HOOK, alpha=2, max_new_tokens=3)

@@ -73,7 +73,7 @@ class SteeringSweep(Analyzer):
         if not hasattr(m, "cells"):
             raise DataError(f"expected the measurements of geomsteer.steering.experiments.measure_sweep, got a "
                             f"{type(m).__name__}")
-        n_random = m.n_random
+        n_random = m.params["n_random"]
         rows, summary = [], {}
         hooks = list(dict.fromkeys(c.hook for c in m.cells))
         for hook in hooks:

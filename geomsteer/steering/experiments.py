@@ -70,7 +70,6 @@ class SweepMeasurements:
     nulls_notes: Mapping[str, str | None]
     samples: tuple[Mapping[str, Any], ...] = ()
     neutral_positions: int = 0
-    n_random: int = 3
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -146,7 +145,7 @@ def measure_sweep(model: Any, vectors: Mapping[str, Any], items: Sequence[Any], 
               "null_alphas": None if null_alphas is None else list(null_alphas), "n_samples": n_samples,
               "max_new_tokens": max_new_tokens, "seed": seed, "batch_size": batch_size}
     return SweepMeasurements(params, tuple(alphas), tuple(tested), base, tuple(cells), norms, notes, tuple(samples),
-                             int(getattr(neutral, "n_positions", 0)), n_random)
+                             int(getattr(neutral, "n_positions", 0)))
 
 
 def prompt_activations(model: Any, items_or_texts: Sequence[Any], hooks: Sequence[str], vector: np.ndarray | None,
