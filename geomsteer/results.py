@@ -92,6 +92,14 @@ class Result:
     def tables(self) -> list[str]:
         return list(self.result.tables)
 
+    def conclusions(self, alpha: float = 0.01) -> list[str]:
+        """One line per statistic: its value and whether it stands beyond every null (p < ``alpha``), is not
+        distinguishable from one, or goes the opposite way."""
+        from .reports.common import fmt, verdict
+
+        return [f"{name} = {fmt(st.get('observed'))}: {verdict(st, alpha).replace('**', '')}"
+                for name, st in self.statistics().items()]
+
     def statistics_table(self) -> Any:
         """One row per statistic: observed, 95% CI, its most conservative null (mean, sd, draws), effect size, p, n."""
         import pandas as pd
@@ -401,6 +409,14 @@ class SteeringResult(Result):
         ax.legend(fontsize=8)
         fig.tight_layout()
         return fig
+
+    def figures(self) -> dict[str, Any]:
+        """The figures the saved report holds (name -> matplotlib Figure): the dose response, KL and nulls of a
+        sweep, the explained fraction and steering effects of a decomposition, the layer x multiplier counts
+        of a propagation."""
+        from .reports.steering import steering_figures
+
+        return steering_figures(self.result.analyzer, self.result, self.provenance)
 
     def summary_lines(self) -> list[str]:
         p = self.provenance

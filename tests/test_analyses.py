@@ -2,16 +2,23 @@
 
 CI runs each with smaller sizes set right after its parameters cell (never a skipped cell)."""
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
+from geomsteer.stats import STAT_KEYS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # notebook -> parameter overrides for CI (the defaults are what a researcher runs)
+# ({sae} and {out} are filled in by the test: the shared small SAE of conftest.py, and a directory the
+# notebook saves its results in for the checks below)
 NOTEBOOKS = {
     "park2024_hierarchy.py": 'models = ["gemma-3-270m"]\nmin_tokens = 300\nnull_draws = 2',
+    "steering_decomposition.py": ('sae = {sae!r}\nalphas = (-2, 0, 2)\nn_neutral = 4\nn_null = 6\ndecompose_k = 8\n'
+                                  'out = {out!r}'),
 }
 
 
@@ -38,13 +45,50 @@ def _execute(name: str, overrides: str, workdir: Path):
 
 @pytest.mark.real_model
 @pytest.mark.parametrize("name", list(NOTEBOOKS))
-def test_notebook_runs_top_to_bottom(name, tmp_path):
-    nb = _execute(name, NOTEBOOKS[name], tmp_path)
+def test_notebook_runs_top_to_bottom(name, tmp_path, small_sae):
+    out = tmp_path / "out"
+    nb = _execute(name, NOTEBOOKS[name].format(sae=str(small_sae), out=str(out)), tmp_path)
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     html = [o for c in nb.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
     assert images and html  # the figures and the result tables rendered
+    if name in CHECKS:
+        CHECKS[name](out)
+
+
+def _doc(path):
+    return json.loads((path / "result.json").read_text())
+
+
+def check_steering(out):
+    """What the sentiment vector on Gemma 3 270M must show at the CI sizes (6 draws of each null)."""
+    per = _doc(out / "vectors")["metrics"]["per_hook"]["blocks.6.hook_resid_post"]
+    assert per["held_out_pair_accuracy"] > 0.9 and per["norm"] > 2 * per["random_sign_norm"]
+    sw = _doc(out / "sweep")
+    stats = sw["metrics"]["per_hook"]["blocks.6.hook_resid_post"]["statistics"]
+    for name in ("logodds_shift_at_-2", "logodds_shift_at_2"):  # both nulls from the vector's own pairs
+        st = stats[name]
+        assert set(STAT_KEYS) <= set(st) and set(st["null"]) == {"shuffled_labels", "covariance_directions"}
+        assert st["n"] == 16 and st["null"]["shuffled_labels"]["n_draws"] == 6
+        assert st["observed"] > max(n["mean"] for n in st["null"].values())  # beats its nulls' means
+    grid = sw["tables"]["grid"]
+    assert grid[0]["logodds_shift"] < 0 < grid[2]["logodds_shift"] and grid[2]["kl_neutral"] > 0
+    assert sw["metrics"]["per_hook"]["blocks.6.hook_resid_post"]["monotone"]
+    dec = _doc(out / "decomposition")
+    assert dec["provenance"]["prompt_split"] == {"fit_prompts": 8, "score_prompts": 8}
+    e = dec["metrics"]["explained_fraction"]
+    # no ordering asserted against the null: with the tiny CI SAE (128 latents, 8 atoms) a covariance
+    # direction is explained about as well as the vector
+    assert 0 < e["sparse_coding"] <= 1 and 0 < e["sparse_coding_random_direction"] <= 1
+    assert len(dec["tables"]["sparse_coding"]["atoms"]) == 8 and dec["tables"]["features"][0]["top_contexts"]
+    prop = _doc(out / "propagation")
+    st = prop["metrics"]["statistics"]["features_changed:blocks.6.hook_resid_post"]
+    assert st["alpha"] == 2 and st["null"]["shuffled_labels"]["n_draws"] == 6 and set(STAT_KEYS) <= set(st)
+    assert prop["provenance"]["command"] is None  # saved from the notebook
+
+
+CHECKS = {"steering_decomposition.py": check_steering}
 
 
 def test_every_notebook_is_executed_in_ci():

@@ -10,6 +10,7 @@ from scipy.stats import ortho_group
 
 from geomsteer import metrics as M
 from geomsteer.errors import DataError
+from geomsteer.stats import STAT_KEYS
 
 
 def gram_cka(X, Y, debiased=False):
@@ -330,3 +331,36 @@ def test_a_few_huge_rows_barely_move_cknna_and_mutual_knn():
     assert abs(M.cknna(X, Yb, 8) - M.cknna(X, Y, 8)) < 0.02
     assert abs(M.mutual_knn(X, Yb, 8) - M.mutual_knn(X, Y, 8)) < 0.02
     assert M.cknna(X, Y, 8) > 0.3
+
+
+def _cycle_data(k, seed, planted, per=12):
+    rng = np.random.default_rng(seed)
+    names = [f"c{i}" for i in range(k)]
+    if planted:  # centroids on a circle in a random plane of 20 dimensions
+        basis = np.linalg.qr(rng.normal(size=(20, 2)))[0]
+        t = 2 * np.pi * np.arange(k) / k
+        centres = np.c_[np.cos(t), np.sin(t)] @ basis.T * 3
+    else:
+        centres = rng.normal(size=(k, 20))
+    X = np.concatenate([c + rng.normal(size=(per, 20)) for c in centres])
+    return X, [n for n in names for _ in range(per)], names
+
+
+def test_cyclic_neighbours_finds_a_planted_circle():
+    st = M.cyclic_neighbours(*_cycle_data(12, 0, True), n_permutations=500, n_bootstrap=50)
+    assert st["observed"] == 1.0 and st["p_value"] < 0.01 and st["null"]["shuffled_cycle"]["n_draws"] == 500
+    assert st["nearest"]["c0"] in ("c1", "c11") and st["ci95"][0] > st["chance"]
+    assert set(STAT_KEYS) <= set(st)
+
+
+def test_cyclic_neighbours_on_unordered_centroids_is_calibrated():
+    """Random centroids: the null's mean is chance, 2/(k-1), and p < 0.05 about 5% of the time or less."""
+    ps, means = [], []
+    for seed in range(60):
+        st = M.cyclic_neighbours(*_cycle_data(7, seed, False), n_permutations=300, n_bootstrap=0)
+        ps.append(st["p_value"])
+        means.append(st["null"]["shuffled_cycle"]["mean"])
+    assert abs(np.mean(means) - 2 / 6) < 0.02
+    assert np.mean(np.array(ps) < 0.05) <= 0.12
+    with pytest.raises(DataError, match="at least 4 categories"):
+        M.cyclic_neighbours(np.zeros((3, 2)), ["a", "b", "c"], ["a", "b", "c"])

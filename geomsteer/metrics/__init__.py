@@ -22,6 +22,7 @@ from .cka import (
     rbf_cka,
 )
 from .common import check_k
+from .cyclic import cyclic_neighbours
 from .features import feature_correlation, match_features
 from .geometry import cosine, feature_jaccard, procrustes, rsa, rsa_permutations, svcca, svcca_permutations
 from .knn import cknna, knn_indices, knn_jaccard, knn_jaccard_permutations, mutual_knn, mutual_knn_matrix
@@ -51,4 +52,5 @@ __all__ = [
     "cka_scan_max_null",
     "rsa_permutations",
     "check_k",
+    "cyclic_neighbours",
 ]

@@ -110,10 +110,15 @@ def verdict(st: Mapping[str, Any], alpha: float = 0.01) -> str:
     return f"**not distinguishable** from the {null} null (p {fmt_p(p)}, effect {fmt(e, 1)} sd)"
 
 
-def save_figure(fig: Any, fig_dir: Path, name: str, figs: dict[str, str], key: str | None = None) -> None:
-    """Save a matplotlib figure as figures/<name>, close it, and record it under ``key``."""
+def save_figure(fig: Any, fig_dir: Path | None, name: str, figs: dict[str, Any], key: str | None = None) -> None:
+    """Save a matplotlib figure as figures/<name>, close it, and record it under ``key``.
+
+    With ``fig_dir=None`` the figure itself is recorded, open (a result object drawing it in a notebook)."""
     import matplotlib.pyplot as plt
 
+    if fig_dir is None:
+        figs[key or name.rsplit(".", 1)[0]] = fig
+        return
     fig.savefig(fig_dir / name, dpi=110, bbox_inches="tight")
     plt.close(fig)
     figs[key or name.rsplit(".", 1)[0]] = name

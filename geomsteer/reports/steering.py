@@ -31,6 +31,15 @@ def write_steering_report(kind: str, res: Any, provenance: Mapping[str, Any], ou
 
 
 
+def steering_figures(kind: str, res: Any, provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """The report's figures for a steering step, as open matplotlib figures (name -> Figure)."""
+    from ..types import jsonable
+
+    figures = _STEERING[kind][0]
+    doc = jsonable({**result_head(kind, res, provenance), "tables": res.tables})
+    return figures(doc, None) if figures else {}
+
+
 def _steer_title(doc: Mapping[str, Any], what: str) -> list[str]:
     p = doc["provenance"]
     L = [f"# Steering {what}: {p['model']}", "",
@@ -49,7 +58,7 @@ def _tail(L: list[str]) -> str:
     return "\n".join(L) + "\n"
 
 
-def _compute_figures(doc: Mapping[str, Any], fig_dir: Path) -> dict[str, str]:
+def _compute_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, Any]:
     plt = pyplot()
     per = doc["metrics"]["per_hook"]
     hooks = list(per)
@@ -121,7 +130,7 @@ def _findings(stats: Mapping[str, Any], note: str | None = None) -> list[str]:
     return L
 
 
-def _sweep_null_figure(doc: Mapping[str, Any], fig_dir: Path, figs: dict[str, str]) -> None:
+def _sweep_null_figure(doc: Mapping[str, Any], fig_dir: Path | None, figs: dict[str, Any]) -> None:
     tested = [r for r in doc["tables"]["grid"] if r.get("null_shifts")]
     if not tested:
         return
@@ -144,7 +153,7 @@ def _sweep_null_figure(doc: Mapping[str, Any], fig_dir: Path, figs: dict[str, st
     save_figure(fig, fig_dir, "nulls.png", figs)
 
 
-def _sweep_figures(doc: Mapping[str, Any], fig_dir: Path) -> dict[str, str]:
+def _sweep_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, Any]:
     plt = pyplot()
     grid = doc["tables"]["grid"]
     hooks = list(dict.fromkeys(r["hook"] for r in grid))
@@ -225,7 +234,7 @@ def _tokens(pairs: Sequence[Any], n: int = 6) -> str:
     return ", ".join(repr(str(t).replace("▁", " ").replace("Ġ", " ")) for t, _ in list(pairs)[:n])
 
 
-def _decompose_figures(doc: Mapping[str, Any], fig_dir: Path) -> dict[str, str]:
+def _decompose_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, Any]:
     plt = pyplot()
     curve = doc["tables"]["explained_curve"]
     figs: dict[str, str] = {}
@@ -288,7 +297,7 @@ def _decompose_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     return _tail(L)
 
 
-def _propagate_figures(doc: Mapping[str, Any], fig_dir: Path) -> dict[str, str]:
+def _propagate_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, Any]:
     plt = pyplot()
     grid = doc["tables"]["grid"]
     hooks = doc["provenance"]["sae_hooks"]
