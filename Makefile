@@ -12,7 +12,7 @@ DEMO_OUT ?= runs/demo
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test test-fast docs install benchmark clean-venv
+.PHONY: demo test test-fast docs analyses install benchmark clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +34,11 @@ install: $(VENV)/.installed-offline
 demo: $(VENV)/.installed-offline
 	$(VENV)/bin/geomsteer hierarchy --model gemma-3-270m --out $(DEMO_OUT) --force
 
-# Two workers (one per core), a test file to a worker (its module fixtures are built once); the
+# Two workers (one per core, one BLAS/OpenMP thread each: oversubscribed threads spin and made
+# generation 5-9x slower), a test file to a worker (its module fixtures are built once); the
 # workers share the small trained SAE through a lock (tests/conftest.py).
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -ra -n 2 --dist loadfile tests
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -ra -n 2 --dist loadgroup tests
 
 $(VENV)/.installed-docs: pyproject.toml $(VENV)/.installed-offline
 	$(PIP) install --quiet -e '.[offline,docs]'
@@ -48,9 +49,14 @@ $(VENV)/.installed-docs: pyproject.toml $(VENV)/.installed-offline
 docs: $(VENV)/.installed-docs
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
+# Execute every notebook in analyses/ with its default parameters and render it as a docs page
+# (docs/analyses/<name>.md with its figures); commit the pages so that make docs needs no model.
+analyses: $(VENV)/.installed-test
+	$(PY) tools/notebooks.py
+
 # The unit tests and tiny-model tests alone (no real-model test): for a quick check while editing.
 test-fast: $(VENV)/.installed-test
-	$(PY) -m pytest -ra -n 2 --dist loadfile -m "not real_model" tests
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -ra -n 2 --dist loadgroup -m "not real_model" tests
 
 benchmark: $(VENV)/.installed-test
 	$(PY) benchmarks/bench_hierarchy.py --e2e

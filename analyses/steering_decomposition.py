@@ -89,7 +89,8 @@ sweep.table("samples").head(6)
 # %%
 if sae is None:
     sae_dir = (saved or Path(tempfile.mkdtemp())) / "sae"
-    trained = gs.sae.train(model, hook=hook, tokens=sae_tokens, d_sae=sae_width, k=sae_k, seed=seed, out=sae_dir)
+    trained = gs.sae.train(model, hook=hook, tokens=sae_tokens, d_sae=sae_width, k=sae_k, seed=seed, out=sae_dir,
+                           eval_tokens=4096, ce_documents=16)
     display(trained)  # noqa: F821 (Jupyter's display)
     sae = sae_dir
 sae_loaded = gs.sae.load(sae)

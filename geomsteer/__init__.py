@@ -24,7 +24,7 @@ from .errors import (
     NotFittedError,
     OutputExistsError,
 )
-from .pipelines import cluster, hierarchy, mapper, sae, similarity, steer
+from .pipelines import cluster, hierarchy, mapper, mapper_of, sae, similarity, steer, words_in_context
 from .types import Activations, AnalysisResult, ConceptHierarchy, Directions
 
 __version__ = "0.1.0"
@@ -43,6 +43,8 @@ __all__ = [
     "similarity",
     "mapper",
     "cluster",
+    "mapper_of",
+    "words_in_context",
     "steer",
     "sae",
     "load_model",

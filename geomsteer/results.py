@@ -308,17 +308,28 @@ class SimilarityResult(Result):
         if scan not in scans or metric not in scans[scan]:
             have = {k: list(v) for k, v in scans.items()}
             raise ConfigError(f"no {scan} scan of {metric!r}: the scans are {have}")
-        M = np.asarray(scans[scan][metric]["score"], dtype=float)
+        from .reports.common import short_hook
+
+        S = scans[scan][metric]
+        panels = [("observed", S["score"])] + [(f"null: {k.replace('_', ' ')}", S[k]) for k in ("permutation",
+                                                                                               "random_model") if k in S]
         plt = pyplot()
-        fig, ax = plt.subplots(figsize=(6, 5))
-        im = ax.imshow(M, origin="lower", aspect="auto", cmap="viridis")
-        fig.colorbar(im, ax=ax, label=metric)
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.4), squeeze=False)
+        lo = min(np.nanmin(np.asarray(M, dtype=float)) for _, M in panels)
+        hi = max(np.nanmax(np.asarray(M, dtype=float)) for _, M in panels)
         models = list(self.provenance.get("layers", {}))
-        if scan == "cross" and len(models) == 2:
-            ax.set_xlabel(f"{models[1]} layer")
-            ax.set_ylabel(f"{models[0]} layer")
-        ax.set_title(f"{metric.replace('_', ' ')}, {scan.replace('_', ' ')} scan")
-        fig.tight_layout()
+        layers = self.result.provenance.get("layers", {})
+        for ax, (title, M) in zip(axes[0], panels):
+            im = ax.imshow(np.asarray(M, dtype=float), origin="lower", aspect="auto", cmap="viridis", vmin=lo, vmax=hi)
+            if scan == "cross" and len(models) == 2:
+                ax.set_xlabel(f"{models[1]} layer")
+                ax.set_ylabel(f"{models[0]} layer")
+                la, lb = layers.get("a"), layers.get("b")
+                if la and lb:
+                    ax.set_xticks(range(len(lb)), [short_hook(h) for h in lb], fontsize=7)
+                    ax.set_yticks(range(len(la)), [short_hook(h) for h in la], fontsize=7)
+            ax.set_title(f"{metric.replace('_', ' ')}, {scan.replace('_', ' ')}: {title}", fontsize=9)
+        fig.colorbar(im, ax=list(axes[0]), label=metric)
         return fig
 
 
@@ -335,6 +346,13 @@ class MapperResult(AnalyzerResult):
 
     kind = "mapper"
     default_table = "nodes"
+
+    def graph(self, height: int = 680) -> "HtmlPage":
+        """The interactive Mapper graph (what mapper.html holds) to show inline in Jupyter: hover a node for
+        its size, concepts and examples."""
+        from .reports.topology import mapper_page
+
+        return HtmlPage(mapper_page(self.result, self.provenance), height)
 
     def plot_lens(self) -> Any:
         """The lens (the first two dimensions), one point per word, coloured by its concept."""
@@ -359,6 +377,27 @@ class MapperResult(AnalyzerResult):
         kg = self.metrics.get("kmapper_graph", {})
         return [f"{self.provenance.get('words_used', 0):,} words at {self.provenance.get('hook')}: {kg.get('nodes')} "
                 f"nodes, {kg.get('edges')} edges, {kg.get('components')} component(s)"]
+
+
+class HtmlPage:
+    """A self-contained HTML page shown inline in Jupyter (in an iframe, so its script and style stay its own)."""
+
+    def __init__(self, page: str, height: int = 680):
+        self.page = page
+        self.height = height
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return (f'<iframe srcdoc="{html.escape(self.page, quote=True)}" style="width:100%;height:{self.height}px;'
+                'border:1px solid #ddd"></iframe>')
+
+    def save(self, path: str | Path) -> Path:
+        """Write the page to ``path`` (a file; written whole or not at all)."""
+        from . import _atomic
+
+        _atomic.write_text(Path(path), self.page)
+        return Path(path)
 
 
 class ClusterResult(AnalyzerResult):

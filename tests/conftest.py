@@ -5,6 +5,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GEOMSTEER_QUIET"] = "1"
 # Each worker process loads a real model once and reuses it (geomsteer.models.load_model).
 os.environ["GEOMSTEER_KEEP_MODELS"] = "1"
+# Under pytest-xdist each worker has a core: one BLAS/OpenMP thread per process (set before numpy
+# and torch load). Two workers with two threads each oversubscribe two cores, and spinning OpenMP
+# threads then made token-by-token generation 5-9x slower. The notebooks' kernels inherit this.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    import threadpoolctl  # a pytest plugin may have loaded numpy's BLAS already: limit it too
+
+    threadpoolctl.threadpool_limits(int(os.environ["OMP_NUM_THREADS"]))
 
 import networkx as nx  # noqa: E402
 import numpy as np  # noqa: E402
@@ -101,13 +110,26 @@ def small_sae(tmp_path_factory):
     return out
 
 
-# The longest test files first, so that the two workers (--dist loadfile hands out whole files in
-# collection order) are not left with one long file at the end while the other idles; the file that
-# trains the shared SAE comes first, so that the others find it trained.
-FIRST = ["test_cli_steer.py", "test_models.py", "test_topology.py", "test_cli.py", "test_api.py",
-         "test_similarity.py", "test_analyses.py", "test_wheel.py", "test_cli_sae.py"]
+# Scheduling (make test runs --dist loadgroup): a test file is one group, kept on one worker so that
+# its module fixtures are built once, except the notebooks, each its own group (tests/test_analyses.py),
+# so that the two workers share them. The longest groups go first, so that neither worker is left with
+# a long one at the end while the other idles; the groups that need the shared SAE start first.
+FIRST = ["test_analyses.py::steering_decomposition", "test_cli_steer.py", "test_analyses.py::cross_model_similarity",
+         "test_models.py", "test_analyses.py::mapper_sae_lens", "test_cli.py", "test_topology.py",
+         "test_analyses.py::park2024_hierarchy", "test_api.py", "test_similarity.py", "test_wheel.py",
+         "test_cli_sae.py"]
 
 
+def _group(item) -> str:
+    for mark in item.iter_markers("xdist_group"):
+        return str(mark.args[0])
+    return item.path.name
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: order within a file is kept
+    for item in items:
+        if not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
+    items.sort(key=lambda item: rank.get(_group(item), len(FIRST)))  # stable: order within a group is kept

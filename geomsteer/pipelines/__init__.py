@@ -6,8 +6,8 @@ directory without ``force``).
 """
 
 from . import sae, steer
-from .concepts import cluster, mapper
+from .concepts import cluster, mapper, mapper_of, words_in_context
 from .hierarchy import hierarchy
 from .similarity import similarity
 
-__all__ = ["hierarchy", "similarity", "mapper", "cluster", "steer", "sae"]
+__all__ = ["hierarchy", "similarity", "mapper", "cluster", "steer", "sae", "mapper_of", "words_in_context"]

@@ -13,7 +13,7 @@ from ..hooks import check_hooks
 from ..results import ClusterResult, MapperResult
 from .common import DEFAULT_SEED, check_null_draws, stamp, with_command
 
-__all__ = ["mapper", "cluster", "concept_samples", "DEFAULT_CONCEPTS"]
+__all__ = ["mapper", "cluster", "concept_samples", "words_in_context", "mapper_of", "DEFAULT_CONCEPTS"]
 
 DEFAULT_CONCEPTS = ("animal.n.01", "plant.n.02", "artifact.n.01")
 
@@ -149,3 +149,49 @@ def cluster(model: Any, sae: Any, concepts: Sequence[str] | str = DEFAULT_CONCEP
             return write_cluster_report(res, with_command(provenance, command), out, force=force)
 
     return ClusterResult(res, provenance, write, analyzer)
+
+
+def words_in_context(model: Any, words: Sequence[str], hook: str, templates: Sequence[str] = ("",), *,
+                     rule: str = "last", max_tokens: int = 3) -> tuple[np.ndarray, list[str], list[str]]:
+    """Each word read after each template (``"<template> <word>"``) at ``hook``: rows (n, d), the word of each
+    row and a name ``"<template> [<word>]"`` per row. Words the tokenizer splits into more than
+    ``max_tokens`` tokens are left out."""
+    from .. import activations, models
+
+    tl, resolved = models.use_model(model)
+    check_hooks(tl, [hook])
+    X, labels, names = [], [], []
+    for t in templates:
+        acts, kept, _ = activations.unit_activations(tl, list(words), [hook], rule=rule, prefix=t,
+                                                     max_tokens=max_tokens, progress=False)
+        used = [w for w, k in zip(words, kept) if k]
+        X.append(acts[hook])
+        labels += used
+        names += [f"{t} [{w}]".strip() for w in used]
+    if not labels:
+        raise ConfigError(f"every word is split into more than {max_tokens} tokens by {resolved.name}'s tokenizer; "
+                          "raise max_tokens")
+    return np.concatenate(X), labels, names
+
+
+def mapper_of(X: Any, codes: Any, labels: Sequence[str] | None = None, names: Sequence[str] | None = None, *,
+              provenance: dict | None = None, **params: Any) -> MapperResult:
+    """Mapper over any rows and their SAE codes (tokens in context, say), with the same nulls and report as
+    :func:`mapper`; ``params`` are :class:`~geomsteer.analyzers.topology.MapperAnalyzer`'s. ``provenance``
+    should name the ``model``, ``hook``, ``sae`` and give a ``description`` of the rows; the report shows them."""
+    from ..analyzers.topology import MapperAnalyzer
+    from ..reports import write_mapper_report
+
+    t0 = time.perf_counter()
+    analyzer = MapperAnalyzer(**params)
+    X = np.asarray(X)
+    with step(f"Mapper on {len(X):,} rows ({analyzer.n_null} Gaussian surrogates)"):
+        analyzer.fit(X, codes, labels=labels, names=names)
+    prov = stamp({"model": "(given)", "hook": "(given)", "sae": "(given)", "description": "", **(provenance or {}),
+                  "rows": len(X)}, t0)
+    res = analyzer.result()
+
+    def write(out, force, command):
+        return write_mapper_report(res, with_command(prov, command), out, force=force)
+
+    return MapperResult(res, prov, write, analyzer)

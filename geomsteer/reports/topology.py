@@ -30,9 +30,20 @@ def _layout(art: Mapping[str, Any], seed: int) -> dict[str, tuple[float, float]]
 def write_mapper_report(result: Any, provenance: Mapping[str, Any], out: Path, force: bool = False) -> Path:
     """``result.json``, ``report.md``, ``figures/*.png`` and a self-contained interactive ``mapper.html``
     for a MapperAnalyzer's result (its declared artifacts: graph, node ids, names, labels, lens, persistence)."""
+    check_output_dir(out, force)
+    res, art, doc, pos = _mapper_doc(result, provenance)
+    with _atomic.staged_dir(Path(out), replace=force) as tmp:
+        (tmp / "figures").mkdir()
+        (tmp / "result.json").write_text(json.dumps(doc, indent=2) + "\n")
+        figs = _mapper_figures(res, pos, tmp / "figures")
+        (tmp / "report.md").write_text(_mapper_markdown(doc, figs))
+        (tmp / "mapper.html").write_text(_mapper_html(art, doc, pos))
+    return Path(out)
+
+
+def _mapper_doc(result: Any, provenance: Mapping[str, Any]) -> tuple[Any, Mapping[str, Any], dict, dict]:
     from ..types import jsonable
 
-    check_output_dir(out, force)
     res = as_result(result)
     art = res.artifacts
     g = art["graph"]
@@ -42,14 +53,13 @@ def write_mapper_report(result: Any, provenance: Mapping[str, Any], out: Path, f
         "graph": {"nodes": g["nodes"], "links": g["links"]},
         "samples": {"names": art["names"], "labels": art["labels"], "lens": art["lens"]},
     })
-    pos = _layout(art, res.params["seed"])
-    with _atomic.staged_dir(Path(out), replace=force) as tmp:
-        (tmp / "figures").mkdir()
-        (tmp / "result.json").write_text(json.dumps(doc, indent=2) + "\n")
-        figs = _mapper_figures(res, pos, tmp / "figures")
-        (tmp / "report.md").write_text(_mapper_markdown(doc, figs))
-        (tmp / "mapper.html").write_text(_mapper_html(art, doc, pos))
-    return Path(out)
+    return res, art, doc, _layout(art, res.params["seed"])
+
+
+def mapper_page(result: Any, provenance: Mapping[str, Any]) -> str:
+    """The self-contained interactive page that ``mapper.html`` holds, as a string."""
+    _, art, doc, pos = _mapper_doc(result, provenance)
+    return _mapper_html(art, doc, pos)
 
 
 def _category_colors(labels: Sequence[str]) -> dict[str, str]:
@@ -149,18 +159,24 @@ def _mapper_findings(stats: Mapping[str, Any], params: Mapping[str, Any]) -> lis
     return L + [""]
 
 
+def _samples_lines(p: Mapping[str, Any]) -> list[str]:
+    if "words_used" not in p:  # rows given to mapper_of: the caller's own description
+        return [f"{p['rows']:,} rows: {p.get('description') or '(no description given)'}; SAE: `{p['sae']}`."]
+    return [
+        f"{p['words_used']:,} words under {', '.join(p['concepts'])} (of {p['words_asked']:,} sampled; "
+        f"{p['words_dropped_multitoken']:,} split into more than {p['max_tokens']} tokens dropped; "
+        f"{p['ambiguous_words_dropped']:,} words under two concepts left out). Per concept: "
+        + ", ".join(f"{category_label(c)} {n:,}" for c, n in p["words_used_per_concept"].items()) + ".",
+        f"Each word is read as BOS + {p['prefix']!r} + ' ' + word; its activation is the {p['rule']} token at "
+        f"{p['hook']}; its SAE code comes from `{p['sae']}`."]
+
+
 def _mapper_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     p, m = doc["provenance"], doc["metrics"]
     kg, nerve, st = m["kmapper_graph"], m["gudhi_nerve"], m["stability"]
     L = [f"# Mapper: {p['model']} at {p['hook']}", "",
          f"Created {doc['created']}. Command: `{' '.join(p.get('command') or ['(library call)'])}`.", "",
-         "## Samples", "",
-         f"{p['words_used']:,} words under {', '.join(p['concepts'])} (of {p['words_asked']:,} sampled; "
-         f"{p['words_dropped_multitoken']:,} split into more than {p['max_tokens']} tokens dropped; "
-         f"{p['ambiguous_words_dropped']:,} words under two concepts left out). Per concept: "
-         + ", ".join(f"{category_label(c)} {n:,}" for c, n in p["words_used_per_concept"].items()) + ".",
-         f"Each word is read as BOS + {p['prefix']!r} + ' ' + word; its activation is the {p['rule']} token at "
-         f"{p['hook']}; its SAE code comes from `{p['sae']}`.", "",
+         "## Samples", "", *_samples_lines(p), "",
          "## Method", "",
          f"Lens: {doc['params']['lens']} of the SAE codes ({doc['params']['n_components']} components"
          + (f", features {doc['params']['features']}" if doc["params"]["lens"] == "features" else "") + "). Cover: "
@@ -230,6 +246,8 @@ def _mapper_html(art: Mapping[str, Any], doc: Mapping[str, Any], pos: Mapping[st
     m = doc["metrics"]
     p = doc["provenance"]
     title = f"Mapper · {p['model']} · {p['hook']}"
+    what = (f"{p['words_used']:,} words under {', '.join(p['concepts'])}" if "words_used" in p
+            else f"{p['rows']:,} rows: {p.get('description') or '(no description given)'}")
     options = "".join(f'<option value="{html.escape(c)}">share of {html.escape(category_label(c))}</option>' for c in cats)
     legend = "".join(f'<span><i style="background:{colors[c]}"></i>{html.escape(category_label(c))}</span>' for c in cats)
     return f"""<!doctype html>
@@ -246,7 +264,7 @@ line {{ stroke: #bbb; stroke-width: 1; }}
 .legend i {{ display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.3em; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>{p['words_used']:,} words under {html.escape(', '.join(p['concepts']))}; lens: {html.escape(str(doc['params']['lens']))}
+<p>{html.escape(what)}; lens: {html.escape(str(doc['params']['lens']))}
 of the SAE codes ({html.escape(p['sae'])}). {m['kmapper_graph']['nodes']} nodes, {m['kmapper_graph']['edges']} edges;
 nerve Betti numbers {html.escape(str(m['gudhi_nerve']['betti'][:3]))}.</p>
 <p>Colour: <select id="colour"><option value="">dominant category</option>{options}</select>
