@@ -12,7 +12,7 @@ DEMO_OUT ?= runs/demo
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test test-fast docs analyses install benchmark clean-venv
+.PHONY: demo test test-fast docs analyses install benchmark clean-venv chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,13 @@ demo: $(VENV)/.installed-offline
 # Two workers (one per core, one BLAS/OpenMP thread each: oversubscribed threads spin and made
 # generation 5-9x slower), a test file to a worker (its module fixtures are built once); the
 # workers share the small trained SAE through a lock (tests/conftest.py).
-test: $(VENV)/.installed-test
+# The browser tests open the HTML reports in Debian's chromium (headless, driven by Playwright; no
+# browser download): installed with apt when missing.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
+
+test: $(VENV)/.installed-test chromium
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -ra -n 2 --dist loadgroup tests
 
 $(VENV)/.installed-docs: pyproject.toml $(VENV)/.installed-offline
@@ -55,7 +61,7 @@ analyses: $(VENV)/.installed-test
 	$(PY) tools/notebooks.py
 
 # The unit tests and tiny-model tests alone (no real-model test): for a quick check while editing.
-test-fast: $(VENV)/.installed-test
+test-fast: $(VENV)/.installed-test chromium
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -ra -n 2 --dist loadgroup -m "not real_model" tests
 
 benchmark: $(VENV)/.installed-test

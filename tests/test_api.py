@@ -1,7 +1,9 @@
 """The notebook API (``import geomsteer as gs``): every public call, its result objects, and agreement with the CLI."""
 
 import json
+import re
 
+import browser
 import numpy as np
 import pandas as pd
 import pytest
@@ -124,6 +126,9 @@ def test_sae_train_load_inspect_on_the_tiny_model(tiny, tmp_path):
     assert "<h1>Feature 0</h1>" in card._repr_html_() and isinstance(card.table(), pd.DataFrame)
     path = card.save(tmp_path / "card.html")
     assert path.read_text().startswith("<!doctype html>")
+    v = browser.visit(path, tmp_path / "shots", hover="span[title]")  # a token: its activation on hover
+    assert not v.console_errors and not v.requests and v.screenshot.stat().st_size > 5_000
+    assert re.fullmatch(r"-?\d+\.\d{3}", v.tooltip), v.tooltip
 
 
 @pytest.mark.real_model

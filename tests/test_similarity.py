@@ -3,6 +3,7 @@
 import json
 import re
 
+import browser
 import numpy as np
 import pytest
 import torch
@@ -248,6 +249,10 @@ def test_similarity_command_writes_a_complete_report(tiny_models, tmp_path, caps
     assert "<title>" in html and "<svg" in html and not re.search(r"(src|href)=[\"']https?:", html)
     assert re.search(r"<title>gemma-3-270m blocks\.0\.hook_resid_post × qwen2\.5-0\.5b blocks\.1\.hook_resid_post: "
                      r"-?\d\.\d{4}</title>", html)
+    v = browser.visit(out / "report.html", tmp_path / "shots", hover="svg.heat rect")  # headless Chromium
+    assert not v.console_errors and not v.requests and v.screenshot.stat().st_size > 10_000
+    # the first heatmap's first cell: its layers and value
+    assert re.fullmatch(r"\S+ blocks\.\d\.hook_resid_post × \S+ blocks\.\d\.hook_resid_post: -?\d\.\d{4}", v.tooltip), v.tooltip
     md = (out / "report.md").read_text()
     for fig in ("cross_linear_cka_debiased.png", "cross_mutual_knn.png", "within_a_linear_cka_debiased.png"):
         assert (out / "figures" / fig).stat().st_size > 1000 and f"figures/{fig}" in md

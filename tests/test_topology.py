@@ -3,6 +3,7 @@
 import json
 import re
 
+import browser
 import networkx as nx
 import numpy as np
 import pytest
@@ -285,6 +286,9 @@ def test_mapper_and_cluster_reports_are_complete_and_never_overwritten(tmp_path)
     assert doc["metrics"]["gudhi_nerve"]["betti"][:2] == [1, 1] and len(doc["samples"]["lens"]) == len(X)
     html = (out / "mapper.html").read_text()
     assert not re.search(r"(src|href)=[\"']https?:", html) and '"cats": ["bottom", "top"]' in html
+    v = browser.visit(out / "mapper.html", tmp_path / "shots", hover="svg circle", tooltip="#tip")
+    assert not v.console_errors and not v.requests and v.screenshot.stat().st_size > 10_000
+    assert re.match(r"cube\d+_cluster\d+: \d+ words\ncategories: (top|bottom) \d+%", v.tooltip), v.tooltip
     assert "| gudhi nerve Betti numbers (b0, b1, b2) | 1, 1, 0 |" in (out / "report.md").read_text()
     for f in ("graph.png", "lens.png", "persistence.png"):
         assert (out / "figures" / f).stat().st_size > 1000
