@@ -102,3 +102,18 @@ def test_every_notebook_is_executed_in_ci():
     assert pages == found, f"render every notebook's page with make analyses: {set(found) ^ set(pages)}"
     nav = (ROOT / "mkdocs.yml").read_text()
     assert all(f"analyses/{n[:-3]}.md" in nav for n in found)
+
+
+def test_large_pngs_are_palette_encoded_for_the_docs():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray((rng.random((300, 400, 3)) * 255).astype("uint8")).save(buf, format="PNG")
+    big = buf.getvalue()
+    small = notebooks.small_png(big, limit=1000)
+    assert len(small) < len(big) / 2 and Image.open(io.BytesIO(small)).size == (400, 300)
+    assert notebooks.small_png(big[:500] + b"", limit=1000) == big[:500]  # under the limit: untouched

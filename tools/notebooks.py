@@ -50,6 +50,20 @@ def _fence(text: str, lang: str = "") -> list[str]:
     return [f"```{lang}", text, "```", ""]
 
 
+def small_png(data: bytes, limit: int = 150_000) -> bytes:
+    """A PNG over ``limit`` bytes (a dense heatmap) re-encoded with a 256-colour palette, if that is smaller."""
+    if len(data) <= limit:
+        return data
+    import io
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data)).convert("RGB").quantize(256)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return buf.getvalue() if buf.tell() < len(data) else data
+
+
 def render(nb, name: str, pages: Path = PAGES, seconds: float | None = None) -> Path:
     """Write docs/analyses/<name>.md and its files from an executed notebook."""
     import shutil
@@ -78,7 +92,7 @@ def render(nb, name: str, pages: Path = PAGES, seconds: float | None = None) -> 
                 data = o.get("data", {})
                 n += 1
                 if "image/png" in data:
-                    (files / f"{n}.png").write_bytes(base64.b64decode(data["image/png"]))
+                    (files / f"{n}.png").write_bytes(small_png(base64.b64decode(data["image/png"])))
                     L += [f"![figure {n}]({name}_files/{n}.png)", ""]
                 elif "text/html" in data:
                     page = data["text/html"]
