@@ -47,8 +47,9 @@ def intervene(model: Any, sae: Any, hook: str, features: Sequence[int], mode: st
 
     ``mode``: ``zero`` (ablate), ``mean`` (set to ``means[f]``), ``clamp`` (set to ``value``), ``scale``
     (multiply by ``value``: 0, 0.5, 2, ...), ``add`` (add ``value`` times the feature's decoder direction,
-    the SAE's own encoding untouched). ``positions``: token positions to change (default: all, including
-    tokens generated inside the block). The hooks are removed on exit, also after an exception."""
+    the SAE's own encoding untouched). ``positions``: token positions to change, indexed within each forward
+    pass (default: all, so generation inside the block changes every new token too; with cached generation
+    each new token is a pass of its own). The hooks are removed on exit, also after an exception."""
     import torch
 
     check_hooks(model, [hook])
