@@ -117,3 +117,16 @@ def test_large_pngs_are_palette_encoded_for_the_docs():
     small = notebooks.small_png(big, limit=1000)
     assert len(small) < len(big) / 2 and Image.open(io.BytesIO(small)).size == (400, 300)
     assert notebooks.small_png(big[:500] + b"", limit=1000) == big[:500]  # under the limit: untouched
+
+
+def test_a_notebook_that_raised_renders_nothing_and_removes_nothing(tmp_path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1/0", outputs=[nbformat.v4.new_output(
+        "error", ename="ZeroDivisionError", evalue="division by zero", traceback=[])])])
+    old = tmp_path / "x_files" / "1.png"
+    old.parent.mkdir()
+    old.write_bytes(b"kept")
+    with pytest.raises(RuntimeError, match="x: a cell raised ZeroDivisionError: division by zero"):
+        notebooks.render(nb, "x", pages=tmp_path)
+    assert old.read_bytes() == b"kept" and not (tmp_path / "x.md").exists()

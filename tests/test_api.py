@@ -78,6 +78,7 @@ def test_steer_sweep_apply_decompose_propagate_on_the_tiny_model(tiny, tiny_vect
     html = sw._repr_html_()
     assert "null mean ± sd" in html and ("shuffled labels" in html or "covariance directions" in html)
     assert sw.plot_statistics().axes and sw.plot_dose_response().axes  # matplotlib figures
+    assert {"dose_response", "kl", "nulls"} <= set(sw.figures()) and all(f.axes for f in sw.figures().values())
 
     ap = gs.steer.apply(tiny, tiny_vectors, "The food was", hook=HOOK, alpha=2, max_new_tokens=3)
     assert ap.table()["prompt"].tolist() == ["The food was"]
@@ -112,6 +113,30 @@ def test_mapper_cluster_and_similarity_on_tiny_models(tiny, tiny_sae):
     # the caller's model was copied before it was re-randomized for the baseline
     assert gs.steer.compute(tiny, pairs="sentiment", layers=[1])[HOOK].norm == pytest.approx(
         gs.steer.compute(tiny_model(n_layers=2, d_model=16, seed=3), pairs="sentiment", layers=[1])[HOOK].norm)
+
+
+def test_words_in_context_and_mapper_of_on_the_tiny_model(tiny, tiny_sae, tmp_path):
+    from geomsteer.saes import encode
+
+    days = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+    templates = ["See you on", "The shop is closed on", "It rained on", "We met on", "The party is on",
+                 "Classes begin on", "Call me on", "It happened on"]
+    X, labels, names = gs.words_in_context(tiny, days, HOOK, templates)
+    assert X.shape == (56, 16) and labels[:7] == days and names[0] == "See you on [Monday]"
+    with pytest.raises(gs.ConfigError, match="needs words and templates, got 7 word.s. and 0 template"):
+        gs.words_in_context(tiny, days, HOOK, [])
+    codes = encode(tiny_sae.sae, X)
+    m = gs.mapper_of(X, codes, labels, names, n_cubes=2, min_samples=3, eps_scale=2.0, n_null=2, n_bootstrap=0,
+                     provenance={"model": "tiny-api", "hook": HOOK, "sae": "random", "description": "7 days x 8"})
+    assert "nodes" in m.statistics() and all(line.count(" = ") == 1 for line in m.conclusions())
+    assert len(m.conclusions()) == len(m.statistics())
+    page = m.graph(height=400)
+    assert page._repr_html_().startswith("<iframe srcdoc=") and "height:400px" in page._repr_html_()
+    assert page.save(tmp_path / "g.html").read_text() == page.page and "7 days x 8" in page.page
+    out = m.save(tmp_path / "m")
+    assert "56 rows: 7 days x 8; SAE: `random`." in (out / "report.md").read_text()
+    with pytest.raises(gs.ConfigError, match="unknown parameter.s. n_cube; MapperAnalyzer takes"):
+        gs.mapper_of(X, codes, labels, names, n_cube=2)
 
 
 def test_sae_train_load_inspect_on_the_tiny_model(tiny, tmp_path):

@@ -68,6 +68,10 @@ def render(nb, name: str, pages: Path = PAGES, seconds: float | None = None) -> 
     """Write docs/analyses/<name>.md and its files from an executed notebook."""
     import shutil
 
+    for cell in nb.cells:  # a notebook that raised writes nothing (and removes nothing)
+        for o in cell.get("outputs", []):
+            if o.get("output_type") == "error":
+                raise RuntimeError(f"{name}: a cell raised {o['ename']}: {o['evalue']}")
     files = pages / f"{name}_files"
     if files.exists():
         shutil.rmtree(files)
@@ -86,8 +90,6 @@ def render(nb, name: str, pages: Path = PAGES, seconds: float | None = None) -> 
             if kind == "stream":
                 if o.get("name") == "stdout":  # stderr holds progress bars and library warnings
                     L += _fence(o["text"], "text")
-            elif kind == "error":
-                raise RuntimeError(f"{name}: a cell raised {o['ename']}: {o['evalue']}")
             elif kind in ("display_data", "execute_result"):
                 data = o.get("data", {})
                 n += 1

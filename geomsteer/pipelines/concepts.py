@@ -158,6 +158,9 @@ def words_in_context(model: Any, words: Sequence[str], hook: str, templates: Seq
     ``max_tokens`` tokens are left out."""
     from .. import activations, models
 
+    if not list(words) or not list(templates):
+        raise ConfigError(f"words_in_context needs words and templates, got {len(list(words))} word(s) and "
+                          f"{len(list(templates))} template(s); a template may be '' (the word alone)")
     tl, resolved = models.use_model(model)
     check_hooks(tl, [hook])
     X, labels, names = [], [], []
@@ -182,6 +185,11 @@ def mapper_of(X: Any, codes: Any, labels: Sequence[str] | None = None, names: Se
     from ..analyzers.topology import MapperAnalyzer
     from ..reports import write_mapper_report
 
+    known = set(MapperAnalyzer().get_params())
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ConfigError(f"mapper_of got unknown parameter(s) {', '.join(unknown)}; MapperAnalyzer takes "
+                          f"{', '.join(sorted(known))}")
     t0 = time.perf_counter()
     analyzer = MapperAnalyzer(**params)
     X = np.asarray(X)
