@@ -16,9 +16,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def wheel_env(tmp_path_factory):
     """A fresh virtual environment with only the wheel installed; its dependencies are read from the
     project's environment through a plain path entry (the project's editable install is not seen)."""
+    import shutil
+
     tmp = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp / "dist"), str(ROOT)], check=True, capture_output=True)
+    # Built from a copy of the sources: a build in the checkout would race the other worker's bytecode
+    # writes in geomsteer/ (a .pyc renamed into place while setuptools lists the package once failed it).
+    src = tmp / "src"
+    shutil.copytree(ROOT / "geomsteer", src / "geomsteer", ignore=shutil.ignore_patterns("__pycache__", "*.pyc*"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                            "-w", str(tmp / "dist"), str(src)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-3000:]
     (whl,) = (tmp / "dist").glob("geomsteer-*.whl")
     env_dir = tmp / "env"
     venv.EnvBuilder(with_pip=False).create(env_dir)
