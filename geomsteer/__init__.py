@@ -8,6 +8,7 @@ The notebook API (the command line calls the same functions)::
     m = gs.load_model("gemma-3-270m")         # load once, pass it wherever a model name goes
     v = gs.steer.compute(m, pairs="sentiment", layers=[6, 12]); gs.steer.sweep(m, v)
     sae = gs.sae.train(m, hook="blocks.6.hook_resid_post", tokens=300_000)
+    gs.features.graph(m, ["runs/sae6", "runs/sae9"], vectors=v)   # ablate features, read later layers
     gs.mapper(m, sae.save("runs/sae")), gs.cluster(...), gs.similarity(["gemma-3-270m", "qwen2.5-0.5b"])
     h.save("runs/h")                          # writes exactly what 'geomsteer hierarchy --out runs/h' writes
 
@@ -24,7 +25,7 @@ from .errors import (
     NotFittedError,
     OutputExistsError,
 )
-from .pipelines import cluster, hierarchy, mapper, mapper_of, sae, similarity, steer, words_in_context
+from .pipelines import cluster, features, hierarchy, mapper, mapper_of, sae, similarity, steer, words_in_context
 from .types import Activations, AnalysisResult, ConceptHierarchy, Directions
 
 __version__ = "0.1.0"
@@ -47,6 +48,7 @@ __all__ = [
     "words_in_context",
     "steer",
     "sae",
+    "features",
     "load_model",
     "Activations",
     "AnalysisResult",

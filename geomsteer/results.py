@@ -463,6 +463,40 @@ class SteeringResult(Result):
                 + (f", {p.get('n_prompts')} prompts" if p.get("n_prompts") else "")]
 
 
+class FeatureResult(Result):
+    """A causal feature experiment: dose curves, the feature graph, or steering by features (``gs.features.*``)."""
+
+    kind = "features"
+
+    def __init__(self, result: AnalysisResult, provenance: Mapping[str, Any], writer: Writer, analyzer: Any = None):
+        super().__init__(result, provenance, writer)
+        self.kind = result.analyzer
+        self.analyzer = analyzer
+        self.default_table = {"feature_dose": "dose", "feature_graph": "edges", "feature_compare": "methods"}.get(
+            result.analyzer)
+
+    def figures(self) -> dict[str, Any]:
+        """The figures the saved report holds (name -> matplotlib Figure)."""
+        from .reports.features import feature_figures
+
+        return feature_figures(self.result.analyzer, self.result, self.provenance)
+
+    def graph(self) -> Any:
+        """For a graph: the kept edges as a networkx DiGraph (what graph.graphml holds)."""
+        from .errors import ConfigError
+
+        if self.result.analyzer != "feature_graph" or self.analyzer is None:
+            raise ConfigError(f"graph() needs a feature graph (gs.features.graph), this is {self.result.analyzer}")
+        return self.analyzer.graph()
+
+    def summary_lines(self) -> list[str]:
+        p, m = self.provenance, self.result.metrics
+        lines = [f"{p.get('model')}, interventions at {p.get('hook')}, read at {', '.join(p.get('later_hooks', []))}"]
+        if m.get("verdict"):
+            lines.append(m["verdict"])
+        return lines
+
+
 class VectorsResult(Result):
     """Steering vectors at several layers (``gs.steer.compute``); ``.vectors`` maps hook -> SteeringVector."""
 

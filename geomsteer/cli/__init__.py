@@ -11,7 +11,7 @@ import sys
 from typing import Sequence
 
 from ..errors import GeomsteerError
-from . import concepts, hierarchy, models, sae, similarity, steer
+from . import concepts, features, hierarchy, models, sae, similarity, steer
 from .common import EXIT_INTERRUPT, EXIT_USAGE, Parser, stat_line
 
 __all__ = ["main", "build_parser", "stat_line"]
@@ -29,11 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     concepts.add_parsers(sub)
     steer.add_parser(sub)
     sae.add_parser(sub)
+    features.add_parser(sub)
     return p
 
 
 COMMANDS = {"hierarchy": hierarchy.run, "models": models.run, "sae": sae.run, "similarity": similarity.run,
-            "mapper": concepts.run_mapper, "cluster": concepts.run_cluster, "steer": steer.run}
+            "mapper": concepts.run_mapper, "cluster": concepts.run_cluster, "steer": steer.run,
+            "features": features.run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

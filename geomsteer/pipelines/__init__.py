@@ -5,9 +5,9 @@ written until ``.save(dir)`` is called on its result (atomically, never over an 
 directory without ``force``).
 """
 
-from . import sae, steer
+from . import features, sae, steer
 from .concepts import cluster, mapper, mapper_of, words_in_context
 from .hierarchy import hierarchy
 from .similarity import similarity
 
-__all__ = ["hierarchy", "similarity", "mapper", "cluster", "steer", "sae", "mapper_of", "words_in_context"]
+__all__ = ["hierarchy", "similarity", "mapper", "cluster", "steer", "sae", "features", "mapper_of", "words_in_context"]

@@ -14,7 +14,7 @@ from ..hooks import check_hooks, layer_of, parse_layers, resid_hook
 from ..results import SteeringResult, VectorsResult
 from ..steering import DEFAULT_POSITION
 from ..types import AnalysisResult
-from .common import DEFAULT_SEED, check_null_draws, stamp, with_command
+from .common import DEFAULT_SEED, check_null_draws, sae_dirs, stamp, with_command
 
 __all__ = ["compute", "apply", "sweep", "decompose", "propagate"]
 
@@ -283,7 +283,6 @@ def propagate(model: Any, vectors: Any, saes: Sequence[Any], eval: Any = "sentim
     from .._progress import counter
     from ..analyzers.steering import SteeringPropagation
     from ..steering.experiments import check_alphas, measure_propagation
-    from ..saes import read_sae_dir
 
     alphas = check_alphas(alphas)
     check_null_draws(n_null)
@@ -291,17 +290,7 @@ def propagate(model: Any, vectors: Any, saes: Sequence[Any], eval: Any = "sentim
         raise ConfigError(f"--threshold must be positive, got {threshold!r}")
     t0 = time.perf_counter()
     items, eval_sha, eval_path = _eval_items(eval)
-    if not isinstance(saes, (list, tuple)):
-        saes = [saes]
-    by_hook: dict[str, Any] = {}
-    for d in saes:
-        sd = read_sae_dir(d)
-        if not sd.hook:
-            raise DataError(f"the SAE at {str(sd.path)!r} does not record its hook; expected an SAE written by "
-                            "'geomsteer sae train'")
-        if sd.hook in by_hook:
-            raise DataError(f"two SAEs were given for {sd.hook}; give one SAE per layer")
-        by_hook[sd.hook] = sd
+    by_hook = sae_dirs(saes)
     name = model if isinstance(model, str) else _name(model)
     tl, resolved, found, vprov = _model_and_vectors(model, vectors, [_one_hook(vectors, name, hook)])
     h0, sv = next(iter(found.items()))

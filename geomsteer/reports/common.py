@@ -161,3 +161,25 @@ def pyplot():
 def as_result(x: Any) -> Any:
     """The AnalysisResult a report reads: given as is, or taken from a fitted analyzer's ``result()``."""
     return x.result() if hasattr(x, "result") and callable(x.result) else x
+
+
+def write_report(kind: str, res: Any, provenance: Mapping[str, Any], out: Path, figures: Any, markdown: Any, *,
+                 force: bool = False, files: Mapping[str, bytes] | None = None) -> Path:
+    """``result.json``, ``report.md``, ``figures/`` and any extra ``files``, staged and renamed into ``out``.
+
+    ``figures(doc, fig_dir)`` draws and returns {name: file}; ``markdown(doc, figs)`` the report's text."""
+    import json
+
+    from .. import _atomic
+    from ..types import jsonable
+
+    check_output_dir(out, force)
+    doc = jsonable({**result_head(kind, res, provenance), "tables": res.tables})
+    with _atomic.staged_dir(Path(out), replace=force) as tmp:
+        (tmp / "figures").mkdir()
+        for name, blob in (files or {}).items():
+            (tmp / name).write_bytes(blob)
+        (tmp / "result.json").write_text(json.dumps(doc, indent=2) + "\n")
+        figs = figures(doc, tmp / "figures") if figures else {}
+        (tmp / "report.md").write_text(markdown(doc, figs))
+    return Path(out)

@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .. import _atomic
-from .common import check_output_dir, fmt, pyplot, result_head, save_figure, short_hook, statistic_rows, verdict
+from .common import write_report, fmt, pyplot, result_head, save_figure, short_hook, statistic_rows, verdict
 
 
 def write_steering_report(kind: str, res: Any, provenance: Mapping[str, Any], out: Path, force: bool = False,
                           files: Mapping[str, bytes] | None = None) -> Path:
     """``result.json``, ``report.md``, ``figures/`` (and any extra ``files``) for a ``geomsteer steer`` step."""
-    from ..types import jsonable
 
-    check_output_dir(out, force)
-    doc = jsonable({**result_head(kind, res, provenance), "tables": res.tables})
-    figures, markdown = _STEERING[kind]
-    with _atomic.staged_dir(Path(out), replace=force) as tmp:
-        (tmp / "figures").mkdir()
-        for name, blob in (files or {}).items():
-            (tmp / name).write_bytes(blob)
-        (tmp / "result.json").write_text(json.dumps(doc, indent=2) + "\n")
-        figs = figures(doc, tmp / "figures") if figures else {}
-        (tmp / "report.md").write_text(markdown(doc, figs))
-    return Path(out)
+    return write_report(kind, res, provenance, out, *_STEERING[kind], force=force, files=files)
 
 
 

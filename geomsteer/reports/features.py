@@ -1,0 +1,265 @@
+"""Reports of ``geomsteer features intervene | graph | compare``: result.json, report.md, figures/ (and the
+graph as GraphML)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .common import fmt, fmt_p, pyplot, result_head, save_figure, short_hook, statistic_rows, write_report
+
+__all__ = ["write_features_report", "feature_figures"]
+
+
+def write_features_report(kind: str, res: Any, provenance: Mapping[str, Any], out: Path, force: bool = False,
+                          files: Mapping[str, bytes] | None = None) -> Path:
+    return write_report(kind, res, provenance, out, *_KINDS[kind], force=force, files=files)
+
+
+def feature_figures(kind: str, res: Any, provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """The report's figures as open matplotlib figures (name -> Figure)."""
+    from ..types import jsonable
+
+    doc = jsonable({**result_head(kind, res, provenance), "tables": res.tables})
+    return _KINDS[kind][0](doc, None)
+
+
+def _title(doc: Mapping[str, Any], what: str) -> list[str]:
+    p = doc["provenance"]
+    L = [f"# Feature {what}: {p['model']}", "",
+         f"Created {doc['created']}. Command: `{' '.join(p.get('command') or ['(library call)'])}`.", "",
+         f"Interventions at {p['hook']} (every position after the start token, the SAE's error term kept); SAEs read at "
+         f"{', '.join(p['later_hooks'])}. Measured on {p['n_prompts']} evaluation prompts (`{p['eval']}`, target "
+         f"log-odds) and {p['n_neutral']} neutral texts (WordNet glosses, KL), {p['n_tokens']} tokens in all.", ""]
+    if p.get("vectors"):
+        L += [f"Vector: `{p['vectors']}` (sha256 {p['vectors_sha256'][:12]}).", ""]
+    return L
+
+
+def _tail(L: list[str]) -> str:
+    L += ["", "## Provenance", "", "SAE directories, model files and hashes, inputs, timings and package versions are "
+          "in `result.json`."]
+    return "\n".join(L) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- dose
+
+
+def _dose_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, Any]:
+    plt = pyplot()
+    rows = doc["tables"]["dose"]
+    st = doc["metrics"]["statistics"]
+    x = [r["factor"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for ax, key, label in zip(axes, ("abs_shift", "kl", "changed"),
+                              ("mean |target log-odds shift|", "KL on neutral text", "downstream features changed")):
+        obs = [st[f"{key}:x{a:g}"]["observed"] for a in x]
+        mean = np.array([st[f"{key}:x{a:g}"]["null"]["random_features"]["mean"] for a in x])
+        sd = np.array([st[f"{key}:x{a:g}"]["null"]["random_features"]["sd"] or 0.0 for a in x])
+        ax.plot(x, obs, "o-", label="target features")
+        ax.fill_between(x, mean - sd, mean + sd, color="grey", alpha=0.3, label="random features (mean ± sd)")
+        ax.plot(x, mean, "--", color="grey")
+        ax.axvline(1, color="k", lw=0.5)
+        ax.set(xlabel="scale factor", title=label)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    figs: dict[str, Any] = {}
+    save_figure(fig, fig_dir, "dose.png", figs)
+    return figs
+
+
+def _dose_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
+    m, t = doc["metrics"], doc["tables"]
+    L = _title(doc, "dose (dampen, ablate, amplify)")
+    L += [f"Target features: {', '.join(f'{f} ({fr:.1%})' for f, fr in zip(m['features'], m['frequency']))} (share of "
+          f"tokens each fires on), scaled together by {', '.join(f'x{a:g}' for a in m['factors'])}. Null: "
+          f"{len(t['null_features'])} sets of random live features, each matched to a target's activation frequency.",
+          "", f"**{m['verdict'][0].upper() + m['verdict'][1:]}.**", ""]
+    keys = list(m["statistics"])
+    L += statistic_rows(m["statistics"], keys)
+    if "dose" in figs:
+        L += ["", f"![dose](figures/{figs['dose']})"]
+    L += ["", "| factor | mean shift | mean abs shift (random) | KL (random) | changed per later layer (random) |",
+          "|---|---|---|---|---|"]
+    for r in t["dose"]:
+        L.append(f"| x{r['factor']:g} | {fmt(r['mean_shift'])} | {fmt(r['abs_shift'])} ({fmt(r['null_abs_shift'])}) | "
+                 f"{fmt(r['kl'], 4)} ({fmt(r['null_kl'], 4)}) | "
+                 f"{', '.join(str(c) for c in r['changed'])} ({', '.join(f'{c:.1f}' for c in r['null_changed'])}) |")
+    return _tail(L)
+
+
+# --------------------------------------------------------------------------------------------- graph
+
+
+def _graph_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, Any]:
+    plt = pyplot()
+    edges = doc["tables"]["edges"]
+    figs: dict[str, Any] = {}
+    ups = [int(f) for f in doc["metrics"]["features"]]
+    downs = list(dict.fromkeys((e["hook"], e["downstream"]) for e in edges))[:40]
+    if downs:
+        M = np.full((len(ups), len(downs)), np.nan)
+        col = {d: j for j, d in enumerate(downs)}
+        for e in edges:
+            j = col.get((e["hook"], e["downstream"]))
+            if j is not None:
+                M[ups.index(e["upstream"]), j] = e["weight"]
+        lim = float(np.nanmax(np.abs(M))) or 1.0
+        fig, ax = plt.subplots(figsize=(min(14, 2 + 0.28 * len(downs)), min(10, 1.5 + 0.25 * len(ups))))
+        im = ax.imshow(M, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        ax.set_xticks(range(len(downs)))
+        ax.set_xticklabels([f"{short_hook(h)}/{f}" for h, f in downs], rotation=90, fontsize=6)
+        ax.set_yticks(range(len(ups)))
+        ax.set_yticklabels([str(u) for u in ups], fontsize=6)
+        ax.set(xlabel="downstream feature (kept edges only)", ylabel="upstream feature (ablated)",
+               title="code change / layer's mean active code")
+        fig.colorbar(im, ax=ax, shrink=0.7)
+        fig.tight_layout()
+        save_figure(fig, fig_dir, "heatmap.png", figs)
+        fig = _draw_graph(doc, plt)
+        save_figure(fig, fig_dir, "graph.png", figs)
+    if any("attribution" in e for e in edges):
+        fig, ax = plt.subplots(figsize=(4.2, 4))
+        w = np.array([e["weight"] for e in edges])
+        a = np.array([e["attribution"] for e in edges])
+        ax.scatter(w, a, s=8, alpha=0.6)
+        lim = float(max(np.abs(w).max(), np.abs(a).max()))
+        ax.plot([-lim, lim], [-lim, lim], color="grey", lw=0.5)
+        rho = doc["metrics"]["statistics"].get("attribution_spearman", {}).get("observed")
+        ax.set(xlabel="real ablation", ylabel="attribution (gradient x activation)",
+               title=f"kept edges; Spearman over all pairs {fmt(rho, 2)}")
+        fig.tight_layout()
+        save_figure(fig, fig_dir, "attribution.png", figs)
+    return figs
+
+
+def _draw_graph(doc: Mapping[str, Any], plt: Any) -> Any:
+    edges = doc["tables"]["edges"][:120]
+    layers = sorted({int(doc["provenance"]["hook"].split(".")[1])} | {int(e["hook"].split(".")[1]) for e in edges})
+    nodes: dict[str, tuple[int, int]] = {}
+    for u in doc["metrics"]["features"]:
+        nodes.setdefault(f"L{layers[0]}/{u}", (layers[0], int(u)))
+    for e in edges:
+        nodes.setdefault(f"L{e['hook'].split('.')[1]}/{e['downstream']}", (int(e["hook"].split(".")[1]), e["downstream"]))
+    by_layer: dict[int, list[str]] = {}
+    for n, (L, _) in nodes.items():
+        by_layer.setdefault(L, []).append(n)
+    pos = {}
+    for L, ns in by_layer.items():
+        for i, n in enumerate(ns):
+            pos[n] = (layers.index(L), (i + 0.5) / len(ns))
+    fig, ax = plt.subplots(figsize=(2.5 + 2.2 * len(layers), 6))
+    lim = max((abs(e["weight"]) for e in edges), default=1.0)
+    for e in edges:
+        a = pos[f"L{layers[0]}/{e['upstream']}"]
+        b = pos[f"L{e['hook'].split('.')[1]}/{e['downstream']}"]
+        ax.plot([a[0], b[0]], [a[1], b[1]], color="C3" if e["weight"] > 0 else "C0",
+                lw=0.3 + 2.5 * abs(e["weight"]) / lim, alpha=0.6)
+    for n, (x, y) in pos.items():
+        ax.plot([x], [y], "o", color="k", ms=3)
+        if len(by_layer[nodes[n][0]]) <= 40:
+            ax.text(x + 0.03, y, n.split("/")[1], fontsize=5, va="center")
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels([f"layer {L}" for L in layers])
+    ax.set_yticks([])
+    ax.set_title("kept edges (red: ablation raises the downstream feature, blue: lowers it)")
+    for s in ("top", "right", "left"):
+        ax.spines[s].set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def _graph_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
+    m, t, pr, p = doc["metrics"], doc["tables"], doc["params"], doc["provenance"]
+    L = _title(doc, "graph")
+    L += [f"Each of {len(m['features'])} upstream features ({p.get('feature_source', 'given')}) zero-ablated in turn; "
+          "an edge's weight is the downstream feature's mean code change divided by its layer's mean active code. "
+          f"Edge p-values: max-statistic over all downstream features, against {pr['n_null']} random live features of "
+          f"matched frequency, each ablated alike; edges with p <= {pr['alpha']:g} are kept "
+          f"({m['n_edges']} edges, `graph.graphml`).", ""]
+    L += statistic_rows(m["statistics"], [k for k, v in m["statistics"].items() if v.get("null")])
+    ag = m.get("attribution_agreement") or {}
+    if ag:
+        L += ["", "Attribution patching (forward mode: gradient x the ablation's change, the SAE error term as one more "
+              "node) against the real ablations, per layer:", "", "| layer | Spearman | sign agreement (strong edges) |",
+              "|---|---|---|"]
+        for h, v in ag.items():
+            if isinstance(v, Mapping):
+                L.append(f"| {h} | {fmt(v['spearman'])} | {fmt(v['sign_agreement'])} |")
+        L += ["", f"Error node: total |effect| {fmt(ag.get('error_node_total_effect'))} (weights summed over downstream "
+              "features, attribution estimate)."]
+    secs = p.get("seconds") or {}
+    if secs:
+        L += ["", "Time: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in secs.items()) + "."]
+    for key, title in (("graph", "graph"), ("heatmap", "heatmap"), ("attribution", "attribution")):
+        if key in figs:
+            L += ["", f"![{title}](figures/{figs[key]})"]
+    L += ["", "## Strongest edges", "", "| upstream | downstream | weight | attribution | p |", "|---|---|---|---|---|"]
+    for e in t["edges"][:30]:
+        L.append(f"| {e['upstream']} | {short_hook(e['hook'])}/{e['downstream']} | {e['weight']:+.3f} | "
+                 f"{fmt(e.get('attribution'))} | {fmt_p(e['p_value'])} |")
+    return _tail(L)
+
+
+# --------------------------------------------------------------------------------------------- compare
+
+
+def _compare_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, Any]:
+    plt = pyplot()
+    rows = doc["tables"]["methods"]
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
+    names = [r["method"] for r in rows]
+    for ax, key, label in zip(axes[:3], ("mean_shift", "kl", "off_target_changed"),
+                              ("target log-odds shift", "KL on neutral text", "off-target features changed")):
+        ax.bar(range(len(rows)), [r[key] for r in rows], color=["C0", "C1", "C2"][: len(rows)])
+        for i, r in enumerate(rows):
+            if f"null_{key}" in r:
+                ax.plot([i - 0.4, i + 0.4], [r[f"null_{key}"]] * 2, color="k", lw=1.5,
+                        label="random features" if i == 1 else None)
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(names, fontsize=8)
+        ax.set_title(label, fontsize=9)
+    axes[1].legend(fontsize=7)
+    scan = doc["tables"]["scan"]
+    for method, s in scan.items():
+        axes[3].plot(s["multipliers"], s["shift"], "o-", label=method)
+    axes[3].axhline(doc["metrics"]["target_shift"], color="k", ls="--", lw=1, label="vector's shift")
+    axes[3].set(xlabel="multiplier", title="matching the vector's effect")
+    axes[3].legend(fontsize=7)
+    fig.tight_layout()
+    figs: dict[str, Any] = {}
+    save_figure(fig, fig_dir, "compare.png", figs)
+    return figs
+
+
+def _compare_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
+    m, t, pr = doc["metrics"], doc["tables"], doc["params"]
+    L = _title(doc, "steering against the vector")
+    L += [f"The vector at multiplier {pr['alpha']:g} shifts the target log-odds by {fmt(m['target_shift'])}. Its "
+          f"non-negative sparse coding over the SAE decoder ({len(m['features'])} features: "
+          f"{', '.join(str(f) for f in m['features'])}) explains {fmt(m['explained'])} of |alpha v|^2. "
+          "*reconstruction* adds those features' decoder directions with their coefficients; *clamp* sets the "
+          "features to their coefficients (error term kept); each is scaled to match the vector's shift. Null: "
+          f"{len(t['null_features'])} sets of random live features of matched frequency, given the same coefficients "
+          "and multiplier.", ""]
+    L += ["| method | multiplier | matched | mean shift (random) | KL (random) | off-target changed (random) | "
+          "wrong way |", "|---|---|---|---|---|---|---|"]
+    for r in t["methods"]:
+        L.append(f"| {r['method']} | {fmt(r['multiplier'])} | {'yes' if r['matched'] else '**no**'} | "
+                 f"{fmt(r['mean_shift'])} ({fmt(r.get('null_mean_shift'))}) | {fmt(r['kl'], 4)} "
+                 f"({fmt(r.get('null_kl'), 4)}) | {r['off_target_changed']} ({fmt(r.get('null_off_target_changed'), 1)}) | "
+                 f"{r['wrong_way_fraction']:.0%} |")
+    L += [""]
+    L += statistic_rows(m["statistics"], list(m["statistics"]))
+    if "compare" in figs:
+        L += ["", f"![compare](figures/{figs['compare']})"]
+    return _tail(L)
+
+
+_KINDS = {
+    "feature_dose": (_dose_figures, _dose_markdown),
+    "feature_graph": (_graph_figures, _graph_markdown),
+    "feature_compare": (_compare_figures, _compare_markdown),
+}
