@@ -72,8 +72,7 @@ class FeatureLab:
 
         if hook not in saes:
             raise ConfigError(f"no SAE at the intervention hook {hook}; the SAEs given are at {', '.join(saes) or 'none'}")
-        if not unembeds_itself(model):
-            raise ConfigError("feature interventions need a TransformerLens HookedTransformer (gs.load_model gives one)")
+        self.hooked = unembeds_itself(model)  # a HookedTransformer stops early and unembeds only what is read
         d = int(model.cfg.d_model)
         for h, sae in saes.items():
             if int(sae.cfg.d_in) != d:
@@ -110,7 +109,9 @@ class FeatureLab:
             acts, last = self._run(self._a, [hook, *self.later], final=True)
             self.base_logodds = self._logodds(last)
             acts_b, logp = self._run(self._b, [hook, *self.later], final=True, all_positions=True)
-        self.ref_logp = logp  # (n_valid_b, vocab) float32
+        self.ref_p = logp.exp()  # (n_valid_b, vocab): KL(p || q) = sum p log p - sum p log q, the first term fixed
+        self.ref_plogp = (self.ref_p * logp).sum(-1, dtype=torch.float64)
+        del logp
         rows_of = self._b["valid"].nonzero()[:, 0]
         self._b_text = rows_of
         self.codes0 = {h: self._encode(h, acts[h], acts_b[h]) for h in [hook, *self.later]}
@@ -157,17 +158,23 @@ class FeatureLab:
         out = None
         with model.hooks(fwd_hooks=[(h, saver(h)) for h in hooks]):
             try:
-                resid = model(ids, attention_mask=mask, stop_at_layer=model.cfg.n_layers if final else self.n_layers_run)
+                res = self._forward(ids, mask, final)
             except _Stop:
-                resid = None
-        if final and resid is not None:
+                res = None
+        if final and res is not None:
+            where = (batch["valid"].repeat(replicas, 1) if all_positions else
+                     (torch.arange(batch["ids"].shape[0] * replicas), (batch["lengths"] - 1).repeat(replicas)))
+            out = unembed_rows(model, res[where]) if self.hooked else res[where].float()
             if all_positions:
-                out = torch.log_softmax(unembed_rows(model, resid[batch["valid"].repeat(replicas, 1)]), -1)
-            else:
-                n = batch["ids"].shape[0]
-                rows = torch.arange(n * replicas)
-                out = unembed_rows(model, resid[rows, (batch["lengths"] - 1).repeat(replicas)])
+                out = torch.log_softmax(out, -1)
         return got, out
+
+    def _forward(self, ids: Any, mask: Any, final: bool) -> Any:
+        """The final residual (HookedTransformer) or the logits (other models); without ``final`` a
+        HookedTransformer stops after the last SAE layer (other models stop when its hook raises)."""
+        if not self.hooked:
+            return self.model(ids, attention_mask=mask)
+        return self.model(ids, attention_mask=mask, stop_at_layer=self.model.cfg.n_layers if final else self.n_layers_run)
 
     def _tokens(self, x: Any, batch: dict, replicas: int = 1) -> Any:
         return x[batch["valid"].repeat(replicas, 1)]
@@ -199,7 +206,7 @@ class FeatureLab:
         shift = self._logodds(last) - self.base_logodds if logodds else None
         kls = None
         if kl:
-            per = (self.ref_logp.exp() * (self.ref_logp - logp)).sum(-1).double()
+            per = self.ref_plogp - (self.ref_p * logp).sum(-1, dtype=torch.float64)
             kls = (torch.zeros(self.n_texts, dtype=torch.float64).index_add_(0, self._b_text, per)
                    / torch.bincount(self._b_text, minlength=self.n_texts).double()).numpy()
         mean, mean_abs = {}, {}
@@ -261,7 +268,7 @@ class FeatureLab:
                 with torch.no_grad(), ctx, self.model.hooks(
                         fwd_hooks=[(self.hook, edit)] + [(h, reader(h)) for h in self.later]):
                     try:
-                        self.model(ids, attention_mask=mask, stop_at_layer=self.n_layers_run)
+                        self._forward(ids, mask, False)
                     except _Stop:
                         pass
                 per_rep = int(batch["valid"].sum())
