@@ -70,6 +70,7 @@ benchmark: $(VENV)/.installed-test
 	$(PY) benchmarks/bench_similarity.py
 	$(PY) benchmarks/bench_mapper.py
 	$(PY) benchmarks/bench_steering.py
+	$(PY) benchmarks/bench_features.py
 
 clean-venv:
 	rm -rf $(VENV)

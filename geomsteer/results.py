@@ -464,7 +464,8 @@ class SteeringResult(Result):
 
 
 class FeatureResult(Result):
-    """A causal feature experiment: dose curves, the feature graph, or steering by features (``gs.features.*``)."""
+    """A causal feature experiment: dose curves, the feature graph, steering by features, or the relations
+    of the features a vector changes (``gs.features.*``)."""
 
     kind = "features"
 
@@ -472,7 +473,8 @@ class FeatureResult(Result):
         super().__init__(result, provenance, writer)
         self.kind = result.analyzer
         self.analyzer = analyzer
-        self.default_table = {"feature_dose": "dose", "feature_graph": "edges", "feature_compare": "methods"}.get(
+        self.default_table = {"feature_dose": "dose", "feature_graph": "edges", "feature_compare": "methods",
+                              "feature_relations": "features"}.get(
             result.analyzer)
 
     def figures(self) -> dict[str, Any]:

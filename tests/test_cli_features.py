@@ -70,6 +70,12 @@ def test_the_three_commands_write_their_reports(tiny, tmp_path, capsys):
     assert "kl_minus_vector:clamp" in doc["metrics"]["statistics"]
     assert "| method | multiplier | matched |" in (out / "report.md").read_text()
 
+    out = tmp_path / "relations"
+    assert cli.main(["features", "relations", *base, "--vector", vec, "--top", "8", "--out", str(out)]) == 0
+    doc = json.loads((out / "result.json").read_text())
+    assert set(doc["metrics"]["statistics"]) == {"co_change:decoder", "co_change:co_activation", "decoder_predicts_output"}
+    assert (out / "figures" / "relations.png").is_file()
+
 
 @pytest.mark.parametrize("args, message", [
     (["intervene", "--features", "40"], "feature index 40 is outside the SAE: it has features 0..39"),
@@ -81,9 +87,11 @@ def test_the_three_commands_write_their_reports(tiny, tmp_path, capsys):
     (["graph", "--features", "1", "--hook", "blocks.1.hook_resid_post", "--sae-swap"], "no SAE at blocks.1"),
     (["intervene", "--features", "1", "--wide"], "reads vectors of size 32, but"),
     (["intervene", "--features", "1", "1"], "feature indices repeat"),
+    (["relations", "--vector", "VEC", "--top", "2"], "--top must be at least 3"),
 ])
 def test_bad_input_gets_a_message_and_no_traceback(tiny, tmp_path, capsys, args, message):
-    model, dirs, wide, _ = tiny
+    model, dirs, wide, vec = tiny
+    args = [vec if a == "VEC" else a for a in args]
     saes = list(dirs)
     if "--sae-swap" in args:
         args = [a for a in args if a != "--sae-swap"]

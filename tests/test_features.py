@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_model
 from test_steering_analyzers import random_sae
 
-from geomsteer.analyzers.features import FeatureCompare, FeatureDose, FeatureGraph
+from geomsteer.analyzers.features import FeatureCompare, FeatureDose, FeatureGraph, FeatureRelations
 from geomsteer.errors import ConfigError, DataError
 from geomsteer.interventions import intervene
 from geomsteer.steering.evaluate import EvalPrompt
@@ -19,11 +19,13 @@ from geomsteer.steering.features import (
     Effect,
     FeatureLab,
     GraphMeasurements,
+    RelationMeasurements,
     _ablation_deltas,
     matched_features,
     measure_compare,
     measure_dose,
     measure_graph,
+    measure_relations,
 )
 
 H = [f"blocks.{i}.hook_resid_post" for i in range(3)]
@@ -50,12 +52,14 @@ def test_the_clean_run_measures_nothing_and_frequencies_are_shares_of_tokens(lab
 
 def test_batched_real_ablations_equal_one_ablation_at_a_time(lab):
     live = [int(f) for f in np.flatnonzero(lab.frequency > 0)[:3]]
-    batched = lab.replicated(_ablation_deltas(lab.saes[H[0]], live), len(live), chunk=2)
+    batched = lab.replicated(_ablation_deltas(lab.saes[H[0]], live), len(live), max_rows=5)
+    sparse = lab.replicated(_ablation_deltas(lab.saes[H[0]], live), len(live), rows=lambda j: lab.rows_firing(live[j]))
     for j, u in enumerate(live):
         with intervene(lab.model, lab.saes[H[0]], H[0], [u], "zero", start=lab.start):
             e = lab.measure(logodds=False, kl=False)
         for h in lab.later:
             np.testing.assert_allclose(batched[h][j], e.mean_change[h], atol=1e-5)
+            np.testing.assert_allclose(sparse[h][j], e.mean_change[h], atol=1e-5)
 
 
 def _linear_lab():
@@ -209,6 +213,31 @@ def test_compare_tests_paired_side_effects_by_sign_flips():
     assert same["kl_minus_vector:clamp"]["p_value"] > 0.01
 
 
+def _relations(rng, planted: bool) -> RelationMeasurements:
+    M, n_tok = 16, 400
+    centers = rng.normal(size=(4, 32))
+    group = np.repeat(np.arange(4), 4)
+    W = centers[group] + 0.3 * rng.normal(size=(M, 32))  # four groups of similar decoder directions
+    U = W / np.linalg.norm(W, axis=1, keepdims=True)
+    drivers = rng.normal(size=(n_tok, 4))
+    change = (drivers[:, group] if planted else rng.normal(size=(n_tok, M))) + 0.5 * rng.normal(size=(n_tok, M))
+    effect = W @ rng.normal(size=(32, 500)) if planted else rng.normal(size=(M, 500))
+    cc = np.corrcoef(change.T)
+    return RelationMeasurements({}, H[0], tuple(range(M)), np.ones(M), cc, U @ U.T, np.corrcoef(rng.normal(size=(M, 50))),
+                                effect, n_tok)
+
+
+def test_relations_find_planted_groups_and_nothing_in_noise():
+    rng = np.random.default_rng(4)
+    loud = FeatureRelations(n_clusters=4, n_perm=300).fit(_relations(rng, True)).statistics_
+    assert loud["co_change:decoder"]["p_value"] < 0.01 and loud["decoder_predicts_output"]["p_value"] < 0.01
+    quiet = FeatureRelations(n_clusters=4, n_perm=300).fit(_relations(rng, False)).statistics_
+    assert quiet["co_change:decoder"]["p_value"] > 0.01 and quiet["decoder_predicts_output"]["p_value"] > 0.01
+    assert quiet["co_change:co_activation"]["p_value"] > 0.01  # co-activation here is unrelated to the changes
+    with pytest.raises(ConfigError, match="n_clusters must lie between 2 and 15"):
+        FeatureRelations(n_clusters=16).fit(_relations(rng, False))
+
+
 # ------------------------------------------------------------------------------------------ end to end (tiny)
 
 
@@ -223,6 +252,10 @@ def test_measurements_run_end_to_end_on_a_tiny_model(lab):
     assert set(c.effects) == {"vector", "reconstruction", "clamp"}
     # the reconstruction of a vector that is one decoder direction is the vector: it matches at multiplier 1
     assert c.matched["reconstruction"] == pytest.approx(1.0, abs=0.05)
+    r = measure_relations(lab, v, 2.0, top=6)
+    assert len(r.features) >= 2 and r.output_effect.shape[0] == len(r.features)
+    np.testing.assert_allclose(np.diag(r.decoder_cosine), 1.0, atol=1e-6)
+    assert FeatureRelations(n_clusters=2, n_perm=20).fit(r).result().tables["features"][0]["feature"] == r.features[0]
 
 
 def test_bad_input_is_refused_with_a_message(lab):

@@ -23,7 +23,7 @@ from ..stats import bootstrap_ci, null_summary, statistic
 from ..types import AnalysisResult
 from .base import Analyzer
 
-__all__ = ["FeatureDose", "FeatureGraph", "FeatureCompare"]
+__all__ = ["FeatureDose", "FeatureGraph", "FeatureCompare", "FeatureRelations"]
 
 
 def _fmt(a: float) -> str:
@@ -133,8 +133,10 @@ class FeatureDose(Analyzer):
 class FeatureGraph(Analyzer):
     """Edges from upstream features to downstream features, by real ablation, each with a p-value.
 
-    An edge's weight is the mean code change of the downstream feature when the upstream feature is
-    zero-ablated, divided by the mean non-zero code at the downstream layer (comparable across layers).
+    An edge's weight is the code change of the downstream feature, summed over every measured token, when
+    the upstream feature is zero-ablated, per token the upstream feature fires on, and divided by the mean
+    non-zero code at the downstream layer: how far one firing moves the downstream feature, in units of a
+    typical activation (comparable across layers and across rare and common upstream features).
     Its p-value is a max-statistic test over every downstream feature of every later layer: the share of
     random frequency-matched upstream features whose largest |weight| reaches this edge's |weight|, so
     each upstream feature's edges are corrected for the number of downstream features. ``alpha``: edges
@@ -157,8 +159,13 @@ class FeatureGraph(Analyzer):
         if not 0 < self.alpha < 1:
             raise ConfigError(f"alpha must lie between 0 and 1, got {self.alpha!r}")
         later = list(m.later)
-        W = np.concatenate([m.real[h] / m.code_scale[h] for h in later], 1)  # (n_up, total)
-        N = np.concatenate([m.null_real[h] / m.code_scale[h] for h in later], 1)  # (n_null, total)
+        # per firing: the summed change over all tokens, per token the upstream feature fires on
+        per_up = m.n_tokens / np.maximum(np.asarray(m.fires if m.fires is not None else [m.n_tokens] * len(m.features)), 1)
+        per_null = m.n_tokens / np.maximum(np.asarray(m.null_fires if m.null_fires is not None
+                                                      else [m.n_tokens] * len(m.null_features)), 1)
+        W = np.concatenate([m.real[h] / m.code_scale[h] for h in later], 1) * per_up[:, None]  # (n_up, total)
+        N = np.concatenate([m.null_real[h] / m.code_scale[h] for h in later], 1) * per_null[:, None]  # (n_null, total)
+        self.per_up_ = per_up
         layer_of = np.concatenate([[i] * m.real[h].shape[1] for i, h in enumerate(later)])
         feat_of = np.concatenate([np.arange(m.real[h].shape[1]) for h in later])
         null_max = np.abs(N).max(1)
@@ -171,7 +178,7 @@ class FeatureGraph(Analyzer):
             e = {"upstream": int(m.features[u]), "hook": h, "downstream": int(feat_of[d]),
                  "weight": float(W[u, d]), "change": float(m.real[h][u, feat_of[d]]), "p_value": float(P[u, d])}
             if m.attribution:
-                e["attribution"] = float(m.attribution[h][u, feat_of[d]] / m.code_scale[h])
+                e["attribution"] = float(m.attribution[h][u, feat_of[d]] / m.code_scale[h] * per_up[u])
             edges.append(e)
         edges.sort(key=lambda e: -abs(e["weight"]))
         stats: dict[str, Any] = {}
@@ -195,7 +202,7 @@ class FeatureGraph(Analyzer):
             what="edges kept per upstream feature")
         agreement = {}
         if m.attribution:
-            A = np.concatenate([m.attribution[h][: len(m.features)] / m.code_scale[h] for h in later], 1)
+            A = np.concatenate([m.attribution[h][: len(m.features)] / m.code_scale[h] for h in later], 1) * per_up[:, None]
             rho = self._rho(W, A)
             rng = np.random.default_rng([self.seed, 0xA77])
             draws = []
@@ -217,7 +224,7 @@ class FeatureGraph(Analyzer):
                                                                 == np.sign(A[:, sel][absW[:, sel] > self.threshold])))
                                 if (absW[:, sel] > self.threshold).any() else None}
             err = np.concatenate([m.attribution[h][-1] / m.code_scale[h] for h in later])
-            agreement["error_node_total_effect"] = float(np.abs(err).sum())
+            agreement["error_node_total_effect"] = float(np.abs(err).sum())  # per token (the error is everywhere)
         self.W_, self.P_, self.edges_, self.statistics_ = W, P, edges, stats
         self.agreement_ = agreement
         self.layer_of_, self.feat_of_ = layer_of, feat_of
@@ -342,3 +349,92 @@ class FeatureCompare(Analyzer):
                      "features": list(m.features), "coefficients": [float(c) for c in m.coefficients],
                      "explained": m.explained, "matched": {k: v for k, v in m.matched.items()}},
             tables={"methods": self.rows_, "scan": dict(m.scan), "null_features": m.null_features.tolist()})
+
+
+def _upper(M: np.ndarray) -> np.ndarray:
+    i, j = np.triu_indices(len(M), 1)
+    return M[i, j]
+
+
+def _clusters(similarity: np.ndarray, n_clusters: int) -> np.ndarray:
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    D = np.clip(1.0 - similarity, 0.0, 2.0)
+    return fcluster(linkage(_upper(D), method="average"), n_clusters, criterion="maxclust")
+
+
+class FeatureRelations(Analyzer):
+    """How the features a vector changes relate to each other.
+
+    The features are clustered twice (average linkage, ``n_clusters`` clusters, default a quarter of
+    them): by decoder cosine and by co-activation on the corpus. ``co_change:<by>`` is the mean, over
+    pairs in the same cluster, of the correlation over tokens of the two features' code changes under
+    steering; its null relabels the features at random keeping the cluster sizes (do features of one
+    cluster change together more than random sets of the same sizes?). ``decoder_predicts_output`` is
+    the Spearman correlation over feature pairs of decoder cosine and the cosine of the two features'
+    effects on the next-token log-probabilities; its null permutes the features of one matrix (Mantel)."""
+
+    _fit_call = "fit(measure_relations(lab, vector, alpha, ...))"
+    _fitted = "statistics_"
+
+    def __init__(self, n_clusters: int | None = None, n_perm: int = 1000, seed: int = 0) -> None:
+        self.n_clusters = n_clusters
+        self.n_perm = n_perm
+        self.seed = seed
+
+    def fit(self, m: Any) -> "FeatureRelations":
+        if not hasattr(m, "output_effect"):
+            raise DataError(f"expected the measurements of measure_relations, got a {type(m).__name__}")
+        M = len(m.features)
+        k = self.n_clusters or max(2, M // 4)
+        if not 2 <= k < M:
+            raise ConfigError(f"n_clusters must lie between 2 and {M - 1} for {M} features, got {k}")
+        rng = np.random.default_rng([self.seed, 0x5E1])
+        stats: dict[str, Any] = {}
+        labels = {}
+        for by, S in (("decoder", m.decoder_cosine), ("co_activation", m.co_activation)):
+            lab = _clusters(S, k)
+            labels[by] = lab
+
+            def within(L: np.ndarray) -> float:
+                same = _upper(L[:, None] == L[None, :])
+                return float(_upper(m.co_change)[same].mean()) if same.any() else float("nan")
+
+            o = within(lab)
+            draws = [within(rng.permutation(lab)) for _ in range(self.n_perm)]
+            stats[f"co_change:{by}"] = statistic(
+                o, int(_upper(lab[:, None] == lab[None, :]).sum()),
+                nulls={"relabelled_features": null_summary(o, draws, "greater")}, ci95=None,
+                ci95_reason="pairs share features: not independent units", clustered_by=by, n_clusters=k,
+                what=f"mean correlation over tokens of code changes, pairs in one {by} cluster")
+        E = m.output_effect.astype(np.float64)
+        En = E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-12)
+        eff_cos = En @ En.T
+        x = _upper(m.decoder_cosine)
+        o = _spearman(x, _upper(eff_cos))
+        draws = []
+        for _ in range(self.n_perm):
+            p = rng.permutation(M)
+            draws.append(_spearman(x, _upper(eff_cos[np.ix_(p, p)])))
+        stats["decoder_predicts_output"] = statistic(
+            o, len(x), nulls={"permuted_features": null_summary(o, draws, "greater")}, ci95=None,
+            ci95_reason="pairs share features: not independent units",
+            what="Spearman over feature pairs: decoder cosine vs cosine of the effects on next-token log-probabilities")
+        self.statistics_, self.labels_, self.effect_cosine_, self.m_ = stats, labels, eff_cos, m
+        return self
+
+    def result(self) -> AnalysisResult:
+        self.check_fitted()
+        m = self.m_
+        rows = [{"feature": int(f), "mean_abs_change": float(c), "decoder_cluster": int(self.labels_["decoder"][i]),
+                 "co_activation_cluster": int(self.labels_["co_activation"][i])}
+                for i, (f, c) in enumerate(zip(m.features, m.mean_abs_change))]
+        return AnalysisResult(
+            analyzer="feature_relations", params={**dict(m.params), **self.get_params()},
+            provenance={"hook": m.hook, "n_tokens": m.n_tokens},
+            metrics={"statistics": self.statistics_, "features": list(m.features)},
+            tables={"features": rows,
+                    "matrices": {"decoder_cosine": m.decoder_cosine.round(4).tolist(),
+                                 "co_activation": m.co_activation.round(4).tolist(),
+                                 "co_change": m.co_change.round(4).tolist(),
+                                 "effect_cosine": self.effect_cosine_.round(4).tolist()}})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,7 +30,8 @@ def _common(sp: argparse.ArgumentParser, fn: Any, features: bool = True) -> None
     option(sp, "--eval", fn, "eval", "held-out prompts with target tokens: a shipped set's name or a JSONL path")
     option(sp, "--neutral", fn, "n_neutral", "neutral texts (WordNet glosses, first 24 tokens) for the KL",
            type=positive_int)
-    option(sp, "--threshold", fn, "threshold", "a downstream feature changes when its mean |code change| exceeds this "
+    if "threshold" in inspect.signature(fn).parameters:
+        option(sp, "--threshold", fn, "threshold", "a downstream feature changes when its mean |code change| exceeds this "
            "x its layer's mean active code", type=float)
     output_args(sp, "seed for the random feature sets and the neutral texts (default: 0)")
 
@@ -78,6 +80,16 @@ def add_parser(sub: Any) -> None:
                                        "neutral text, off-target downstream features and prompts moved the wrong way, "
                                        "beside random feature sets given the same coefficients.")
     _common(co, F.compare, features=False)
+    rel = fe_sub.add_parser("relations", help="the features a vector changes: clusters, co-change, effects on the output",
+                            description="Steer with the vector and take the features whose codes change most at its "
+                                        "hook. Cluster them by decoder cosine and by co-activation; test whether a "
+                                        "cluster's features change together more than random sets of the same sizes, "
+                                        "and whether decoder similarity predicts the similarity of two features' "
+                                        "effects on the next-token distribution (permutation nulls).")
+    _common(rel, F.relations, features=False)
+    option(rel, "--alpha", F.relations, "alpha", "the vector's multiplier", type=float)
+    option(rel, "--top", F.relations, "top", "most changed features related", type=positive_int)
+    rel.add_argument("--clusters", type=positive_int, default=None, help="clusters (default: a quarter of the features)")
     option(co, "--alpha", F.compare, "alpha", "the vector's multiplier (sets the effect to match)", type=float)
     option(co, "--k", F.compare, "k", "features in the reconstruction", type=positive_int)
     option(co, "--null-draws", F.compare, "n_null", "random feature sets", type=int)
@@ -85,8 +97,8 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     c = args.features_command
-    common = dict(hook=args.hook, eval=args.eval, n_neutral=args.neutral, threshold=args.threshold,
-                  n_null=args.null_draws, seed=args.seed)
+    common = dict(hook=args.hook, eval=args.eval, n_neutral=args.neutral, threshold=getattr(args, "threshold", None),
+                  n_null=getattr(args, "null_draws", None), seed=args.seed)
     if c == "intervene":
         res = run_and_save(args, argv, lambda: F.intervene(args.model, args.sae, args.features, vectors=args.vector,
                                                            factors=args.factors, k=args.k, **common))
@@ -97,6 +109,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                                                        attribution=not args.no_attribution, **common))
         print(f"{res.metrics['n_edges']} edges kept from {len(res.metrics['features'])} upstream features; graph: "
               f"{Path(args.out) / 'graph.graphml'}")
+    elif c == "relations":
+        res = run_and_save(args, argv, lambda: F.relations(
+            args.model, args.sae, args.vector, hook=args.hook, alpha=args.alpha, top=args.top,
+            n_clusters=args.clusters, eval=args.eval, n_neutral=args.neutral, seed=args.seed))
     else:
         res = run_and_save(args, argv, lambda: F.compare(args.model, args.sae, args.vector, alpha=args.alpha, k=args.k,
                                                          **common))

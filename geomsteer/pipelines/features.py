@@ -20,7 +20,7 @@ from ..results import FeatureResult
 from ..types import AnalysisResult
 from .common import DEFAULT_SEED, sae_dirs, stamp, with_command
 
-__all__ = ["intervene", "graph", "compare", "lab"]
+__all__ = ["intervene", "graph", "compare", "relations", "lab"]
 
 
 def lab(model: Any, saes: Any, hook: str | None = None, eval: Any = "sentiment_eval", *, n_neutral: int = 16,
@@ -191,6 +191,31 @@ def compare(model: Any, saes: Any, vectors: Any, *, hook: str | None = None, alp
                             progress=lambda: advance(1))
     an = FeatureCompare(seed=seed).fit(m)
     return _result("feature_compare", {**prov, **vprov}, an.result(), t0, analyzer=an)
+
+
+def relations(model: Any, saes: Any, vectors: Any, *, hook: str | None = None, alpha: float = 4.0, top: int = 32,
+              n_clusters: int | None = None, eval: Any = "sentiment_eval", n_neutral: int = 16,
+              n_perm: int = 1000, seed: int = DEFAULT_SEED) -> FeatureResult:
+    """The features the vector changes most at its hook: clustered by decoder cosine and by co-activation, whether
+    a cluster's features change together under steering more than random sets do, and whether decoder
+    similarity predicts the similarity of two features' effects on the output (what ``geomsteer features
+    relations`` runs). ``saes``: the SAE at the vector's hook and at least one later one."""
+    from ..analyzers.features import FeatureRelations
+    from ..steering.features import measure_relations
+    from .steer import _vectors
+
+    if not math.isfinite(alpha) or alpha == 0:
+        raise ConfigError(f"--alpha must be a finite non-zero number, got {alpha!r}")
+    if top < 3:
+        raise ConfigError(f"--top must be at least 3 features to cluster, got {top}")
+    t0 = time.perf_counter()
+    fl, prov = lab(model, saes, hook or _vector_hook(vectors, model), eval, n_neutral=n_neutral, seed=seed)
+    found, vprov = _vectors(vectors, _name(model), [fl.hook])
+    with step(f"Steering at {fl.hook} (multiplier {alpha:g}); the {top} most changed features and each one's effect "
+              "on the output"):
+        m = measure_relations(fl, found[fl.hook], alpha, top=top)
+    an = FeatureRelations(n_clusters=n_clusters, n_perm=n_perm, seed=seed).fit(m)
+    return _result("feature_relations", {**prov, **vprov}, an.result(), t0, analyzer=an)
 
 
 def _vector_hook(vectors: Any, model: Any) -> str | None:

@@ -114,7 +114,7 @@ def _graph_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, An
         ax.set_yticks(range(len(ups)))
         ax.set_yticklabels([str(u) for u in ups], fontsize=6)
         ax.set(xlabel="downstream feature (kept edges only)", ylabel="upstream feature (ablated)",
-               title="code change / layer's mean active code")
+               title="code change per upstream firing / layer's mean active code")
         fig.colorbar(im, ax=ax, shrink=0.7)
         fig.tight_layout()
         save_figure(fig, fig_dir, "heatmap.png", figs)
@@ -175,7 +175,8 @@ def _graph_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     m, t, pr, p = doc["metrics"], doc["tables"], doc["params"], doc["provenance"]
     L = _title(doc, "graph")
     L += [f"Each of {len(m['features'])} upstream features ({p.get('feature_source', 'given')}) zero-ablated in turn; "
-          "an edge's weight is the downstream feature's mean code change divided by its layer's mean active code. "
+          "an edge's weight is the downstream feature's code change summed over the tokens, per token the upstream "
+          "feature fires on, in units of its layer's mean active code. "
           f"Edge p-values: max-statistic over all downstream features, against {pr['n_null']} random live features of "
           f"matched frequency, each ablated alike; edges with p <= {pr['alpha']:g} are kept "
           f"({m['n_edges']} edges, `graph.graphml`).", ""]
@@ -258,8 +259,48 @@ def _compare_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     return _tail(L)
 
 
+# --------------------------------------------------------------------------------------------- relations
+
+
+def _relations_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, Any]:
+    plt = pyplot()
+    mats = doc["tables"]["matrices"]
+    order = np.argsort([r["decoder_cluster"] for r in doc["tables"]["features"]], kind="stable")
+    names = [str(doc["tables"]["features"][i]["feature"]) for i in order]
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.8))
+    for ax, key, title in zip(axes, ("decoder_cosine", "co_activation", "co_change", "effect_cosine"),
+                              ("decoder cosine", "co-activation (clean)", "co-change under steering",
+                               "cosine of output effects")):
+        M = np.asarray(mats[key])[np.ix_(order, order)]
+        im = ax.imshow(M, cmap="RdBu_r", vmin=-1, vmax=1)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=90, fontsize=5)
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(names, fontsize=5)
+    fig.colorbar(im, ax=axes, shrink=0.7)
+    figs: dict[str, Any] = {}
+    save_figure(fig, fig_dir, "relations.png", figs)
+    return figs
+
+
+def _relations_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
+    m, t, pr = doc["metrics"], doc["tables"], doc["params"]
+    L = _title(doc, "relations")
+    L += [f"The {len(m['features'])} features whose codes change most at the hook when the vector is added at "
+          f"multiplier {pr['alpha']:g}, ordered by decoder cluster in the figure.", ""]
+    L += statistic_rows(m["statistics"], list(m["statistics"]))
+    if "relations" in figs:
+        L += ["", f"![relations](figures/{figs['relations']})"]
+    L += ["", "| feature | mean abs change | decoder cluster | co-activation cluster |", "|---|---|---|---|"]
+    for r in t["features"]:
+        L.append(f"| {r['feature']} | {fmt(r['mean_abs_change'])} | {r['decoder_cluster']} | {r['co_activation_cluster']} |")
+    return _tail(L)
+
+
 _KINDS = {
     "feature_dose": (_dose_figures, _dose_markdown),
     "feature_graph": (_graph_figures, _graph_markdown),
     "feature_compare": (_compare_figures, _compare_markdown),
+    "feature_relations": (_relations_figures, _relations_markdown),
 }

@@ -28,7 +28,8 @@ from ..errors import ConfigError, DataError
 from ..interventions import check_features
 
 __all__ = ["FeatureLab", "Effect", "matched_features", "DoseMeasurements", "measure_dose", "GraphMeasurements",
-           "measure_graph", "CompareMeasurements", "measure_compare", "DEFAULT_FACTORS", "ERROR_NODE"]
+           "measure_graph", "CompareMeasurements", "measure_compare", "RelationMeasurements", "measure_relations",
+           "DEFAULT_FACTORS", "ERROR_NODE"]
 
 DEFAULT_FACTORS = (0.0, 0.5, 2.0)
 ERROR_NODE = -1  # the SAE error term as an upstream node of the attribution graph
@@ -216,71 +217,100 @@ class FeatureLab:
         return Effect(shift, kls, mean, mean_abs)
 
     # ------------------------------------------------------------------ many single-feature edits at once
-    def replicated(self, deltas: Callable[[Any, Any, Any], Any], n: int, *, dual: bool = False,
-                   chunk: int = 8) -> dict[str, np.ndarray]:
-        """Mean code change at each later hook for ``n`` edits of the upstream residual, ``chunk`` at a time,
-        each edit on its own copy of the batch: ``deltas(x, f, err, j)`` gives the change of edit ``j``
-        (``f`` the upstream codes, ``err`` the SAE error). ``dual``: the change is a forward-mode tangent
-        instead (first order: gradient x change, the attribution-patching estimate). Returns hook ->
-        (n, d_sae) signed means over the measured tokens."""
+    def rows_firing(self, feature: int) -> tuple[Any, Any]:
+        """The rows of the prompts' and of the neutral batch on which an upstream feature fires (after the
+        start token): the only rows its ablation can change."""
+        import torch
+
+        fires = self.codes0[self.hook][:, feature] > 0
+        n_a = int(self._a["valid"].sum())
+        return (torch.unique(self._row_of_token[:n_a][fires[:n_a]]),
+                torch.unique(self._row_of_token[n_a:][fires[n_a:]]))
+
+    @property
+    def _row_of_token(self) -> Any:
+        if not hasattr(self, "_rows_cache"):
+            self._rows_cache = torch_cat_rows(self._a["valid"], self._b["valid"])
+        return self._rows_cache
+
+    def replicated(self, deltas: Callable[..., Any], n: int, *, dual: bool = False,
+                   rows: Callable[[int], tuple[Any, Any]] | None = None, max_rows: int = 128) -> dict[str, np.ndarray]:
+        """Mean code change at each later hook for ``n`` edits of the upstream residual, each edit on its own
+        copy of the rows it can change (``rows(j)``: row indices into the prompts' and the neutral batch;
+        default every row), packed ``max_rows`` rows to a forward pass. ``deltas(x, f, err, j)`` gives the
+        change of edit ``j`` (``f`` the upstream codes, ``err`` the SAE error). ``dual``: the change is a
+        forward-mode tangent instead (first order: gradient x change, the attribution-patching estimate).
+        Returns hook -> (n, d_sae) signed means over all the measured tokens (unchanged rows count as 0)."""
         import torch
         import torch.autograd.forward_ad as fwAD
 
         sae = self.saes[self.hook]
-        out = {h: np.zeros((n, int(self.saes[h].cfg.d_sae))) for h in self.later}
-        n_tok = self.n_tokens
-        for c0 in range(0, n, chunk):
-            js = list(range(c0, min(n, c0 + chunk)))
-            R = len(js)
-            sums = {h: torch.zeros(R, int(self.saes[h].cfg.d_sae), dtype=torch.float64) for h in self.later}
-            for batch in (self._a, self._b):
-                nrow = batch["ids"].shape[0]
+        sums = {h: torch.zeros(n, int(self.saes[h].cfg.d_sae), dtype=torch.float64) for h in self.later}
+        for which, batch in enumerate((self._a, self._b)):
+            every = torch.arange(batch["ids"].shape[0])
+            jobs = [(j, torch.as_tensor(r, dtype=torch.long)) for j in range(n)
+                    for r in [rows(j)[which] if rows else every] if len(r)]
+            first_token = torch.cumsum(batch["valid"].sum(1), 0) - batch["valid"].sum(1)
+            offset = 0 if which == 0 else int(self._a["valid"].sum())
+            passes: list[list] = [[]]
+            for job in jobs:
+                if passes[-1] and sum(len(r) for _, r in passes[-1]) + len(job[1]) > max_rows:
+                    passes.append([])
+                passes[-1].append(job)
+            for group in (g for g in passes if g):
+                sel = torch.cat([r for _, r in group])
+                bounds = np.cumsum([0] + [len(r) for _, r in group])
+                valid = batch["valid"][sel]
+                counts = valid.sum(1)
+                tok_bounds = np.concatenate([[0], np.cumsum(counts.numpy())])[bounds]
 
-                def edit(x, hook, nrow=nrow):
+                def edit(x, hook):
                     xs = x[:, self.start:]
                     f = sae.encode(xs.to(sae.W_dec.dtype))
                     err = xs - sae.decode(f).to(x.dtype)
                     d = torch.zeros_like(x)
-                    for r, j in enumerate(js):
-                        d[r * nrow : (r + 1) * nrow, self.start:] = deltas(xs[r * nrow : (r + 1) * nrow],
-                                                                           f[r * nrow : (r + 1) * nrow],
-                                                                           err[r * nrow : (r + 1) * nrow], j)
+                    for g, (j, _) in enumerate(group):
+                        lo, hi = bounds[g], bounds[g + 1]
+                        d[lo:hi, self.start:] = deltas(xs[lo:hi], f[lo:hi], err[lo:hi], j)
                     return fwAD.make_dual(x, d) if dual else x + d
 
                 got: dict[str, Any] = {}
-                last_hook = self.later[-1]
 
                 def reader(name: str):
                     def read(x, hook):
                         s = self.saes[name]
-                        X = self._tokens(x, batch, R)
+                        X = x[valid]
                         if dual:
                             t = fwAD.unpack_dual(s.encode(X.to(s.W_dec.dtype))).tangent
                             got[name] = torch.zeros(X.shape[0], int(s.cfg.d_sae)) if t is None else t.detach()
                         else:
-                            got[name] = s.encode(X.to(s.W_dec.dtype)).detach()
-                        if name == last_hook:
+                            # the clean codes of the same tokens: each row's tokens are contiguous in codes0
+                            idx = torch.cat([offset + first_token[r] + torch.arange(int(batch["valid"][r].sum()))
+                                             for r in sel.tolist()])
+                            got[name] = s.encode(X.to(s.W_dec.dtype)).detach() - self.codes0[name][idx]
+                        if name == self.later[-1]:
                             raise _Stop
                     return read
 
-                ids, mask = batch["ids"].repeat(R, 1), batch["mask"].repeat(R, 1)
                 ctx = fwAD.dual_level() if dual else _null()
                 with torch.no_grad(), ctx, self.model.hooks(
                         fwd_hooks=[(self.hook, edit)] + [(h, reader(h)) for h in self.later]):
                     try:
-                        self._forward(ids, mask, False)
+                        self._forward(batch["ids"][sel], batch["mask"][sel], False)
                     except _Stop:
                         pass
-                per_rep = int(batch["valid"].sum())
-                offset = 0 if batch is self._a else int(self._a["valid"].sum())
                 for h in self.later:
-                    g = got[h].double().reshape(R, per_rep, -1)
-                    if not dual:
-                        g = g - self.codes0[h][offset : offset + per_rep].double()[None]
-                    sums[h] += g.sum(1)
-            for h in self.later:
-                out[h][js] = (sums[h] / n_tok).numpy()
-        return out
+                    G = got[h].double()
+                    for g, (j, _) in enumerate(group):
+                        sums[h][j] += G[tok_bounds[g] : tok_bounds[g + 1]].sum(0)
+        return {h: (v / self.n_tokens).numpy() for h, v in sums.items()}
+
+
+def torch_cat_rows(*valids: Any) -> Any:
+    """The row index of every valid token of each batch in turn (row-major, as ``x[valid]`` orders them)."""
+    import torch
+
+    return torch.cat([v.nonzero()[:, 0] for v in valids])
 
 
 class _null:
@@ -402,7 +432,8 @@ def measure_dose(lab: FeatureLab, features: Sequence[int], *, factors: Sequence[
 
 @dataclass(frozen=True)
 class GraphMeasurements:
-    """Mean code change of every downstream feature when each upstream feature is zero-ablated."""
+    """Code change of every downstream feature (mean over the measured tokens) when each upstream feature is
+    zero-ablated; the tokens each upstream feature fires on."""
 
     params: Mapping[str, Any]
     hook: str
@@ -417,9 +448,11 @@ class GraphMeasurements:
     mean_codes: Mapping[str, np.ndarray]  # hook -> (d_sae,) clean mean code of each downstream feature
     seconds: Mapping[str, float] = field(default_factory=dict)
     n_tokens: int = 0
+    fires: np.ndarray | None = None  # (n_up,) tokens on which each upstream feature fires
+    null_fires: np.ndarray | None = None  # (n_null,)
 
 
-def _ablation_deltas(sae: Any, feats: Sequence[int]) -> Callable[[Any, Any, Any, int], Any]:
+def _ablation_deltas(sae: Any, feats: Sequence[int]) -> Callable[..., Any]:
     W = sae.W_dec.detach()
 
     def delta(x, f, err, j):
@@ -432,7 +465,7 @@ def _ablation_deltas(sae: Any, feats: Sequence[int]) -> Callable[[Any, Any, Any,
 
 
 def measure_graph(lab: FeatureLab, features: Sequence[int], *, n_null: int = 50, attribution: bool = True,
-                  seed: int = 0, chunk: int = 8) -> GraphMeasurements:
+                  seed: int = 0) -> GraphMeasurements:
     """Zero-ablate each upstream feature (one at a time) and read the mean code change of every feature at
     each later hook; the same for ``n_null`` frequency-matched random live features (the edge null); and
     the forward-mode attribution estimate (gradient x activation) for every upstream feature and the SAE
@@ -448,24 +481,30 @@ def measure_graph(lab: FeatureLab, features: Sequence[int], *, n_null: int = 50,
                                   seed)[0] if n_null <= len([f for f in np.flatnonzero(lab.frequency > 0) if f not in feats]) else None
     if null_feats is None:
         raise DataError(f"too few live features for {n_null} distinct random ones: ask for fewer with n_null")
+    def fires(fs: Sequence[int]) -> np.ndarray:
+        return (lab.codes0[lab.hook][:, [int(f) for f in fs]] > 0).sum(0).numpy().astype(np.int64)
+
     t = time.perf_counter()
-    real = lab.replicated(_ablation_deltas(sae, feats), len(feats), chunk=chunk)
+    real = lab.replicated(_ablation_deltas(sae, feats), len(feats), rows=lambda j: lab.rows_firing(feats[j]))
     t_real = time.perf_counter() - t
     t = time.perf_counter()
-    null_real = lab.replicated(_ablation_deltas(sae, list(null_feats)), len(null_feats), chunk=chunk)
+    null_real = lab.replicated(_ablation_deltas(sae, list(null_feats)), len(null_feats),
+                               rows=lambda j: lab.rows_firing(int(null_feats[j])))
     t_null = time.perf_counter() - t
     attr: dict[str, np.ndarray] = {}
     t_attr = 0.0
     if attribution:
         t = time.perf_counter()
-        attr = lab.replicated(_ablation_deltas(sae, [*feats, ERROR_NODE]), len(feats) + 1, dual=True, chunk=chunk)
+        every = (np.arange(lab.n_prompts), np.arange(lab.n_texts))
+        attr = lab.replicated(_ablation_deltas(sae, [*feats, ERROR_NODE]), len(feats) + 1, dual=True,
+                              rows=lambda j: lab.rows_firing(feats[j]) if j < len(feats) else every)
         t_attr = time.perf_counter() - t
     params = {"n_null": n_null, "attribution": attribution, "seed": seed}
     return GraphMeasurements(params, lab.hook, tuple(lab.later), tuple(feats), lab.frequency[feats], real, attr,
                              np.asarray(null_feats), null_real, dict(lab.code_scale),
                              {h: lab.codes0[h].double().mean(0).numpy() for h in lab.later},
                              {"real_ablations": t_real, "null_ablations": t_null, "attribution": t_attr},
-                             lab.n_tokens)
+                             lab.n_tokens, fires(feats), fires(null_feats))
 
 
 # ------------------------------------------------------------------------------------------
@@ -585,3 +624,73 @@ def _interpolate(xs: list[float], ys: list[float], target: float) -> float | Non
     if ys and ys[0] == target:
         return float(xs[0])
     return None
+
+
+# ------------------------------------------------------------------------------------------
+# Relations: the features a vector changes, their clusters, and their effects on the output
+
+
+@dataclass(frozen=True)
+class RelationMeasurements:
+    """The features a steering vector changes most at its own hook, how they relate, and what each does."""
+
+    params: Mapping[str, Any]
+    hook: str
+    features: tuple[int, ...]  # the vector's most changed features (mean |code change| over the tokens)
+    mean_abs_change: np.ndarray  # (M,)
+    co_change: np.ndarray  # (M, M) correlation over tokens of the features' code changes under steering
+    decoder_cosine: np.ndarray  # (M, M)
+    co_activation: np.ndarray  # (M, M) correlation over tokens of the clean codes
+    output_effect: np.ndarray  # (M, vocab) mean change of next-token log-probabilities when each feature is added
+    n_tokens: int
+
+
+def _corr(X: np.ndarray) -> np.ndarray:
+    X = X - X.mean(0)
+    sd = np.sqrt((X**2).sum(0))
+    C = (X.T @ X) / np.outer(np.where(sd > 0, sd, 1.0), np.where(sd > 0, sd, 1.0))
+    C[sd == 0, :] = 0.0
+    C[:, sd == 0] = 0.0
+    return C
+
+
+def measure_relations(lab: FeatureLab, vector: Any, alpha: float, *, top: int = 32) -> RelationMeasurements:
+    """Steer with ``alpha * v`` and re-encode the residual at the hook: the ``top`` features whose codes change
+    most, the correlation of their changes over the tokens, their decoder cosines and clean co-activation;
+    then add each feature's decoder direction, scaled to its mean active code, and read the mean change of the
+    next-token log-probabilities on the evaluation prompts (each feature's effect on the output)."""
+    import torch
+
+    from .apply import steering
+
+    if top < 2:
+        raise ConfigError(f"relations need at least 2 features, got top={top}")
+    if not np.isfinite(alpha) or alpha == 0:
+        raise ConfigError(f"the multiplier must be a finite non-zero number, got {alpha!r}")
+    sae = lab.saes[lab.hook]
+    v = np.asarray(getattr(vector, "vector", vector), dtype=np.float32)
+    with torch.no_grad():
+        with steering(lab.model, v, float(alpha), lab.hook, start=lab.start):
+            acts, _ = lab._run(lab._a, [lab.hook])
+            acts_b, _ = lab._run(lab._b, [lab.hook])
+        steered = lab._encode(lab.hook, acts[lab.hook], acts_b[lab.hook]).double().numpy()
+    clean = lab.codes0[lab.hook].double().numpy()
+    dC = steered - clean
+    score = np.abs(dC).mean(0)
+    feats = [int(f) for f in np.argsort(-score)[:top] if score[f] > 0]
+    if len(feats) < 2:
+        raise DataError("the vector changes fewer than 2 SAE features at its hook: nothing to relate")
+    W = sae.W_dec.detach().double().numpy()[feats]
+    U = W / np.linalg.norm(W, axis=1, keepdims=True)
+    effects = []
+    with torch.no_grad():
+        base = torch.log_softmax(lab._run(lab._a, [lab.hook], final=True)[1].double(), -1)
+    for f in feats:
+        col = clean[:, f]
+        scale = float(col[col > 0].mean()) if (col > 0).any() else float(lab.code_scale[lab.hook])
+        with torch.no_grad(), steering(lab.model, W[feats.index(f)].astype(np.float32), scale, lab.hook, start=lab.start):
+            logp = torch.log_softmax(lab._run(lab._a, [lab.hook], final=True)[1].double(), -1)
+        effects.append((logp - base).mean(0).numpy())
+    return RelationMeasurements({"alpha": float(alpha), "top": top}, lab.hook, tuple(feats), score[feats],
+                                _corr(dC[:, feats]), U @ U.T, _corr(clean[:, feats]), np.stack(effects).astype(np.float32),
+                                lab.n_tokens)
