@@ -85,7 +85,7 @@ def test_the_three_commands_write_their_reports(tiny, tmp_path, capsys):
     (["graph", "--features", "1", "--hook", "blocks.2.hook_resid_post"], "no SAE after blocks.2.hook_resid_post"),
     (["graph", "--features", "1", "--null-draws", "1"], "at least 2 random feature sets"),
     (["graph", "--features", "1", "--hook", "blocks.1.hook_resid_post", "--sae-swap"], "no SAE at blocks.1"),
-    (["intervene", "--features", "1", "--wide"], "reads vectors of size 32, but"),
+    (["intervene", "--features", "1", "--wide"], "the SAEs read vectors of different sizes (16 at blocks.0"),
     (["intervene", "--features", "1", "1"], "feature indices repeat"),
     (["relations", "--vector", "VEC", "--top", "2"], "--top must be at least 3"),
 ])

@@ -9,6 +9,8 @@ from test_steering_analyzers import random_sae
 from geomsteer.interventions import intervene
 from geomsteer.saes import read_sae_dir
 
+pytestmark = pytest.mark.real_model
+
 HOOK = "blocks.6.hook_resid_post"
 PROMPTS = ["The movie was absolutely wonderful and I", "A dog is a kind of"]
 

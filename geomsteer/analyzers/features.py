@@ -291,7 +291,7 @@ class FeatureCompare(Analyzer):
     def fit(self, m: Any) -> "FeatureCompare":
         if not hasattr(m, "null_effects"):
             raise DataError(f"expected the measurements of measure_compare, got a {type(m).__name__}")
-        target = float(m.effects["vector"].shift.mean())
+        target = float(m.matched.get("target", m.effects["vector"].shift.mean()))
         sign = np.sign(target) if target != 0 else 1.0
 
         def changed(e: Any) -> int:
@@ -302,8 +302,8 @@ class FeatureCompare(Analyzer):
         for method, e in m.effects.items():
             nulls = m.null_effects.get(method, ())
             wrong = float(np.mean(np.sign(e.shift) == -sign))
-            row = {"method": method, "multiplier": m.alpha if method == "vector" else m.matched.get(method + "_used"),
-                   "matched": method == "vector" or m.matched.get(method) is not None,
+            row = {"method": method, "multiplier": m.matched.get(method + "_used", m.alpha if method == "vector" else None),
+                   "matched": m.matched.get(method, 1.0) is not None,
                    "mean_shift": float(e.shift.mean()), "kl": float(e.kl.mean()), "off_target_changed": changed(e),
                    "wrong_way_fraction": wrong}
             if nulls:
@@ -346,6 +346,7 @@ class FeatureCompare(Analyzer):
             analyzer="feature_compare", params={**dict(m.params), **self.get_params()},
             provenance={"hook": m.hook, "later_hooks": list(m.later), "n_tokens": m.n_tokens},
             metrics={"statistics": self.statistics_, "target_shift": self.target_,
+                     "vector_shift_at_alpha": m.matched.get("target_at_alpha"),
                      "features": list(m.features), "coefficients": [float(c) for c in m.coefficients],
                      "explained": m.explained, "matched": {k: v for k, v in m.matched.items()}},
             tables={"methods": self.rows_, "scan": dict(m.scan), "null_features": m.null_features.tolist()})

@@ -42,6 +42,10 @@ def lab(model: Any, saes: Any, hook: str | None = None, eval: Any = "sentiment_e
         raise ConfigError(f"no SAE after {hook}: give SAEs at later layers too (the effects are read there)")
     if n_neutral < 1:
         raise ConfigError(f"--neutral must be a positive number of texts, got {n_neutral}")
+    widths = {sd.d_in for sd in by_hook.values()}
+    if len(widths) > 1:
+        raise DataError("the SAEs read vectors of different sizes (" + ", ".join(
+            f"{sd.d_in} at {h}" for h, sd in by_hook.items()) + "); give SAEs trained on one model")
     if features is not None:
         from ..interventions import check_features
 
@@ -186,7 +190,7 @@ def compare(model: Any, saes: Any, vectors: Any, *, hook: str | None = None, alp
     fl, prov = lab(model, saes, hook or _vector_hook(vectors, model), eval, n_neutral=n_neutral, seed=seed)
     found, vprov = _vectors(vectors, _name(model), [fl.hook])
     with counter(f"Steering by the vector, its {k}-feature reconstruction and clamped features; {n_null} random sets",
-                 3 + 2 * len(SCAN) + 2 * n_null, unit="runs") as advance:
+                 4 + 2 * len(SCAN) + 2 * n_null, unit="runs") as advance:
         m = measure_compare(fl, found[fl.hook], alpha, k=k, n_null=n_null, threshold=threshold, seed=seed,
                             progress=lambda: advance(1))
     an = FeatureCompare(seed=seed).fit(m)

@@ -225,8 +225,9 @@ def _compare_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, 
     axes[1].legend(fontsize=7)
     scan = doc["tables"]["scan"]
     for method, s in scan.items():
-        axes[3].plot(s["multipliers"], s["shift"], "o-", label=method)
-    axes[3].axhline(doc["metrics"]["target_shift"], color="k", ls="--", lw=1, label="vector's shift")
+        x = np.abs(s["multipliers"]) if method == "vector" else s["multipliers"]
+        axes[3].plot(x, s["shift"], "o-", label=method + (" (|multiplier|)" if method == "vector" else ""))
+    axes[3].axhline(doc["metrics"]["target_shift"], color="k", ls="--", lw=1, label="matched shift")
     axes[3].set(xlabel="multiplier", title="matching the vector's effect")
     axes[3].legend(fontsize=7)
     fig.tight_layout()
@@ -235,10 +236,20 @@ def _compare_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, 
     return figs
 
 
+def _na(x: Any, nd: int = 3) -> str:
+    return "–" if x is None else fmt(x, nd)
+
+
 def _compare_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     m, t, pr = doc["metrics"], doc["tables"], doc["params"]
     L = _title(doc, "steering against the vector")
-    L += [f"The vector at multiplier {pr['alpha']:g} shifts the target log-odds by {fmt(m['target_shift'])}. Its "
+    at_alpha = m.get("vector_shift_at_alpha")
+    if at_alpha is not None and abs(at_alpha - m["target_shift"]) > 1e-9:
+        L += [f"**The feature methods cannot reach the vector's shift at multiplier {pr['alpha']:g} "
+              f"({fmt(at_alpha)}): steering breaks down first. All three are compared at the largest shift every "
+              f"method reaches, {fmt(m['target_shift'])}, the vector scaled down to it.**", ""]
+    L += [f"Target shift of the log-odds: {fmt(m['target_shift'])} (the vector at multiplier {pr['alpha']:g}: "
+          f"{fmt(at_alpha if at_alpha is not None else m['target_shift'])}). The vector's "
           f"non-negative sparse coding over the SAE decoder ({len(m['features'])} features: "
           f"{', '.join(str(f) for f in m['features'])}) explains {fmt(m['explained'])} of |alpha v|^2. "
           "*reconstruction* adds those features' decoder directions with their coefficients; *clamp* sets the "
@@ -249,8 +260,8 @@ def _compare_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
           "wrong way |", "|---|---|---|---|---|---|---|"]
     for r in t["methods"]:
         L.append(f"| {r['method']} | {fmt(r['multiplier'])} | {'yes' if r['matched'] else '**no**'} | "
-                 f"{fmt(r['mean_shift'])} ({fmt(r.get('null_mean_shift'))}) | {fmt(r['kl'], 4)} "
-                 f"({fmt(r.get('null_kl'), 4)}) | {r['off_target_changed']} ({fmt(r.get('null_off_target_changed'), 1)}) | "
+                 f"{fmt(r['mean_shift'])} ({_na(r.get('null_mean_shift'))}) | {fmt(r['kl'], 4)} "
+                 f"({_na(r.get('null_kl'), 4)}) | {r['off_target_changed']} ({_na(r.get('null_off_target_changed'), 1)}) | "
                  f"{r['wrong_way_fraction']:.0%} |")
     L += [""]
     L += statistic_rows(m["statistics"], list(m["statistics"]))

@@ -146,7 +146,7 @@ class FeatureLab:
 
         model = self.model
         got: dict[str, Any] = {}
-        last_hook = max(hooks, key=lambda h: int(h.split(".")[1]))
+        last_hook = max(hooks, key=lambda h: int(h.split(".")[1])) if hooks else None
 
         def saver(name: str):
             def save(x, hook):
@@ -197,13 +197,15 @@ class FeatureLab:
         return out
 
     # ------------------------------------------------------------------ measuring under active hooks
-    def measure(self, logodds: bool = True, kl: bool = True) -> Effect:
-        """What the hooks active now change (the clean run is the reference)."""
+    def measure(self, logodds: bool = True, kl: bool = True, codes: bool = True) -> Effect:
+        """What the hooks active now change (the clean run is the reference); ``codes=False`` reads only the
+        target log-odds (and the KL), not the later SAEs."""
         import torch
 
+        read = self.later if codes else []
         with torch.no_grad():
-            acts, last = self._run(self._a, self.later, final=logodds)
-            acts_b, logp = self._run(self._b, self.later, final=kl, all_positions=True)
+            acts, last = self._run(self._a, read, final=logodds)
+            acts_b, logp = self._run(self._b, read, final=kl, all_positions=True) if (codes or kl) else ({}, None)
         shift = self._logodds(last) - self.base_logodds if logodds else None
         kls = None
         if kl:
@@ -211,7 +213,7 @@ class FeatureLab:
             kls = (torch.zeros(self.n_texts, dtype=torch.float64).index_add_(0, self._b_text, per)
                    / torch.bincount(self._b_text, minlength=self.n_texts).double()).numpy()
         mean, mean_abs = {}, {}
-        for h in self.later:
+        for h in read:
             dc = (self._encode(h, acts[h], acts_b[h]) - self.codes0[h]).double()
             mean[h], mean_abs[h] = dc.mean(0).numpy(), dc.abs().mean(0).numpy()
         return Effect(shift, kls, mean, mean_abs)
@@ -513,7 +515,8 @@ def measure_graph(lab: FeatureLab, features: Sequence[int], *, n_null: int = 50,
 
 @dataclass(frozen=True)
 class CompareMeasurements:
-    """Three ways to steer, each at the multiplier that matches the vector's mean target shift."""
+    """Three ways to steer, each at the multiplier that matches one target shift: the vector's at ``alpha``, or,
+    when a feature method cannot reach that, the largest shift every method reaches (the vector scaled down)."""
 
     params: Mapping[str, Any]
     hook: str
@@ -523,7 +526,7 @@ class CompareMeasurements:
     coefficients: np.ndarray  # (k,) non-negative: alpha * v ~ sum_i c_i d_i
     explained: float  # fraction of |alpha v|^2 the k atoms explain
     scan: Mapping[str, Any]  # method -> {"multipliers": [...], "shift": [...]}
-    matched: Mapping[str, float | None]  # method -> multiplier (None: the target was not reached)
+    matched: Mapping[str, Any]  # method -> multiplier found (None: not reached), "<method>_used", "target"
     effects: Mapping[str, Effect]  # method -> effect at its matched multiplier
     null_features: np.ndarray  # (n_null, k)
     null_effects: Mapping[str, tuple[Effect, ...]]  # method -> random feature sets at the method's multiplier
@@ -583,24 +586,48 @@ def measure_compare(lab: FeatureLab, vector: Any, alpha: float, *, k: int = 8, n
         if progress:
             progress()
 
-    with steering(lab.model, v.astype(np.float32), float(alpha), lab.hook, start=lab.start):
-        effects = {"vector": lab.measure()}
-    tick()
-    target = float(effects["vector"].shift.mean())
-    scans, matched = {}, {}
+    def shift_of(method: str, m: float) -> float:
+        if method == "vector":
+            ctx = steering(lab.model, v.astype(np.float32), float(m) * float(alpha), lab.hook, start=lab.start)
+        else:
+            ctx = _feature_steer(lab, method, feats, coefs, m)
+        with ctx:
+            out = float(lab.measure(kl=False, codes=False).shift.mean())
+        tick()
+        return out
+
+    # the vector's effect at alpha is the target; the feature methods are scanned for it. When a method cannot
+    # reach it (steering breaks down first), the target becomes the largest effect every method reaches, and
+    # the vector is scaled down to it as well: the comparison is always at one matched effect.
+    target = shift_of("vector", 1.0)
+    scans = {}
     for method in ("reconstruction", "clamp"):
-        shifts = []
-        for m in scan:
-            with _feature_steer(lab, method, feats, coefs, m):
-                shifts.append(float(lab.measure(kl=False).shift.mean()))
-            tick()
-        scans[method] = {"multipliers": [float(m) for m in scan], "shift": shifts}
-        matched[method] = _interpolate(list(scan), shifts, target)
-        m = matched[method] if matched[method] is not None else float(scan[int(np.argmax(np.sign(target) * np.array(shifts)))])
-        with _feature_steer(lab, method, feats, coefs, m):
+        scans[method] = {"multipliers": [float(m) for m in scan], "shift": [shift_of(method, m) for m in scan]}
+    sign = 1.0 if target >= 0 else -1.0
+    reach = min(max(sign * np.array(sc["shift"])) for sc in scans.values())
+    matched: dict[str, Any] = {"vector": 1.0, "target_at_alpha": target}
+    if reach < abs(target):
+        fractions = [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0]
+        scans["vector"] = {"multipliers": [f * float(alpha) for f in fractions],
+                           "shift": [shift_of("vector", f) for f in fractions[:-1]] + [target]}
+        target = sign * float(reach)
+        matched["vector"] = _interpolate(fractions, scans["vector"]["shift"], target)
+    matched["target"] = target
+    effects = {}
+    for method in ("vector", "reconstruction", "clamp"):
+        if method != "vector":
+            matched[method] = _interpolate(scans[method]["multipliers"], scans[method]["shift"], target)
+        m = matched[method]
+        if m is None:  # the vector's own scan starts above the target: use its smallest multiplier
+            m = 0.125 if method == "vector" else float(scan[0])
+        matched[method + "_used"] = float(m) * (float(alpha) if method == "vector" else 1.0)
+        if method == "vector":
+            ctx = steering(lab.model, v.astype(np.float32), float(m) * float(alpha), lab.hook, start=lab.start)
+        else:
+            ctx = _feature_steer(lab, method, feats, coefs, m)
+        with ctx:
             effects[method] = lab.measure()
         tick()
-        matched[method + "_used"] = m
     null_feats = matched_features(lab.frequency, feats, n_null, seed)
     null_effects = {}
     for method in ("reconstruction", "clamp"):
