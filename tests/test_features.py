@@ -117,6 +117,7 @@ def test_matched_features_share_the_targets_frequencies_and_never_repeat_a_targe
     assert not np.isin(draws, [10, 90, 0, 3, 4]).any()  # never a target, never a dead feature
     assert np.abs(freq[draws[:, 0]] - freq[10]).max() <= 0.04 and np.abs(freq[draws[:, 1]] - freq[90]).max() <= 0.04
     assert (draws[:, 0] != draws[:, 1]).all()
+    assert not np.isin(matched_features(freq, [10], 30, seed=1, window=4, exclude=[9, 11]), [9, 11]).any()
     with pytest.raises(DataError, match="other features fire"):
         matched_features(np.array([0.0, 0.5, 0.0]), [1], 2, seed=0)
 
@@ -180,6 +181,8 @@ def test_graph_keeps_planted_edges_only_and_checks_attribution_against_shuffled_
     g = FeatureGraph(alpha=0.05).fit(_graph(rng, True))
     kept = {(e["upstream"], e["hook"], e["downstream"]) for e in g.edges_}
     assert {(100, H[1], 5), (103, H[2], 7)} <= kept and len(kept) <= 4
+    assert g.top_edges_[0]["weight"] == pytest.approx(1.0) and g.top_edges_[0]["kept"]
+    assert len(g.top_edges_) == 60 and not all(e["kept"] for e in g.top_edges_)
     assert g.statistics_["attribution_spearman"]["p_value"] < 0.01
     G = g.graph()
     assert G.has_edge("L0/100", "L1/5") and G["L0/103"]["L2/7"]["weight"] == pytest.approx(-0.8)

@@ -42,8 +42,8 @@ class FeatureDose(Analyzer):
     """Dose curves of a feature set against frequency-matched random feature sets.
 
     Per factor: ``abs_shift`` (mean over prompts of |target log-odds shift|), ``kl`` (mean over neutral
-    texts), ``changed`` (downstream features whose mean |code change| exceeds the threshold, summed over
-    the later layers), each tested one-sided (greater) against the random sets. With 0 among the
+    texts), ``changed`` (downstream features whose code change, summed over the tokens per token the set
+    fires on, exceeds the threshold x the layer's mean active code; summed over the later layers), each tested one-sided (greater) against the random sets. With 0 among the
     factors, ``ratio`` statistics divide each factor's mean effect by ablation's (CI: the texts or
     prompts resampled together); their null is the same ratio for the random sets (two-sided: do the
     target features respond to dose unlike random ones)."""
@@ -73,7 +73,8 @@ class FeatureDose(Analyzer):
             stats[f"changed:{_fmt(a)}"] = statistic(
                 o, m.n_tokens, nulls={"random_features": null_summary(o, m.null_changed[:, i].sum(1), "greater")},
                 ci95=None, ci95_reason="one intervened run: tokens are not independent units", factor=a,
-                what="downstream SAE features changed beyond the threshold, summed over the later layers")
+                what="downstream SAE features whose |code change| summed over the tokens, per token the set fires on, "
+                     "exceeds the threshold x the layer's mean active code; summed over the later layers")
             rows.append({"factor": a, "mean_shift": float(m.shift[i].mean()), "abs_shift": float(np.abs(m.shift[i]).mean()),
                          "kl": float(m.kl[i].mean()), "changed": [int(c) for c in m.changed[i]],
                          "null_abs_shift": float(np.abs(m.null_shift[:, i]).mean()),
@@ -140,15 +141,17 @@ class FeatureGraph(Analyzer):
     Its p-value is a max-statistic test over every downstream feature of every later layer: the share of
     random frequency-matched upstream features whose largest |weight| reaches this edge's |weight|, so
     each upstream feature's edges are corrected for the number of downstream features. ``alpha``: edges
-    kept in the graph. The attribution estimate is compared with the real effects by Spearman rank
+    kept; the ``top`` strongest edges are listed (and drawn) whether kept or not, with their p-values. The attribution estimate is compared with the real effects by Spearman rank
     correlation over the pairs where either is non-zero; its null pairs each upstream feature's
     attribution row with another feature's real row (``n_perm`` permutations)."""
 
     _fit_call = "fit(measure_graph(lab, features, ...))"
     _fitted = "statistics_"
 
-    def __init__(self, alpha: float = 0.05, threshold: float = 0.1, n_perm: int = 200, seed: int = 0) -> None:
+    def __init__(self, alpha: float = 0.05, threshold: float = 0.1, top: int = 60, n_perm: int = 200,
+                 seed: int = 0) -> None:
         self.alpha = alpha
+        self.top = top
         self.threshold = threshold
         self.n_perm = n_perm
         self.seed = seed
@@ -172,15 +175,19 @@ class FeatureGraph(Analyzer):
         n_null = len(null_max)
         absW = np.abs(W)
         P = (1 + (null_max[None, None, :] >= absW[..., None]).sum(-1)) / (1 + n_null)
-        edges = []
-        for u, d in zip(*np.nonzero((P <= self.alpha) & (absW > 0))):
+        def edge(u: int, d: int) -> dict[str, Any]:
             h = later[layer_of[d]]
             e = {"upstream": int(m.features[u]), "hook": h, "downstream": int(feat_of[d]),
-                 "weight": float(W[u, d]), "change": float(m.real[h][u, feat_of[d]]), "p_value": float(P[u, d])}
+                 "weight": float(W[u, d]), "change": float(m.real[h][u, feat_of[d]]), "p_value": float(P[u, d]),
+                 "kept": bool(P[u, d] <= self.alpha)}
             if m.attribution:
                 e["attribution"] = float(m.attribution[h][u, feat_of[d]] / m.code_scale[h] * per_up[u])
-            edges.append(e)
-        edges.sort(key=lambda e: -abs(e["weight"]))
+            return e
+
+        edges = sorted((edge(u, d) for u, d in zip(*np.nonzero((P <= self.alpha) & (absW > 0)))),
+                       key=lambda e: -abs(e["weight"]))
+        flat = np.argsort(-absW, axis=None)[: self.top]
+        top = [edge(int(u), int(d)) for u, d in zip(*np.unravel_index(flat, absW.shape)) if absW[u, d] > 0]
         stats: dict[str, Any] = {}
         strong = (absW > self.threshold).sum(1).astype(float)
         null_strong = (np.abs(N) > self.threshold).sum(1).astype(float)
@@ -225,7 +232,7 @@ class FeatureGraph(Analyzer):
                                 if (absW[:, sel] > self.threshold).any() else None}
             err = np.concatenate([m.attribution[h][-1] / m.code_scale[h] for h in later])
             agreement["error_node_total_effect"] = float(np.abs(err).sum())  # per token (the error is everywhere)
-        self.W_, self.P_, self.edges_, self.statistics_ = W, P, edges, stats
+        self.W_, self.P_, self.edges_, self.top_edges_, self.statistics_ = W, P, edges, top, stats
         self.agreement_ = agreement
         self.layer_of_, self.feat_of_ = layer_of, feat_of
         self.m_ = m
@@ -237,7 +244,8 @@ class FeatureGraph(Analyzer):
         return _spearman(W[sel], A[sel])
 
     def graph(self) -> Any:
-        """The kept edges as a networkx DiGraph (nodes ``L<layer>/<feature>``)."""
+        """The kept edges and the ``top`` strongest ones as a networkx DiGraph (nodes ``L<layer>/<feature>``;
+        each edge's ``weight``, ``p_value``, ``kept`` and, when measured, ``attribution``)."""
         import networkx as nx
 
         from ..hooks import layer_of
@@ -248,13 +256,13 @@ class FeatureGraph(Analyzer):
         k = layer_of(m.hook)
         for f, fr in zip(m.features, m.frequency):
             G.add_node(f"L{k}/{f}", layer=k, feature=int(f), frequency=float(fr), role="upstream")
-        for e in self.edges_:
+        for e in [*self.edges_, *self.top_edges_]:
             L = layer_of(e["hook"])
             node = f"L{L}/{e['downstream']}"
             if node not in G:
                 G.add_node(node, layer=L, feature=e["downstream"], role="downstream",
                            mean_code=float(m.mean_codes[e["hook"]][e["downstream"]]))
-            G.add_edge(f"L{k}/{e['upstream']}", node, weight=e["weight"], p_value=e["p_value"],
+            G.add_edge(f"L{k}/{e['upstream']}", node, weight=e["weight"], p_value=e["p_value"], kept=e["kept"],
                        **({"attribution": e["attribution"]} if "attribution" in e else {}))
         return G
 
@@ -268,7 +276,8 @@ class FeatureGraph(Analyzer):
             metrics={"statistics": self.statistics_, "attribution_agreement": self.agreement_,
                      "features": list(m.features), "frequency": [float(x) for x in m.frequency],
                      "n_edges": len(self.edges_)},
-            tables={"edges": self.edges_, "null_features": [int(x) for x in m.null_features]})
+            tables={"edges": self.edges_, "top_edges": self.top_edges_,
+                    "null_features": [int(x) for x in m.null_features]})
 
 
 class FeatureCompare(Analyzer):

@@ -95,7 +95,7 @@ def _dose_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
 
 def _graph_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, Any]:
     plt = pyplot()
-    edges = doc["tables"]["edges"]
+    edges = doc["tables"].get("top_edges", doc["tables"]["edges"])
     figs: dict[str, Any] = {}
     ups = [int(f) for f in doc["metrics"]["features"]]
     downs = list(dict.fromkeys((e["hook"], e["downstream"]) for e in edges))[:40]
@@ -113,8 +113,12 @@ def _graph_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, An
         ax.set_xticklabels([f"{short_hook(h)}/{f}" for h, f in downs], rotation=90, fontsize=6)
         ax.set_yticks(range(len(ups)))
         ax.set_yticklabels([str(u) for u in ups], fontsize=6)
-        ax.set(xlabel="downstream feature (kept edges only)", ylabel="upstream feature (ablated)",
-               title="code change per upstream firing / layer's mean active code")
+        for e in edges:
+            j = col.get((e["hook"], e["downstream"]))
+            if j is not None and e.get("kept"):
+                ax.add_patch(plt.Rectangle((j - 0.5, ups.index(e["upstream"]) - 0.5), 1, 1, fill=False, lw=1.2))
+        ax.set(xlabel="downstream feature (the strongest edges)", ylabel="upstream feature (ablated)",
+               title="code change per upstream firing / layer's mean active code (boxed: beyond the null)")
         fig.colorbar(im, ax=ax, shrink=0.7)
         fig.tight_layout()
         save_figure(fig, fig_dir, "heatmap.png", figs)
@@ -129,14 +133,14 @@ def _graph_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, An
         ax.plot([-lim, lim], [-lim, lim], color="grey", lw=0.5)
         rho = doc["metrics"]["statistics"].get("attribution_spearman", {}).get("observed")
         ax.set(xlabel="real ablation", ylabel="attribution (gradient x activation)",
-               title=f"kept edges; Spearman over all pairs {fmt(rho, 2)}")
+               title=f"strongest edges; Spearman over all pairs {fmt(rho, 2)}")
         fig.tight_layout()
         save_figure(fig, fig_dir, "attribution.png", figs)
     return figs
 
 
 def _draw_graph(doc: Mapping[str, Any], plt: Any) -> Any:
-    edges = doc["tables"]["edges"][:120]
+    edges = doc["tables"].get("top_edges", doc["tables"]["edges"])[:120]
     layers = sorted({int(doc["provenance"]["hook"].split(".")[1])} | {int(e["hook"].split(".")[1]) for e in edges})
     nodes: dict[str, tuple[int, int]] = {}
     for u in doc["metrics"]["features"]:
@@ -156,7 +160,8 @@ def _draw_graph(doc: Mapping[str, Any], plt: Any) -> Any:
         a = pos[f"L{layers[0]}/{e['upstream']}"]
         b = pos[f"L{e['hook'].split('.')[1]}/{e['downstream']}"]
         ax.plot([a[0], b[0]], [a[1], b[1]], color="C3" if e["weight"] > 0 else "C0",
-                lw=0.3 + 2.5 * abs(e["weight"]) / lim, alpha=0.6)
+                lw=0.3 + 2.5 * abs(e["weight"]) / lim, alpha=0.8 if e.get("kept", True) else 0.5,
+                ls="-" if e.get("kept", True) else ":")
     for n, (x, y) in pos.items():
         ax.plot([x], [y], "o", color="k", ms=3)
         if len(by_layer[nodes[n][0]]) <= 40:
@@ -164,7 +169,8 @@ def _draw_graph(doc: Mapping[str, Any], plt: Any) -> Any:
     ax.set_xticks(range(len(layers)))
     ax.set_xticklabels([f"layer {L}" for L in layers])
     ax.set_yticks([])
-    ax.set_title("kept edges (red: ablation raises the downstream feature, blue: lowers it)")
+    ax.set_title("strongest edges (solid: beyond the null, dotted: not; red: ablation raises the downstream "
+                 "feature, blue: lowers it)", fontsize=9)
     for s in ("top", "right", "left"):
         ax.spines[s].set_visible(False)
     fig.tight_layout()
@@ -178,8 +184,8 @@ def _graph_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
           "an edge's weight is the downstream feature's code change summed over the tokens, per token the upstream "
           "feature fires on, in units of its layer's mean active code. "
           f"Edge p-values: max-statistic over all downstream features, against {pr['n_null']} random live features of "
-          f"matched frequency, each ablated alike; edges with p <= {pr['alpha']:g} are kept "
-          f"({m['n_edges']} edges, `graph.graphml`).", ""]
+          f"matched frequency, each ablated alike; edges with p <= {pr['alpha']:g} are kept: {m['n_edges']} edges. "
+          f"`graph.graphml` holds them and the {pr['top']} strongest edges, kept or not (attribute `kept`).", ""]
     L += statistic_rows(m["statistics"], [k for k, v in m["statistics"].items() if v.get("null")])
     ag = m.get("attribution_agreement") or {}
     if ag:
@@ -197,10 +203,11 @@ def _graph_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     for key, title in (("graph", "graph"), ("heatmap", "heatmap"), ("attribution", "attribution")):
         if key in figs:
             L += ["", f"![{title}](figures/{figs[key]})"]
-    L += ["", "## Strongest edges", "", "| upstream | downstream | weight | attribution | p |", "|---|---|---|---|---|"]
-    for e in t["edges"][:30]:
+    L += ["", "## Strongest edges", "", "| upstream | downstream | weight | attribution | p | kept |",
+          "|---|---|---|---|---|---|"]
+    for e in t.get("top_edges", t["edges"])[:30]:
         L.append(f"| {e['upstream']} | {short_hook(e['hook'])}/{e['downstream']} | {e['weight']:+.3f} | "
-                 f"{fmt(e.get('attribution'))} | {fmt_p(e['p_value'])} |")
+                 f"{fmt(e.get('attribution'))} | {fmt_p(e['p_value'])} | {'yes' if e.get('kept') else 'no'} |")
     return _tail(L)
 
 

@@ -324,12 +324,14 @@ class _null:
 
 
 def matched_features(frequency: np.ndarray, targets: Sequence[int], n_draws: int, seed: int,
-                     window: int = 20) -> np.ndarray:
+                     window: int = 20, exclude: Sequence[int] = ()) -> np.ndarray:
     """``n_draws`` sets of live features, each feature drawn from the ``window`` live non-target features
-    nearest in activation frequency to its target (a frequency-matched null). Shape (n_draws, len(targets))."""
+    nearest in activation frequency to its target (a frequency-matched null), none of ``exclude``; a set
+    repeats no feature. Shape (n_draws, len(targets))."""
     freq = np.asarray(frequency, dtype=np.float64)
     targets = [int(t) for t in targets]
-    cand = np.array([i for i in np.flatnonzero(freq > 0) if i not in set(targets)])
+    banned = set(targets) | {int(e) for e in exclude}
+    cand = np.array([i for i in np.flatnonzero(freq > 0) if i not in banned])
     if len(cand) < len(targets):
         raise DataError(f"only {len(cand)} other features fire on the measured tokens; a frequency-matched null needs "
                         f"at least {len(targets)}: measure on more text or use fewer features")
@@ -352,12 +354,10 @@ def matched_features(frequency: np.ndarray, targets: Sequence[int], n_draws: int
     return out
 
 
-def _summary(e: Effect, lab: FeatureLab, threshold: float) -> dict[str, Any]:
-    """Scalars of an effect: mean shift, mean KL, features changed and total |change| per later hook."""
-    return {"shift": None if e.shift is None else float(e.shift.mean()),
-            "kl": None if e.kl is None else float(e.kl.mean()),
-            "changed": {h: int((e.mean_abs_change[h] > threshold * lab.code_scale[h]).sum()) for h in lab.later},
-            "abs_change": {h: float(e.mean_abs_change[h].sum()) for h in lab.later}}
+def _changed(e: Effect, lab: FeatureLab, threshold: float, per: float = 1.0) -> list[int]:
+    """Per later hook, the features whose mean |code change| (times ``per``) exceeds ``threshold`` x the
+    layer's mean active code."""
+    return [int((per * e.mean_abs_change[h] > threshold * lab.code_scale[h]).sum()) for h in lab.later]
 
 
 # ------------------------------------------------------------------------------------------
@@ -408,14 +408,16 @@ def measure_dose(lab: FeatureLab, features: Sequence[int], *, factors: Sequence[
     null_feats = matched_features(lab.frequency, feats, n_null, seed)
 
     def run(fs: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # a downstream change counts per token the set fires on (the scaling changes nothing elsewhere)
+        fire = int((lab.codes0[lab.hook][:, list(fs)] > 0).any(1).sum())
+        per = lab.n_tokens / max(fire, 1)
         sh, kl, ch = [], [], []
         for a in factors:
             with intervene(lab.model, sae, lab.hook, fs, "scale", value=a, start=lab.start):
                 e = lab.measure()
-            s = _summary(e, lab, threshold)
             sh.append(e.shift)
             kl.append(e.kl)
-            ch.append([s["changed"][h] for h in lab.later])
+            ch.append(_changed(e, lab, threshold, per))
             if progress:
                 progress()
         return np.array(sh), np.array(kl), np.array(ch)
@@ -478,11 +480,15 @@ def measure_graph(lab: FeatureLab, features: Sequence[int], *, n_null: int = 50,
     feats = check_features(sae, features)
     if n_null < 2:
         raise ConfigError(f"n_null must be at least 2 random features, got {n_null}; 50 is the default")
+    # n_null distinct random live features, each matched in frequency to an upstream feature drawn at random
+    live_others = int(sum(1 for f in np.flatnonzero(lab.frequency > 0) if int(f) not in feats))
+    if n_null > live_others:
+        raise DataError(f"only {live_others} other features fire on the measured tokens, fewer than the {n_null} "
+                        "random features asked for: ask for fewer null draws")
     rng = np.random.default_rng([seed, 0x6A])
-    null_feats = matched_features(lab.frequency, [feats[int(i)] for i in rng.integers(len(feats), size=n_null)], 1,
-                                  seed)[0] if n_null <= len([f for f in np.flatnonzero(lab.frequency > 0) if f not in feats]) else None
-    if null_feats is None:
-        raise DataError(f"too few live features for {n_null} distinct random ones: ask for fewer with n_null")
+    like = [feats[int(i)] for i in rng.integers(len(feats), size=n_null)]
+    null_feats = matched_features(lab.frequency, like, 1, seed, exclude=feats)[0]
+
     def fires(fs: Sequence[int]) -> np.ndarray:
         return (lab.codes0[lab.hook][:, [int(f) for f in fs]] > 0).sum(0).numpy().astype(np.int64)
 
