@@ -52,6 +52,8 @@ def package_versions() -> dict[str, str]:
 
 
 def fmt(x: Any, nd: int = 3) -> str:
+    if x is None:
+        return "–"
     if isinstance(x, (float, np.floating)):
         return "nan" if not np.isfinite(x) else f"{x:.{nd}f}"
     return str(x)
