@@ -93,3 +93,24 @@ def test_bad_interventions_say_what_is_expected(setup, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         with intervene(m, sae, HOOK, **kwargs):
             pass
+
+
+def test_interventions_reach_the_tokens_a_generation_adds(setup):
+    """Generation inside the block is intervened on at every new token (cached generation runs each new token as
+    a pass of its own), and an intervention that changes nothing generates exactly the clean text."""
+    m, sae, ids, clean, x = setup
+    prompt = ids[:1, :4]
+
+    def gen():
+        with torch.no_grad():
+            return m.generate(prompt, max_new_tokens=6, do_sample=False, use_past_kv_cache=True, verbose=False)
+
+    plain = gen()
+    with intervene(m, sae, HOOK, [0, 1, 2], "scale", value=1.0):
+        assert torch.equal(gen(), plain)
+    seen = []
+    with intervene(m, sae, HOOK, [3], "add", value=50.0):
+        with m.hooks(fwd_hooks=[(HOOK, lambda a, hook: seen.append(a.shape[1]))]):
+            steered = gen()
+    assert not torch.equal(steered[:, 4:], plain[:, 4:])
+    assert seen[0] == 4 and seen[1:] == [1] * (len(seen) - 1) and len(seen) == 6  # the prompt, then each new token
