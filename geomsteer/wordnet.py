@@ -423,3 +423,27 @@ def concept_words(concepts: Sequence[str], wordnet: WordNet | None = None) -> tu
     counts = {"per_concept": {c: sum(owner[w] == [c] for w in found[c]) for c in concepts},
               "ambiguous_dropped": sum(len(cs) > 1 for cs in owner.values())}
     return words, [owner[w][0] for w in words], counts
+
+
+def category_memberships(words: Sequence[str], min_size: int = 5, max_fraction: float = 0.5,
+                         wordnet: WordNet | None = None) -> tuple[list[str], np.ndarray]:
+    """The WordNet noun categories of plain words: a word belongs to every ancestor (hypernym closure,
+    instance hypernyms included) of its first noun sense ``<word>.n.01``. Categories with fewer than
+    ``min_size`` of the words, or more than ``max_fraction`` of them (entity, object: no information),
+    are left out. Returns the category names (sorted) and a (n_words, n_categories) boolean matrix;
+    a word without a noun sense belongs to nothing."""
+    wn = wordnet or load_wordnet()
+    anc = [(_ancestors(wn, f"{w}.n.01") if f"{w}.n.01" in wn else set()) for w in words]
+    counts: dict[str, int] = defaultdict(int)
+    for a in anc:
+        for c in a:
+            counts[c] += 1
+    names = sorted(c for c, n in counts.items() if min_size <= n <= max_fraction * len(words))
+    col = {c: j for j, c in enumerate(names)}
+    M = np.zeros((len(words), len(names)), dtype=bool)
+    for i, a in enumerate(anc):
+        for c in a:
+            j = col.get(c)
+            if j is not None:
+                M[i, j] = True
+    return names, M
