@@ -474,7 +474,7 @@ class FeatureResult(Result):
         self.kind = result.analyzer
         self.analyzer = analyzer
         self.default_table = {"feature_dose": "dose", "feature_graph": "edges", "feature_compare": "methods",
-                              "feature_relations": "features"}.get(
+                              "feature_relations": "features", "sae_labels": "labels"}.get(
             result.analyzer)
 
     def figures(self) -> dict[str, Any]:
@@ -493,7 +493,8 @@ class FeatureResult(Result):
 
     def summary_lines(self) -> list[str]:
         p, m = self.provenance, self.result.metrics
-        lines = [f"{p.get('model')}, interventions at {p.get('hook')}, read at {', '.join(p.get('later_hooks', []))}"]
+        lines = [f"{p.get('model')}, interventions at {p.get('hook')}, read at {', '.join(p.get('later_hooks', []))}"
+                 if p.get("later_hooks") else f"{p.get('model')}, SAE at {p.get('hook')}"]
         if m.get("verdict"):
             lines.append(m["verdict"])
         return lines

@@ -79,3 +79,36 @@ def test_wordnet_memberships_follow_the_hypernym_closure():
     assert M[3, col["tree.n.01"]] and M[4, col["tree.n.01"]]
     assert not M[5].any()  # no noun sense: no category
     assert "entity.n.01" not in col  # five of six words: above max_fraction
+
+
+def test_sae_label_command_on_a_tiny_model(tmp_path, capsys):
+    """'geomsteer sae label' end to end on a tiny local model and a random SAE: the files, the statistic's shape,
+    and a message for bad input."""
+    import json
+
+    import torch
+    import transformers as tf
+    from test_steering_analyzers import random_sae
+
+    from geomsteer import cli, models, saes
+
+    tok = models.load_tokenizer("gemma-3-270m")
+    torch.manual_seed(0)
+    m = tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, max_position_embeddings=64, sliding_window=32))
+    m.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    sae = saes.save_sae(random_sae(16, 24, "blocks.0.hook_resid_post", k=4), tmp_path / "sae",
+                        extra={"hook": "blocks.0.hook_resid_post"})
+    out = tmp_path / "labels"
+    assert cli.main(["sae", "label", str(sae), "--model", str(tmp_path / "model"), "--words", "300",
+                     "--min-category", "5", "--null-draws", "5", "--out", str(out)]) == 0
+    doc = json.loads((out / "result.json").read_text())
+    st = doc["metrics"]["statistics"]["labelled_fraction"]
+    assert set(st) >= {"observed", "ci95", "null", "effect_size", "p_value", "n"}
+    assert doc["tables"]["labels"] and (out / "figures" / "labels.png").is_file()
+    assert "live features labelled" in capsys.readouterr().out
+    assert cli.main(["sae", "label", str(sae), "--model", str(tmp_path / "model"), "--words", "10",
+                     "--out", str(tmp_path / "o")]) == 2
+    assert "--words must be at least 50" in capsys.readouterr().err

@@ -39,7 +39,9 @@ def enrichment(fires: np.ndarray, M: np.ndarray) -> tuple[np.ndarray, np.ndarray
     N = fires.shape[0]
     n = F.sum(0)[:, None]
     K = M.sum(0)[None, :]
-    p = hypergeom.sf(k - 1, N, K, n)
+    p = np.ones_like(k)
+    hit = k > 0  # P(X >= 0) = 1: only overlaps need the tail (most pairs have none)
+    p[hit] = hypergeom.sf(k[hit] - 1, N, np.broadcast_to(K, k.shape)[hit], np.broadcast_to(n, k.shape)[hit])
     return np.clip(p, 0.0, 1.0), k
 
 

@@ -56,10 +56,41 @@ def add_parser(sub: Any) -> None:
     option(ins, "--contexts", S.inspect, "n_contexts", "how many contexts", type=positive_int)
     ins.add_argument("--html", type=Path, default=None, help="where to write the card (default: DIR/cards/feature-N.html)")
 
+    lb = sae_sub.add_parser(
+        "label",
+        help="label every feature with the WordNet category enriched among the words it fires on",
+        description=("Read plain WordNet nouns at the SAE's hook and label each feature with the WordNet category most "
+                     "enriched among the words it fires on (hypergeometric test, Benjamini-Hochberg), with precision "
+                     "and recall; no language-model judge. The fraction of live features with a significant label "
+                     "stands beside the same fraction with the words' categories shuffled."),
+    )
+    lb.add_argument("sae_dir", type=Path, metavar="DIR", help="an SAE directory written by 'geomsteer sae train'")
+    lb.add_argument("--model", default=None, help="the model (default: the one the SAE records)")
+    option(lb, "--words", S.label, "n_words", "WordNet nouns read", type=positive_int)
+    option(lb, "--template", S.label, "template", "text before each word ('' reads the word alone)")
+    option(lb, "--min-category", S.label, "min_category", "smallest category tested, in words", type=positive_int)
+    option(lb, "--alpha", S.label, "alpha", "adjusted p below which a label is significant", type=float)
+    option(lb, "--null-draws", S.label, "n_null", "shuffles of the words' categories", type=int)
+    output_args(lb, "seed for the word draw and the shuffles (default: 0)")
+
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.sae_command == "inspect":
         return _inspect(args)
+    if args.sae_command == "label":
+        res = run_and_save(args, argv, lambda: S.label(
+            args.sae_dir, args.model, n_words=args.words, template=args.template, min_category=args.min_category,
+            alpha=args.alpha, n_null=args.null_draws, seed=args.seed))
+        from .common import null_line
+
+        st = res.metrics["statistics"]["labelled_fraction"]
+        print(f"{res.metrics['n_significant']} of {res.result.provenance['n_live']} live features labelled; fraction "
+              f"{null_line(st)}")
+        for r in res.result.tables["labels"][:10]:
+            print(f"  {r['feature']:6d}  {r['label']:<28} p {r['q_value']:.1e}  precision {r['precision']:.2f}  "
+                  f"recall {r['recall']:.2f}")
+        print(f"Report: {Path(args.out) / 'report.md'}")
+        return 0
     res = run_and_save(args, argv, lambda: S.train(
         args.model, args.hook, tokens=args.tokens, d_sae=args.d_sae, architecture=args.architecture, k=args.k,
         corpus_files=args.corpus, seed=args.seed, batch_size=args.batch_size, lr=args.lr,

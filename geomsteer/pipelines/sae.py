@@ -19,7 +19,7 @@ from ..saes import SaeDir, read_sae_dir
 from ..types import AnalysisResult
 from .common import check_output_dir, with_command
 
-__all__ = ["train", "load", "inspect", "held_out_tokens"]
+__all__ = ["train", "load", "inspect", "label", "held_out_tokens"]
 
 
 def held_out_tokens(store: Any, hook: str) -> dict[str, np.ndarray]:
@@ -182,3 +182,65 @@ def inspect(sae: str | Path | SaeDir, feature: int, n_contexts: int = 10, model:
             k: info.get(k) for k in ("model", "hook", "architecture", "d_sae", "k", "tokens", "seed")}},
     }
     return FeatureCard(card, lambda path, force, command: write_feature_card(path, card))
+
+
+def label(sae: str | Path | SaeDir, model: Any = None, *, n_words: int = 4000, template: str = "",
+          min_category: int = 10, max_fraction: float = 0.5, min_fires: int = 3, alpha: float = 0.05,
+          n_null: int = 100, seed: int = 0) -> Any:
+    """WordNet labels for the SAE's features without a language-model judge (what ``geomsteer sae label`` runs).
+
+    ``n_words`` plain WordNet nouns (drawn at random, seeded) are read at the SAE's hook, each after
+    ``template`` (default: the word alone after the start token); a feature's label is the WordNet category
+    most enriched among the words it fires on (hypergeometric test, Benjamini-Hochberg), with its precision
+    and recall; the fraction of live features with a significant label stands beside shuffled memberships."""
+    import re
+
+    from ..analyzers.labels import FeatureLabeler
+    from ..pipelines.concepts import words_in_context
+    from ..reports.features import write_features_report
+    from ..results import FeatureResult
+    from ..wordnet import category_memberships, load_wordnet
+    from . import common
+
+    if n_words < 50:
+        raise ConfigError(f"--words must be at least 50 to test enrichment, got {n_words}")
+    if not 0 < alpha < 1:
+        raise ConfigError(f"--alpha must lie between 0 and 1, got {alpha!r}")
+    if n_null < 2:
+        raise ConfigError(f"--null-draws must be at least 2 shuffles, got {n_null}")
+    t0 = time.perf_counter()
+    sd = read_sae_dir(sae)
+    if not sd.hook:
+        from ..errors import DataError
+
+        raise DataError(f"the SAE at {str(sd.path)!r} does not record its hook; expected an SAE written by "
+                        "'geomsteer sae train'")
+    if model is None:
+        if not sd.model:
+            raise ConfigError(f"the SAE at {str(sd.path)!r} does not name its model: pass the model")
+        model = sd.model
+    wn = load_wordnet()
+    plain = re.compile(r"[a-z]{3,}")
+    nouns = sorted({s.name.rpartition(".n.")[0] for s in wn.all("n")
+                    if s.name.endswith(".n.01") and plain.fullmatch(s.name.rpartition(".n.")[0])})
+    rng = np.random.default_rng([seed, 0x1AB])
+    words = [str(w) for w in rng.choice(nouns, min(n_words, len(nouns)), replace=False)]
+    with step(f"Reading {len(words)} WordNet nouns at {sd.hook}"):
+        X, kept, _ = words_in_context(model, words, sd.hook, templates=(template,))
+    from .. import saes
+
+    codes = saes.encode(sd.sae, np.asarray(X, dtype=np.float32))
+    cats, M = category_memberships(kept, min_size=min_category, max_fraction=max_fraction, wordnet=wn)
+    with step(f"Testing {codes.shape[1]} features against {len(cats)} WordNet categories ({n_null} shuffles)"):
+        an = FeatureLabeler(alpha=alpha, min_fires=min_fires, n_null=n_null, seed=seed).fit(codes, M, cats, words=kept)
+    res = an.result()
+    res.params.update({"n_words": n_words, "template": template, "min_category": min_category,
+                       "max_fraction": max_fraction})
+    prov = common.stamp({"sae": str(sd.path), "model": sd.model or str(model), "hook": sd.hook,
+                         "n_words_read": len(kept), "words": "plain WordNet nouns (first sense), drawn at random"}, t0)
+
+    def write(out, force, command):
+        with step(f"Writing the report to {out}"):
+            return write_features_report("sae_labels", res, common.with_command(prov, command), out, force=force)
+
+    return FeatureResult(res, prov, write, an)

@@ -316,9 +316,53 @@ def _relations_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     return _tail(L)
 
 
+# --------------------------------------------------------------------------------------------- SAE labels
+
+
+def _labels_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, Any]:
+    plt = pyplot()
+    rows = doc["tables"]["labels"]
+    sig = [r for r in rows if r["significant"]]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.scatter([r["recall"] for r in rows if not r["significant"]], [r["precision"] for r in rows if not r["significant"]],
+               s=6, color="0.7", label="not significant")
+    ax.scatter([r["recall"] for r in sig], [r["precision"] for r in sig], s=8, color="C0", label="significant label")
+    ax.set(xlabel="recall (share of the category the feature fires on)",
+           ylabel="precision (share of its words in the category)", title="each live feature's best category")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    figs: dict[str, Any] = {}
+    save_figure(fig, fig_dir, "labels.png", figs)
+    return figs
+
+
+def _labels_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
+    p, m, pr, t = doc["provenance"], doc["metrics"], doc["params"], doc["tables"]
+    L = [f"# SAE feature labels from WordNet: {p['model']}", "",
+         f"Created {doc['created']}. Command: `{' '.join(p.get('command') or ['(library call)'])}`.", "",
+         f"SAE `{p['sae']}` at {p['hook']}. {p['n_words_read']} plain WordNet nouns read at the hook (template "
+         f"{pr['template']!r}); {p['n_live']} features fire on at least {pr['min_fires']} of them; "
+         f"{p['n_categories']} WordNet categories with at least {pr['min_category']} of the words and at most "
+         f"{pr['max_fraction']:.0%} of them. Label: the category most enriched among a feature's words "
+         f"(hypergeometric test, Benjamini-Hochberg across categories, then across features). "
+         f"{m['n_significant']} features get a significant label (adjusted p < {pr['alpha']:g}).", ""]
+    L += statistic_rows(m["statistics"], list(m["statistics"]))
+    if "labels" in figs:
+        L += ["", f"![labels](figures/{figs['labels']})"]
+    L += ["", "| feature | label | adjusted p | fires on | in category | category size | precision | recall | words |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for r in t["labels"][:60]:
+        L.append(f"| {r['feature']} | {r['label']} | {fmt_p(r['q_value'])} | {r['n_fires']} | {r['n_in_category']} | "
+                 f"{r['category_size']} | {r['precision']:.2f} | {r['recall']:.2f} | "
+                 f"{', '.join(r.get('example_words', []))} |")
+    L += ["", "## Provenance", "", "The SAE, model, word draw, timings and package versions are in `result.json`."]
+    return "\n".join(L) + "\n"
+
+
 _KINDS = {
     "feature_dose": (_dose_figures, _dose_markdown),
     "feature_graph": (_graph_figures, _graph_markdown),
     "feature_compare": (_compare_figures, _compare_markdown),
     "feature_relations": (_relations_figures, _relations_markdown),
+    "sae_labels": (_labels_figures, _labels_markdown),
 }
