@@ -91,7 +91,8 @@ class FeatureLabeler(Analyzer):
         if codes.ndim != 2 or M.ndim != 2 or codes.shape[0] != M.shape[0]:
             raise DataError(f"codes {codes.shape} and memberships {M.shape} must have one row per word")
         if M.shape[1] != len(categories):
-            raise DataError(f"{M.shape[1]} membership columns for {len(categories)} category names")
+            raise DataError(f"{M.shape[1]} membership columns for {len(categories)} category names: give one name per "
+                            "column (geomsteer.wordnet.category_memberships returns both)")
         if not 0 < self.alpha < 1:
             raise ConfigError(f"alpha must lie between 0 and 1, got {self.alpha!r}")
         if self.n_null < 2:

@@ -217,7 +217,8 @@ def label(sae: str | Path | SaeDir, model: Any = None, *, n_words: int = 4000, t
                         "'geomsteer sae train'")
     if model is None:
         if not sd.model:
-            raise ConfigError(f"the SAE at {str(sd.path)!r} does not name its model: pass the model")
+            raise ConfigError(f"the SAE at {str(sd.path)!r} does not name the model it was trained on: give it "
+                              "(--model on the command line, model= from Python)")
         model = sd.model
     wn = load_wordnet()
     plain = re.compile(r"[a-z]{3,}")

@@ -19,6 +19,7 @@ frequency (the ``window`` nearest in frequency rank), never a target.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -63,7 +64,7 @@ class FeatureLab:
     """
 
     def __init__(self, model: Any, saes: Mapping[str, Any], hook: str, items: Sequence[Any], neutral: Sequence[str],
-                 *, max_tokens: int = 24, batch_size: int = 16) -> None:
+                 *, max_tokens: int = 24) -> None:
         import torch
 
         from ..activations import bos_ids
@@ -87,7 +88,7 @@ class FeatureLab:
             raise DataError("no evaluation prompts: the target log-odds are read on held-out prompts")
         if not neutral:
             raise DataError("no neutral texts: the side effect (KL) is read on neutral text")
-        self.model, self.saes, self.hook, self.batch_size = model, dict(saes), hook, batch_size
+        self.model, self.saes, self.hook = model, dict(saes), hook
         k = layer_of(hook)
         self.later = sorted((h for h in saes if layer_of(h) > k), key=layer_of)
         if not self.later:
@@ -101,7 +102,7 @@ class FeatureLab:
         rows_b = [head + tok(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in neutral]
         rows_b = [r for r in rows_b if len(r) > self.start]
         if not rows_b:
-            raise DataError("the neutral texts hold no tokens")
+            raise DataError("the neutral texts hold no tokens after the start token: give texts with at least one word")
         self.n_prompts, self.n_texts = len(rows_a), len(rows_b)
         self._a = self._batch(rows_a)
         self._b = self._batch(rows_b)
@@ -113,8 +114,9 @@ class FeatureLab:
         self.ref_p = logp.exp()  # (n_valid_b, vocab): KL(p || q) = sum p log p - sum p log q, the first term fixed
         self.ref_plogp = (self.ref_p * logp).sum(-1, dtype=torch.float64)
         del logp
-        rows_of = self._b["valid"].nonzero()[:, 0]
-        self._b_text = rows_of
+        # the row of every measured token, prompts' then neutral texts' (as x[valid] orders them)
+        self._b_text = self._b["valid"].nonzero()[:, 0]
+        self._row_of_token = torch.cat([self._a["valid"].nonzero()[:, 0], self._b_text])
         self.codes0 = {h: self._encode(h, acts[h], acts_b[h]) for h in [hook, *self.later]}
         self.n_tokens = int(self.codes0[hook].shape[0])
         c = self.codes0[hook]
@@ -136,10 +138,10 @@ class FeatureLab:
         mask = pos < lengths[:, None]
         return {"ids": ids, "mask": mask.long(), "valid": mask & (pos >= self.start), "lengths": lengths}
 
-    def _run(self, batch: dict, hooks: Sequence[str], final: bool = False, all_positions: bool = False,
-             replicas: int = 1) -> tuple[dict[str, Any], Any]:
+    def _run(self, batch: dict, hooks: Sequence[str], final: bool = False,
+             all_positions: bool = False) -> tuple[dict[str, Any], Any]:
         """Residuals at ``hooks`` and (``final``) the logits at each row's last token, or log-probabilities at
-        every valid position (``all_positions``); ``replicas`` copies of the batch run as one."""
+        every valid position (``all_positions``)."""
         import torch
 
         from .apply import unembed_rows
@@ -155,7 +157,7 @@ class FeatureLab:
                     raise _Stop
             return save
 
-        ids, mask = batch["ids"].repeat(replicas, 1), batch["mask"].repeat(replicas, 1)
+        ids, mask = batch["ids"], batch["mask"]
         out = None
         with model.hooks(fwd_hooks=[(h, saver(h)) for h in hooks]):
             try:
@@ -163,8 +165,8 @@ class FeatureLab:
             except _Stop:
                 res = None
         if final and res is not None:
-            where = (batch["valid"].repeat(replicas, 1) if all_positions else
-                     (torch.arange(batch["ids"].shape[0] * replicas), (batch["lengths"] - 1).repeat(replicas)))
+            where = (batch["valid"] if all_positions else
+                     (torch.arange(batch["ids"].shape[0]), batch["lengths"] - 1))
             out = unembed_rows(model, res[where]) if self.hooked else res[where].float()
             if all_positions:
                 out = torch.log_softmax(out, -1)
@@ -177,14 +179,11 @@ class FeatureLab:
             return self.model(ids, attention_mask=mask)
         return self.model(ids, attention_mask=mask, stop_at_layer=self.model.cfg.n_layers if final else self.n_layers_run)
 
-    def _tokens(self, x: Any, batch: dict, replicas: int = 1) -> Any:
-        return x[batch["valid"].repeat(replicas, 1)]
-
     def _encode(self, h: str, xa: Any, xb: Any) -> Any:
         import torch
 
         sae = self.saes[h]
-        X = torch.cat([self._tokens(xa, self._a), self._tokens(xb, self._b)])
+        X = torch.cat([xa[self._a["valid"]], xb[self._b["valid"]]])
         return sae.encode(X.to(sae.W_dec.dtype)).detach()
 
     def _logodds(self, last_logits: Any) -> np.ndarray:
@@ -228,12 +227,6 @@ class FeatureLab:
         n_a = int(self._a["valid"].sum())
         return (torch.unique(self._row_of_token[:n_a][fires[:n_a]]),
                 torch.unique(self._row_of_token[n_a:][fires[n_a:]]))
-
-    @property
-    def _row_of_token(self) -> Any:
-        if not hasattr(self, "_rows_cache"):
-            self._rows_cache = torch_cat_rows(self._a["valid"], self._b["valid"])
-        return self._rows_cache
 
     def replicated(self, deltas: Callable[..., Any], n: int, *, dual: bool = False,
                    rows: Callable[[int], tuple[Any, Any]] | None = None, max_rows: int = 128) -> dict[str, np.ndarray]:
@@ -294,7 +287,7 @@ class FeatureLab:
                             raise _Stop
                     return read
 
-                ctx = fwAD.dual_level() if dual else _null()
+                ctx = fwAD.dual_level() if dual else contextlib.nullcontext()
                 with torch.no_grad(), ctx, self.model.hooks(
                         fwd_hooks=[(self.hook, edit)] + [(h, reader(h)) for h in self.later]):
                     try:
@@ -306,21 +299,6 @@ class FeatureLab:
                     for g, (j, _) in enumerate(group):
                         sums[h][j] += G[tok_bounds[g] : tok_bounds[g + 1]].sum(0)
         return {h: (v / self.n_tokens).numpy() for h, v in sums.items()}
-
-
-def torch_cat_rows(*valids: Any) -> Any:
-    """The row index of every valid token of each batch in turn (row-major, as ``x[valid]`` orders them)."""
-    import torch
-
-    return torch.cat([v.nonzero()[:, 0] for v in valids])
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def matched_features(frequency: np.ndarray, targets: Sequence[int], n_draws: int, seed: int,
