@@ -251,6 +251,38 @@ def unit_activations(model: Any, units: Sequence[str], hooks: Sequence[str], rul
     return {h: X[inv] for h, X in out.items()}, kept, n_tok
 
 
+def token_activations(model: Any, token_ids: Sequence[int], hooks: Sequence[str], template: str = "",
+                      batch_size: int = 256, progress: bool = True,
+                      description: str = "Reading tokens") -> dict[str, np.ndarray]:
+    """Each token's residual at ``hooks`` when it follows ``start + template`` (one forward pass per batch).
+
+    Token ids are taken as they are (a WordNet hierarchy's tokens are single-token words, the
+    word-start marker included), so every row has the same length and nothing is padded. Returns
+    ``{hook: (n, d) float32}`` in the order of ``token_ids``.
+    """
+    hooks = check_hooks(model, hooks)
+    ids_in = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    vocab = int(model.cfg.d_vocab)
+    if ids_in.size and (ids_in.min() < 0 or ids_in.max() >= vocab):
+        raise DataError(f"token ids must lie in 0..{vocab - 1} for this model, got ids from {ids_in.min()} to "
+                        f"{ids_in.max()}; take them from the same model's tokenizer")
+    tok = model.tokenizer
+    head = bos_ids(model) + (tok(template, add_special_tokens=False)["input_ids"] if template else [])
+    d = int(model.cfg.d_model)
+    out = {h: np.empty((len(ids_in), d), dtype=np.float32) for h in hooks}
+    with counter(description, len(ids_in), "tokens", enabled=progress) as advance:
+        for b in range(0, len(ids_in), batch_size):
+            chunk = ids_in[b : b + batch_size]
+            ids = np.empty((len(chunk), len(head) + 1), dtype=np.int64)
+            ids[:, :-1] = head
+            ids[:, -1] = chunk
+            acts = _forward(model, ids, np.ones(ids.shape, dtype=bool), hooks)
+            for h in hooks:
+                out[h][b : b + len(chunk)] = acts[h][:, -1].float().cpu().numpy()
+            advance(len(chunk))
+    return out
+
+
 _WORD = None
 
 

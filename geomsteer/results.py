@@ -17,7 +17,7 @@ import numpy as np
 from .types import AnalysisResult
 
 __all__ = ["Result", "AnalyzerResult", "HierarchyResult", "SimilarityResult", "MapperResult", "ClusterResult", "SteeringResult",
-           "VectorsResult", "SaeResult", "FeatureCard", "CategoryDirections", "find_statistics"]
+           "VectorsResult", "HierarchyLayersResult", "SaeResult", "FeatureCard", "CategoryDirections", "find_statistics"]
 
 Writer = Callable[[Path, bool, Sequence[str] | None], Path]
 
@@ -241,6 +241,49 @@ class HierarchyResult(Result):
         from .reports.hierarchy import conclusions
 
         return conclusions(self.result)
+
+
+class HierarchyLayersResult(Result):
+    """Park et al.'s statistics at each layer of the residual stream (``gs.hierarchy(model, layers=...)``)."""
+
+    kind = "hierarchy_layers"
+    default_table = "by_layer"
+
+    def __init__(self, result: AnalysisResult, provenance: Mapping[str, Any], writer: Writer, analyzer: Any,
+                 hierarchy: Any):
+        super().__init__(result, provenance, writer)
+        self.analyzer = analyzer
+        self.hierarchy = hierarchy
+
+    def directions(self, layer: int | str) -> "CategoryDirections":
+        """Category name -> its direction at ``layer`` (a block number or hook name), in the residual stream."""
+        from .hooks import resid_hook
+
+        key = resid_hook(layer) if isinstance(layer, (int, np.integer)) else str(layer)
+        art = self.result.artifacts
+        if key not in art["directions"]:
+            from .errors import ConfigError
+
+            raise ConfigError(f"no layer {layer!r} in this result: it has {', '.join(art['directions'])}")
+        return CategoryDirections(art["names"], art["directions"][key])
+
+    def emergence(self, alpha: float = 0.01) -> dict[str, dict[str, Any]]:
+        """Per statistic: the first layer beyond its most conservative null (Holm across layers) and the layer of
+        its largest effect."""
+        from .reports.hierarchy_layers import emergence
+
+        return emergence(self.result.tables["by_layer"], alpha)
+
+    def plot_by_layer(self) -> Any:
+        """Each statistic by layer beside its most conservative null (mean ± 2 sd)."""
+        from .reports.hierarchy_layers import by_layer_figure, doc_of
+
+        return by_layer_figure(doc_of(self.result, self.provenance))
+
+    def summary_lines(self) -> list[str]:
+        p = self.result.provenance
+        return [f"{self.provenance.get('model')}: {p.get('n_categories')} WordNet categories at {p.get('n_layers')} "
+                f"layers, {p.get('n_tokens_read')} tokens read"]
 
 
 class CategoryDirections(Mapping):

@@ -133,3 +133,21 @@ def pytest_collection_modifyitems(session, config, items):
         if not any(item.iter_markers("xdist_group")):
             item.add_marker(pytest.mark.xdist_group(item.path.name))
     items.sort(key=lambda item: rank.get(_group(item), len(FIRST)))  # stable: order within a group is kept
+
+
+def tiny_gemma_dir(root, n_layers=3, hidden=16, seed=0):
+    """A Gemma 3 architecture with random weights and Gemma's tokenizer, saved as a local model directory
+    (what a user passes as --model PATH)."""
+    import torch
+    import transformers as tf
+
+    from geomsteer import models
+
+    tok = models.load_tokenizer("gemma-3-270m")
+    torch.manual_seed(seed)
+    m = tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=256, sliding_window=64))
+    m.save_pretrained(root)
+    tok.save_pretrained(root)
+    return str(root)

@@ -125,7 +125,14 @@ class HierarchyAnalyzer(Analyzer):
             )
 
     # -- fitting --------------------------------------------------------------------------
-    def fit(self, unembedding: Directions | np.ndarray, hierarchy: ConceptHierarchy) -> "HierarchyAnalyzer":
+    def fit(self, unembedding: Directions | np.ndarray, hierarchy: ConceptHierarchy,
+            pool: np.ndarray | None = None) -> "HierarchyAnalyzer":
+        """Estimate the directions and measure every statistic against its nulls.
+
+        ``pool``: the row ids held-out tokens are compared with (default: ``n_random_tokens`` rows drawn
+        at random from the whole matrix). Give it when the rows are not a vocabulary, e.g. activations
+        of the tree's words plus a sample of other tokens (:class:`LayerHierarchyAnalyzer`).
+        """
         import time
 
         from .._progress import step, track
@@ -154,7 +161,13 @@ class HierarchyAnalyzer(Analyzer):
         with step("Whitening the unembedding (causal inner product)") if not quiet else contextlib.nullcontext():
             wh = fit_whitening(gamma, self.eig_floor)
         used = np.unique(np.concatenate(token_sets))
-        pool = np.sort(rng.choice(V, size=min(self.n_random_tokens, V), replace=False))
+        if pool is None:
+            pool = np.sort(rng.choice(V, size=min(self.n_random_tokens, V), replace=False))
+        else:
+            pool = np.unique(np.asarray(pool, dtype=np.int64))
+            if pool.size == 0 or pool.min() < 0 or pool.max() >= V:
+                raise DataError(f"pool must hold row ids in 0..{V - 1}, got {pool.size} ids"
+                                + (f" from {pool.min()} to {pool.max()}" if pool.size else ""))
         rows = np.unique(np.concatenate([used, pool]))
         g_cache = RowCache(rows, wh(gamma[rows]))
         g = g_cache.get

@@ -239,6 +239,8 @@ def measure_statistics(L_train: np.ndarray, g: Callable[[np.ndarray], np.ndarray
         member[token_sets[i]] = True
         pr = Pp[~member[pool], i] / nn[i]
         member[token_sets[i]] = False
+        if pr.size == 0:  # every pool token is in the category (a null draw over a small vocabulary)
+            continue
         pt = P[np.searchsorted(ids, te), i] / nn[i]
         test_proj[i], rand_proj[i] = pt.mean(), pr.mean()
         if train_projection:

@@ -37,12 +37,34 @@ def add_parser(sub: Any) -> None:
            "draws of each null distribution (about 4 s each on 2 cores; p-values use a t-test on the draws, so they "
            "can go below 1/(draws+1))", type=positive_int)
     h.add_argument("--no-baselines", action="store_true", help="skip the nulls and contrasts (faster; not for reporting)")
+    g = h.add_argument_group(
+        "inside the model (--layers)",
+        "With --layers the statistics are measured in the residual stream after each chosen block instead of the "
+        "unembedding: every token of the tree and --pool other word tokens are read after the start token and "
+        "--template, and each layer's activation covariance is the inner product. Writes result.json (statistics "
+        "by layer, Holm-adjusted across layers), directions.safetensors (each category's direction at each "
+        "layer), report.md and figures/.")
+    g.add_argument("--layers", default=None,
+                   help="'all', 'every:K' or block numbers such as 0,6,12 (default: the unembedding, no layers)")
+    option(g, "--template", hierarchy, "template", "text between the start token and each word")
+    option(g, "--pool", hierarchy, "n_pool", "whole-word tokens held-out words are compared with", type=positive_int)
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     r = run_and_save(args, argv, lambda: hierarchy(
         args.model, pos=args.pos, min_tokens=args.min_tokens, seed=args.seed, null_draws=args.null_draws,
-        baselines=not args.no_baselines, device=args.device, dtype=args.dtype))
+        baselines=not args.no_baselines, device=args.device, dtype=args.dtype, layers=args.layers,
+        template=args.template, n_pool=args.pool))
+    if args.layers is not None:
+        em = r.emergence()
+        print(f"{len(r.analyzer.names_)} categories at {len(r.analyzer.layers_)} layers; per statistic, the first layer "
+              "beyond the most conservative null (Holm across layers, p < 0.01) and the largest effect:")
+        for s, e in em.items():
+            print(f"  {s:<28} first {e['first_layer_beyond_null'] or 'none':<26} in {e['n_layers_beyond_null']} layers; "
+                  f"largest effect {e['largest_effect'] if e['largest_effect'] is None else round(e['largest_effect'], 1)}"
+                  f" at {e['largest_effect_layer']}")
+        print(f"Report: {Path(args.out) / 'report.md'}")
+        return 0
     print(f"{len(r.analyzer.names_)} categories; statistic: observed [95% CI], effect size and p against the most "
           "conservative null")
     for k, st in r.metrics.items():
