@@ -462,7 +462,8 @@ class SteeringResult(Result):
         super().__init__(result, provenance, writer)
         self.kind = result.analyzer
         self.default_table = {"steering_apply": "generations", "steering_sweep": "grid",
-                              "steering_decomposition": "features", "steering_propagation": "grid"}.get(
+                              "steering_decomposition": "features", "steering_propagation": "grid",
+                              "steering_hierarchy": "matched"}.get(
             result.analyzer)
 
     def plot_dose_response(self) -> Any:

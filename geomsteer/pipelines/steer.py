@@ -16,7 +16,7 @@ from ..steering import DEFAULT_POSITION
 from ..types import AnalysisResult
 from .common import DEFAULT_SEED, check_null_draws, sae_dirs, stamp, with_command
 
-__all__ = ["compute", "apply", "sweep", "decompose", "propagate"]
+__all__ = ["compute", "apply", "sweep", "decompose", "propagate", "hierarchy"]
 
 
 def _result(kind: str, provenance: dict, res: AnalysisResult, t0: float, files: dict | None = None) -> SteeringResult:
@@ -305,3 +305,162 @@ def propagate(model: Any, vectors: Any, saes: Sequence[Any], eval: Any = "sentim
             "saes": {h: str(sd.path) for h, sd in by_hook.items()}, "eval": eval_path, "eval_sha256": eval_sha,
             "n_prompts": len(items)}
     return _result("steering_propagation", prov, prop.result(), t0)
+
+
+def _find_category(hier: Any, name: str) -> str:
+    """The tree's node for a synset name (one merged into a node by chain merging maps to that node)."""
+    if name in hier.graph:
+        return name
+    for n in hier.graph:
+        if name in hier.graph.nodes[n].get("merged", []):
+            return n
+    close = sorted(n for n in hier.graph if n.split(".")[0] == name.split(".")[0])
+    raise ConfigError(f"unknown category {name!r}: expected a WordNet noun synset with more than the minimum number "
+                      f"of single tokens for this tokenizer, such as animal.n.01 or mammal.n.01"
+                      + (f"; did you mean {', '.join(close[:3])}?" if close else "; lower --min-tokens to keep "
+                         "smaller categories"))
+
+
+def _parse_pair(text: str) -> tuple[str, str]:
+    parts = [p.strip() for p in str(text).split(">")]
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--pair {text!r}: expected PARENT>CHILD, e.g. animal.n.01>mammal.n.01")
+    return parts[0], parts[1]
+
+
+def hierarchy(model: Any, pairs: Sequence[str] = ("animal.n.01>mammal.n.01", "animal.n.01>bird.n.01"), *,
+              layer: int = 6, template: str = "Look at the", norms: Sequence[float] = (0.125, 0.25, 0.5, 1.0),
+              ref_norm: float = 0.5, target_gain: float = 1.0, min_tokens: int = 50, n_pool: int = 1000,
+              n_null: int = 20, seed: int = DEFAULT_SEED, prompts: Sequence[str] | None = None) -> SteeringResult:
+    """Steering along the WordNet hierarchy (what ``geomsteer steer hierarchy`` runs).
+
+    For each ``PARENT>CHILD`` pair, concept vectors at ``layer`` (LDA with the activation covariance, CAA
+    mean differences, and at the last layer the unembedding's LDA vectors; see
+    :mod:`geomsteer.steering.hierarchy`) are added at ``norms`` (multiples of the words' root-mean-square
+    distance from their mean activation at that layer) on prompts whose next token is a noun; measured: the next-token mass on the
+    child's tokens, on the parent's other tokens and outside the parent, beside covariance-shaped random
+    directions and the same constructions on nested random sets. Also Park et al.'s orthogonality for the CAA
+    vectors of every edge of the tree, against nested random sets.
+    """
+    from .. import models
+    from .._progress import say
+    from ..activations import token_activations
+    from ..analyzers.lda import fit_whitening
+    from ..analyzers.steer_hierarchy import CaaOrthogonality, HierarchySteering
+    from ..steering.hierarchy import (PROMPTS, VECTOR_TYPES, ConceptRows, MassProbe, concept_vectors, cov_half,
+                                      measure_grid, nested_random_rows, unembedding_vectors)
+    from ..steering.nulls import covariance_directions
+    from ..wordnet import build_hierarchy, load_wordnet
+    from .hierarchy import word_pool
+
+    import numpy as np
+
+    parsed = [_parse_pair(p) for p in ([pairs] if isinstance(pairs, str) else pairs)]
+    if not parsed:
+        raise ConfigError("no pairs given: expected one or more PARENT>CHILD, e.g. animal.n.01>mammal.n.01")
+    norms = sorted({float(x) for x in norms})
+    if not norms or any(not (math.isfinite(x) and x > 0) for x in norms):
+        raise ConfigError(f"--norms must be positive numbers (multiples of the words' spread), got {norms}")
+    if float(ref_norm) not in norms:
+        raise ConfigError(f"--ref-norm {ref_norm} must be one of --norms {norms}")
+    check_null_draws(n_null, allow_zero=False)
+    if not (isinstance(n_pool, int) and n_pool >= 50):
+        raise ConfigError(f"--pool must be at least 50 comparison tokens, got {n_pool!r}")
+    t0 = time.perf_counter()
+    tl, resolved = models.use_model(model)
+    n_layers = int(tl.cfg.n_layers)
+    if not (isinstance(layer, (int, np.integer)) and 0 <= layer < n_layers):
+        raise ConfigError(f"--layer {layer!r}: {resolved.name} has layers 0..{n_layers - 1}")
+    hook = resid_hook(int(layer))
+    vocab = dict(tl.tokenizer.get_vocab())
+    with step("Building the WordNet noun hierarchy for this tokenizer"):
+        hier = build_hierarchy(vocab, pos="n", min_tokens=min_tokens, tokenizer=type(tl.tokenizer).__name__)
+    import networkx as nx
+
+    nodes = []
+    for parent, child in parsed:
+        p, c = _find_category(hier, parent), _find_category(hier, child)
+        if p == c or c not in nx.descendants(hier.graph, p):
+            raise ConfigError(f"--pair {parent}>{child}: {child} is not below {parent} in the tree for this tokenizer "
+                              f"(it sits under {hier.parent(c) or 'nothing'}); give a parent and one of its descendants")
+        nodes.append((p, c))
+    names = hier.names
+    tree = np.unique(np.concatenate([hier.tokens(n) for n in names]))
+    pool = word_pool(vocab, hier.word_start, n_pool, seed)
+    ids = np.union1d(tree, pool)
+    row = {int(t): i for i, t in enumerate(ids)}
+    tree_rows = np.array([row[int(t)] for t in tree])
+    baseline = np.array([row[int(t)] for t in np.setdiff1d(pool, tree)])
+    X = token_activations(tl, ids, [hook], template=template,
+                          description=f"Reading {len(ids):,} words at {hook}")[hook]
+    wh = fit_whitening(X)
+    half = cov_half(wh)
+    # the norm unit: the words' root-mean-square distance from their mean (the residual's own massive,
+    # nearly constant dimensions would make its raw norm a unit that breaks the model at a quarter of it)
+    scale = float(np.sqrt(np.mean(np.sum((X - X.mean(0, dtype=np.float64)) ** 2, axis=1))))
+    lemmas = load_wordnet()
+    last = int(layer) == n_layers - 1
+    W_U = tl.W_U.detach().float().cpu().numpy() if last else None
+
+    per_pair: dict[str, Any] = {}
+    tables: dict[str, Any] = {"curves": [], "matched": []}
+    rng = np.random.default_rng([seed, 0x57EE])
+    for (parent, child), (p, c) in zip(parsed, nodes):
+        key = f"{p.split('.')[0]}>{c.split('.')[0]}"
+        rows = ConceptRows(np.array([row[int(t)] for t in hier.tokens(p)]), np.array([row[int(t)] for t in hier.tokens(c)]),
+                           baseline)
+        real = concept_vectors(X, rows, wh, half)
+        if last:
+            real.update(unembedding_vectors(W_U, hier.tokens(p), hier.tokens(c)))
+        lemma = lemmas[p].lemmas[0].replace("_", " ") if p in lemmas else p.split(".")[0]
+        texts = [t.replace("{parent}", lemma) for t in (prompts or PROMPTS)]
+        sib = np.setdiff1d(hier.tokens(p), hier.tokens(c))
+        probe = MassProbe(tl, texts, hook, hier.tokens(c), sib)
+        abs_norms = [x * scale for x in norms]
+        nested = {t: [] for t in VECTOR_TYPES}
+        for _ in range(n_null):
+            for t, v in concept_vectors(X, nested_random_rows(tree_rows, rows, rng), wh, half).items():
+                nested[t].append(v)
+        rand = covariance_directions(X, 1.0, n_null, seed=int(rng.integers(1 << 31)))
+        allv = {**real, **{f"nested:{t}:{i}": v for t in VECTOR_TYPES for i, v in enumerate(nested[t])},
+                **{f"random:{i}": v for i, v in enumerate(rand)}}
+        with step(f"{key}: {len(allv)} vectors x {len(norms)} norms on {len(texts)} prompts at {hook}"):
+            grid = measure_grid(probe, allv, abs_norms)
+        clean = grid["clean"]
+        nested_m = {t: np.stack([grid[f"nested:{t}:{i}"] for i in range(n_null)]) for t in VECTOR_TYPES}
+        rand_m = np.stack([grid[f"random:{i}"] for i in range(n_null)])
+        an = HierarchySteering(ref_norm=float(ref_norm), target_gain=target_gain, seed=seed).fit(
+            {t: grid[t] for t in real}, clean, nested_m, rand_m, norms)
+        per_pair[key] = {**an.metrics_, "parent": p, "child": c, "asked": f"{parent}>{child}",
+                         "n_parent_tokens": int(len(rows.parent)), "n_child_tokens": int(len(rows.child)),
+                         "norm_unit": scale, "prompts": texts,
+                         "cos_between_vectors": {f"{a}|{b}": float(real[a] @ real[b]) for i, a in enumerate(real)
+                                                 for b in list(real)[i + 1:]}}
+        tables["curves"] += [{"pair": key, **r} for r in an.curves_]
+        tables["matched"] += [{"pair": key, **r} for r in an.matched_]
+        say(f"  {key}: clean log p(child) {clean[:, 0].mean():.2f}; child gain at {ref_norm} x the norm unit: "
+            + ", ".join(f"{t} {an.metrics_['statistics'][f'child_gain:{t}']['observed']:+.2f}" for t in real))
+
+    idx = {n: i for i, n in enumerate(names)}
+    sets = [np.array([row[int(t)] for t in hier.tokens(n)]) for n in names]
+    edges = np.array([(idx[a], idx[b]) for a, b in hier.graph.edges], dtype=np.int64).reshape(-1, 2)
+    with step(f"CAA orthogonality over {len(edges)} edges ({n_null} nested random draws)"):
+        orth = CaaOrthogonality(n_null_draws=n_null, seed=seed).fit(
+            X, sets, edges, tree_rows, baseline, pairs=np.array([(idx[p], idx[c]) for p, c in nodes]))
+    caa = {"statistics": dict(orth.metrics_["statistics"])}
+    for k, (p, c) in enumerate(nodes):
+        caa["statistics"][f"pair:{p.split('.')[0]}>{c.split('.')[0]}"] = orth.pair_statistic(k)
+    metrics = {"pairs": per_pair, "caa_orthogonality": caa}
+    res = AnalysisResult(analyzer="steering_hierarchy",
+                         params={"pairs": [f"{a}>{b}" for a, b in parsed], "layer": int(layer), "template": template,
+                                 "norms": norms, "ref_norm": float(ref_norm), "target_gain": float(target_gain),
+                                 "min_tokens": min_tokens, "n_pool": n_pool, "n_null": n_null, "seed": seed},
+                         provenance={}, metrics=metrics, tables=tables)
+    prov = {"model": resolved.name, "model_provenance": resolved.provenance, "hook": hook,
+            "n_words_read": int(len(ids)), "n_baseline_words": int(len(baseline)), "n_categories": len(names),
+            "norm_unit": scale, "norms": "multiples of the words' root-mean-square distance from their mean activation "
+                                        "at the hook (norm_unit)",
+            "nulls": {"nested_random_sets": "the same construction on a random set of the parent's size from the "
+                                            "tree's words and a random subset of it of the child's size",
+                      "random_directions": "directions drawn from the covariance of the words' activations"}}
+    return _result("steering_hierarchy", prov, res, t0)

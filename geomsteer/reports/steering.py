@@ -359,10 +359,81 @@ def _propagate_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     return _tail(L)
 
 
+# --------------------------------------------------------------------------------------------- hierarchy
+
+
+def _hierarchy_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, Any]:
+    plt = pyplot()
+    curves = doc["tables"]["curves"]
+    pairs = list(doc["metrics"]["pairs"])
+    figs: dict[str, Any] = {}
+    if not pairs:
+        return figs
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4), squeeze=False)
+    for ax, key in zip(axes[0], pairs):
+        pm = doc["metrics"]["pairs"][key]
+        for i, t in enumerate(dict.fromkeys(r["vector"] for r in curves if r["pair"] == key)):
+            rs = [r for r in curves if r["pair"] == key and r["vector"] == t]
+            style = dict(color="0.5", ls="--") if t.startswith("random") else dict(color=f"C{i}")
+            ax.plot([0] + [r["norm"] for r in rs], [0] + [r["child_gain"] for r in rs], marker="o", ms=3, label=t,
+                    **{"ls": "-", **style})
+        st = pm["statistics"]
+        for i, t in enumerate(k.split(":", 1)[1] for k in st if k.startswith("child_gain:")):
+            nd = st[f"child_gain:{t}"]["null"].get("nested_random_sets")
+            if nd and nd["mean"] is not None:
+                ax.errorbar([pm["ref_norm"] * (1 + 0.03 * i)], [nd["mean"]], yerr=[2 * (nd["sd"] or 0)], fmt="x",
+                            color=f"C{i}", capsize=3)
+        ax.axhline(doc["metrics"]["pairs"][key]["target_gain"], color="k", lw=0.5, ls=":")
+        ax.set(xlabel="norm (x the words' spread)", ylabel="change in log p(child tokens)",
+               title=f"{key} (x: nested random sets, mean ± 2 sd)")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    save_figure(fig, fig_dir, "child_gain.png", figs)
+    return figs
+
+
+def _hierarchy_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
+    p, pr, m = doc["provenance"], doc["params"], doc["metrics"]
+    L = _steer_title(doc, "along the WordNet hierarchy")
+    L += [f"Vectors at {p['hook']} from {p['n_words_read']} words read after {pr['template']!r} ({p['n_categories']} "
+          f"categories; {p['n_baseline_words']} words outside the tree are the contrastive vectors' negatives). "
+          f"Each vector has unit norm and is added at every prompt token after the start token, at norms "
+          f"{', '.join(map(str, pr['norms']))} x {fmt(p['norm_unit'], 1)} (the words' root-mean-square distance from "
+          f"their mean activation); nulls compare at {pr['ref_norm']} x. Nulls: {p['nulls']['nested_random_sets']} (nested random sets), and "
+          f"{p['nulls']['random_directions']} (random directions).", ""]
+    for key, pm in m["pairs"].items():
+        c = pm["clean"]
+        L += [f"## {key} ({pm['parent']} → {pm['child']})", "",
+              f"{pm['n_parent_tokens']} parent tokens, {pm['n_child_tokens']} child tokens; {len(pm['prompts'])} prompts "
+              f"(e.g. {pm['prompts'][0]!r}). Unsteered: log p(child) {c['log_p_child']:.2f}, log p(parent's other "
+              f"words) {c['log_p_siblings']:.2f}, log p(outside the parent) {c['log_p_outside']:.2f}.", ""]
+        L += statistic_rows(pm["statistics"], list(pm["statistics"])) + [""]
+        L += [f"- **{k.replace('_', ' ')}**: {verdict(st)}" for k, st in pm["statistics"].items()
+              if k.startswith("child_gain") or k.startswith("child_share")] + [""]
+        L += [f"At a matched gain of {pm['target_gain']:g} nat in log p(child) (interpolated along the norms):", "",
+              "| vector | norm reaching it | change in log p(parent's other words) | change in log p(outside) | "
+              "change in log p(child)/p(parent) |", "|---|---|---|---|---|"]
+        for r in (r for r in doc["tables"]["matched"] if r["pair"] == key):
+            L.append(f"| {r['vector']} | {fmt(r['norm_at_target'], 2) if r['norm_at_target'] is not None else 'not reached'} "
+                     f"| {fmt(r['siblings_change'], 2)} | {fmt(r['outside_change'], 2)} | {fmt(r['child_share_gain'], 2)} |")
+        L += ["", "Cosines between the vectors: " + ", ".join(f"{k.replace('|', ' · ')} {v:+.2f}"
+                                                          for k, v in pm["cos_between_vectors"].items()), ""]
+    if "child_gain" in figs:
+        L += [f"![child gain](figures/{figs['child_gain']})", ""]
+    caa = m["caa_orthogonality"]["statistics"]
+    L += ["## Do CAA vectors obey Park et al.'s orthogonality?", "",
+          "cos(v_parent, v_child − v_parent) with v_w = mean activation of w's words − mean of words outside the tree "
+          "(Park et al. predict 0), over every edge of the tree and for each pair, against nested random sets.", ""]
+    L += statistic_rows(caa, list(caa)) + [""]
+    L += [f"- **{k.replace('_', ' ')}**: {verdict(st)}" for k, st in caa.items()]
+    return _tail(L)
+
+
 _STEERING = {
     "steering_compute": (_compute_figures, _compute_markdown),
     "steering_apply": (None, _apply_markdown),
     "steering_sweep": (_sweep_figures, _sweep_markdown),
     "steering_decomposition": (_decompose_figures, _decompose_markdown),
     "steering_propagation": (_propagate_figures, _propagate_markdown),
+    "steering_hierarchy": (_hierarchy_figures, _hierarchy_markdown),
 }
