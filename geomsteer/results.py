@@ -463,7 +463,7 @@ class SteeringResult(Result):
         self.kind = result.analyzer
         self.default_table = {"steering_apply": "generations", "steering_sweep": "grid",
                               "steering_decomposition": "features", "steering_propagation": "grid",
-                              "steering_hierarchy": "matched"}.get(
+                              "steering_hierarchy": "matched", "steering_erasure": "auc"}.get(
             result.analyzer)
 
     def plot_dose_response(self) -> Any:

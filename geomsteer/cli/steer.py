@@ -1,4 +1,4 @@
-"""geomsteer steer compute | apply | sweep | decompose | propagate | hierarchy: steering vectors and what they do."""
+"""geomsteer steer compute | apply | sweep | decompose | propagate | hierarchy | erase: steering vectors and what they do."""
 
 from __future__ import annotations
 
@@ -144,6 +144,29 @@ def add_parser(sub: Any) -> None:
     option(sh, "--null-draws", S.hierarchy, "n_null", "draws of each null (nested random sets, random directions)",
            type=int)
 
+    se = st_sub.add_parser(
+        "erase", help="erase a WordNet category at a layer with LEACE and measure what it takes downstream",
+        description="Fit a LEACE eraser (concept-erasure, Belrose et al. 2023) for a WordNet category on words' "
+                    "activations at --layer and apply it there to every token. Measured for the category, the --also "
+                    "categories and its largest siblings: a held-out linear probe's AUC at later layers and the "
+                    "next-token mass on their words, clean and erased, against erasing unrelated categories of about "
+                    "the same size. Writes result.json, report.md and figures/.")
+    se.add_argument("--model", required=True, help="model alias (see 'geomsteer models'), local directory or .gguf")
+    output_args(se, "seed for word samples, the held-out split and the null categories (default: 0)")
+    option(se, "--concept", S.erase, "concept", "the WordNet synset to erase")
+    option(se, "--layer", S.erase, "layer", "block whose residual output is erased", type=int)
+    option(se, "--also", S.erase, "also", "more categories to measure (say its children)", nargs="*")
+    option(se, "--read-layers", S.erase, "read_layers", "layers read (default: the layer, every third after it, and "
+           "the last)")
+    option(se, "--siblings", S.erase, "n_siblings", "largest siblings measured", type=int)
+    option(se, "--null-draws", S.erase, "n_null", "unrelated categories erased for the null", type=int)
+    option(se, "--template", S.erase, "template", "text before each word when reading the words")
+    option(se, "--min-tokens", S.erase, "min_tokens", "keep categories with more than this many single tokens",
+           type=positive_int)
+    option(se, "--pool", S.erase, "n_pool", "whole-word tokens read beside the tree's", type=positive_int)
+    option(se, "--max-per-category", S.erase, "max_per_category", "words read per measured category", type=int)
+    option(se, "--fit-words", S.erase, "n_fit", "tree words the erasers are fit on", type=int)
+
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
     from ..errors import DataError
@@ -211,6 +234,14 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                     print(f"  {name.replace('_', ' ')}: {null_line(st)}")
         for name, st in res.metrics["caa_orthogonality"]["statistics"].items():
             print(f"{name.replace('_', ' ')}: {null_line(st)}")
+        print(f"Report: {Path(args.out) / 'report.md'}")
+    elif c == "erase":
+        res = run_and_save(args, argv, lambda: S.erase(
+            args.model, args.concept, layer=args.layer, also=args.also, read_layers=args.read_layers,
+            n_siblings=args.siblings, n_null=args.null_draws, template=args.template, min_tokens=args.min_tokens,
+            n_pool=args.pool, max_per_category=args.max_per_category, n_fit=args.fit_words, seed=args.seed))
+        for name, st in res.metrics["statistics"].items():
+            print(f"  {name.replace('_', ' ')}: clean {st['clean']:.3f}, erased {st['erased']:.3f}; {null_line(st)}")
         print(f"Report: {Path(args.out) / 'report.md'}")
     else:
         res = run_and_save(args, argv, lambda: S.propagate(

@@ -16,7 +16,7 @@ from ..steering import DEFAULT_POSITION
 from ..types import AnalysisResult
 from .common import DEFAULT_SEED, check_null_draws, sae_dirs, stamp, with_command
 
-__all__ = ["compute", "apply", "sweep", "decompose", "propagate", "hierarchy"]
+__all__ = ["compute", "apply", "sweep", "decompose", "propagate", "hierarchy", "erase"]
 
 
 def _result(kind: str, provenance: dict, res: AnalysisResult, t0: float, files: dict | None = None) -> SteeringResult:
@@ -464,3 +464,151 @@ def hierarchy(model: Any, pairs: Sequence[str] = ("animal.n.01>mammal.n.01", "an
                                             "tree's words and a random subset of it of the child's size",
                       "random_directions": "directions drawn from the covariance of the words' activations"}}
     return _result("steering_hierarchy", prov, res, t0)
+
+
+def _null_categories(hier: Any, concept: str, measured: Sequence[str], n: int, rng: Any) -> list[str]:
+    """``n`` WordNet categories unrelated to the erased and the measured ones (neither ancestor nor descendant of
+    any), nearest in size to the erased category (within x0.5 to x2 when there are enough), in random order."""
+    import networkx as nx
+    import numpy as np
+
+    related = set()
+    for c in [concept, *measured]:
+        related |= {c} | nx.ancestors(hier.graph, c) | nx.descendants(hier.graph, c)
+    size = len(hier.tokens(concept))
+    cand = [x for x in hier.graph if x not in related]
+    if len(cand) < 2:
+        raise DataError(f"only {len(cand)} WordNet categories are unrelated to {concept} and the categories measured; "
+                        "the null needs at least 2: lower --min-tokens to keep more categories")
+    near = [x for x in cand if 0.5 <= len(hier.tokens(x)) / size <= 2.0]
+    if len(near) < n:
+        near = sorted(cand, key=lambda x: abs(np.log(len(hier.tokens(x)) / size)))[: max(n, 2)]
+    return [near[i] for i in rng.permutation(len(near))[:n]]
+
+
+def erase(model: Any, concept: str = "animal.n.01", *, layer: int = 6,
+          also: Sequence[str] = ("mammal.n.01", "bird.n.01"), read_layers: Any = None, n_siblings: int = 2,
+          n_null: int = 8, template: str = "Look at the", min_tokens: int = 50, n_pool: int = 1000,
+          max_per_category: int = 400, n_fit: int = 8000, seed: int = DEFAULT_SEED) -> SteeringResult:
+    """Erase a WordNet category at ``layer`` with LEACE and measure what it takes (``geomsteer steer erase``).
+
+    The eraser is fit on ``n_fit`` of the tree's words and ``n_pool`` other words read at the layer, and applied
+    there to every token after the start token. Measured for the category, the ``also`` categories (say its
+    children) and its ``n_siblings`` largest siblings: a held-out linear probe's AUC at each of ``read_layers``
+    (default: the layer and every third after it, and the last) and the next-token log-mass on their words after
+    noun prompts; against erasing ``n_null`` unrelated categories of about the same size instead.
+    """
+    import numpy as np
+
+    from .. import models
+    from .._progress import counter, say
+    from ..activations import bos_ids, token_activations
+    from ..analyzers.erasure import ErasureAnalyzer
+    from ..analyzers.hierarchy_stats import tree_split
+    from ..steering.erasure import erasing, fit_eraser, next_token_logmass, probe_auc
+    from ..steering.hierarchy import PROMPTS
+    from ..wordnet import build_hierarchy, load_wordnet
+    from .hierarchy import word_pool
+
+    check_null_draws(n_null, allow_zero=False)
+    for name, v, low in (("--pool", n_pool, 50), ("--max-per-category", max_per_category, 20), ("--fit-words", n_fit, 200)):
+        if not (isinstance(v, int) and v >= low):
+            raise ConfigError(f"{name} must be an integer of at least {low}, got {v!r}")
+    t0 = time.perf_counter()
+    tl, resolved = models.use_model(model)
+    n_layers = int(tl.cfg.n_layers)
+    if not (isinstance(layer, (int, np.integer)) and 0 <= layer < n_layers):
+        raise ConfigError(f"--layer {layer!r}: {resolved.name} has layers 0..{n_layers - 1}")
+    hook = resid_hook(int(layer))
+    if read_layers is None:
+        reads = sorted(set(range(int(layer), n_layers, 3)) | {n_layers - 1})
+    else:
+        reads = parse_layers(read_layers, n_layers, resolved.name)
+        if min(reads) < layer:
+            raise ConfigError(f"--read-layers {read_layers!r}: erasure at layer {layer} cannot change earlier layers; "
+                              f"give layers from {layer} to {n_layers - 1}")
+    read_hooks = [resid_hook(x) for x in reads]
+    vocab = dict(tl.tokenizer.get_vocab())
+    with step("Building the WordNet noun hierarchy for this tokenizer"):
+        hier = build_hierarchy(vocab, pos="n", min_tokens=min_tokens, tokenizer=type(tl.tokenizer).__name__)
+    c = _find_category(hier, concept)
+    measured = [c] + [x for x in (_find_category(hier, a) for a in also) if x != c]
+    par = hier.parent(c)
+    if par is not None and n_siblings > 0:
+        sibs = sorted((x for x in hier.graph.successors(par) if x != c and x not in measured),
+                      key=lambda x: -len(hier.tokens(x)))[:n_siblings]
+        measured += sibs
+    rng = np.random.default_rng([seed, 0xE5A])
+    nulls = _null_categories(hier, c, measured, n_null, rng)
+    say(f"  erasing {c} ({len(hier.tokens(c))} tokens) at {hook}; measuring {', '.join(measured)}; null: "
+        f"{len(nulls)} unrelated categories of about its size")
+
+    names = hier.names
+    tree = np.unique(np.concatenate([hier.tokens(n) for n in names]))
+    pool = word_pool(vocab, hier.word_start, n_pool, seed)
+    # Each eraser is fit on a sample of the tree's words and the pool, with all of its own category's words added
+    # (a category is a small share of a sample: its direction would be estimated from few words).
+    sample = np.union1d(np.sort(rng.choice(tree, min(n_fit, len(tree)), replace=False)), pool)
+    fit_ids = np.union1d(sample, np.concatenate([hier.tokens(x) for x in [c, *nulls]]))
+    Xall = token_activations(tl, fit_ids, [hook], template=template,
+                             description=f"Reading {len(fit_ids):,} words at {hook} to fit the erasers")[hook]
+    erasers: dict[str, Any] = {"clean": None}
+    fit_counts = {}
+    for cat in [c, *nulls]:
+        rows_fit = np.isin(fit_ids, np.union1d(sample, hier.tokens(cat)))
+        member = np.isin(fit_ids[rows_fit], hier.tokens(cat))
+        fit_counts[cat] = {"members": int(member.sum()), "rows": int(rows_fit.sum())}
+        erasers[cat] = fit_eraser(Xall[rows_fit], member)
+
+    sets = {}
+    for cat in measured:
+        t = hier.tokens(cat)
+        sets[cat] = np.sort(rng.choice(t, min(max_per_category, len(t)), replace=False))
+    eval_ids = np.union1d(np.concatenate(list(sets.values())), pool)
+    row = {int(t): i for i, t in enumerate(eval_ids)}
+    splits, _ = tree_split(list(sets.values()), dict(hier.token_groups or {}), 0.3, rng)
+    rows_of = lambda ids: np.array([row[int(t)] for t in ids], dtype=np.int64)  # noqa: E731
+    pool_rows = rows_of(pool)
+    lemmas = load_wordnet()
+    lemma = lemmas[c].lemmas[0].replace("_", " ") if c in lemmas else c.split(".")[0]
+    prompts = [p.replace("{parent}", lemma) for p in PROMPTS]
+    start = len(bos_ids(tl))
+    auc: dict[str, dict[str, dict[str, float]]] = {}
+    mass: dict[str, dict[str, np.ndarray]] = {}
+    with counter(f"Reading {len(eval_ids):,} words at {len(read_hooks)} layers, clean and with each of "
+                 f"{1 + len(nulls)} categories erased", len(erasers), "conditions") as advance:
+        for cond, er in erasers.items():
+            with erasing(tl, hook, er, start=start):
+                acts = token_activations(tl, eval_ids, read_hooks, template=template, progress=False)
+                mass[cond] = next_token_logmass(tl, prompts, {cat: hier.tokens(cat) for cat in measured})
+            auc[cond] = {}
+            for cat, (tr, te) in zip(measured, splits):
+                neg = pool_rows[~np.isin(pool, hier.tokens(cat))]
+                auc[cond][cat] = {h: probe_auc(acts[h], rows_of(tr), rows_of(te), neg) for h in read_hooks}
+            advance(1)
+    an = ErasureAnalyzer(seed=seed).fit(auc, mass, c, nulls)
+    res = an.result()
+    res.params.update({"concept": concept, "layer": int(layer), "also": list(also), "read_layers": reads,
+                       "n_siblings": n_siblings, "n_null": n_null, "template": template, "min_tokens": min_tokens,
+                       "n_pool": n_pool, "max_per_category": max_per_category, "n_fit": n_fit, "seed": seed})
+    roles = {c: "erased"} | {x: ("descendant" if x in nx_desc(hier, c) else "other") for x in measured[1:]}
+    if par is not None:
+        roles.update({x: "sibling" for x in hier.graph.successors(par) if x in roles and x != c})
+    res.metrics.update({"erased": c, "measured": {x: {"role": roles[x], "n_tokens": int(len(hier.tokens(x))),
+                                                      "n_read": int(len(sets[x]))} for x in measured},
+                        "null_categories": {x: int(len(hier.tokens(x))) for x in nulls}})
+    prov = {"model": resolved.name, "model_provenance": resolved.provenance, "hook": hook, "read_hooks": read_hooks,
+            "n_fit_words": int(len(sample)), "fit_rows": fit_counts, "n_eval_words": int(len(eval_ids)),
+            "prompts": prompts, "method": "LEACE (concept-erasure's LeaceEraser, affine, float64), applied to every "
+                                         "token after the start token",
+            "probe": "a shrinkage LDA classifier (Ledoit-Wolf) fit on the category's train words against half of the "
+                     "pool words outside it; AUC of its held-out words (split by lemma) against the other half",
+            "null": "the same eraser fit for an unrelated WordNet category (neither ancestor nor descendant of any "
+                    "measured category) of about the same size"}
+    return _result("steering_erasure", prov, res, t0)
+
+
+def nx_desc(hier: Any, c: str) -> set:
+    import networkx as nx
+
+    return set(nx.descendants(hier.graph, c))

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .common import write_report, fmt, pyplot, result_head, save_figure, short_hook, statistic_rows, verdict
+from .common import category_label, write_report, fmt, pyplot, result_head, save_figure, short_hook, statistic_rows, verdict
 
 
 def write_steering_report(kind: str, res: Any, provenance: Mapping[str, Any], out: Path, force: bool = False,
@@ -429,6 +429,59 @@ def _hierarchy_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     return _tail(L)
 
 
+# --------------------------------------------------------------------------------------------- erasure
+
+
+def _erasure_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, Any]:
+    plt = pyplot()
+    m, rows = doc["metrics"], doc["tables"]["auc"]
+    cats = list(m["measured"])
+    erased, nulls = m["erased"], list(m["null_categories"])
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    x = np.arange(len(layers))
+    fig, axes = plt.subplots(1, len(cats), figsize=(3.6 * len(cats), 3.4), squeeze=False, sharey=True)
+    for ax, c in zip(axes[0], cats):
+        def curve(cond):
+            by = {r["layer"]: r["auc"] for r in rows if r["category"] == c and r["condition"] == cond}
+            return np.array([by[L] for L in layers])
+        N = np.stack([curve(n) for n in nulls])
+        mu, sd = N.mean(0), N.std(0, ddof=1)
+        ax.fill_between(x, mu - 2 * sd, mu + 2 * sd, color="0.85", label="unrelated category erased (± 2 sd)")
+        ax.plot(x, curve("clean"), "-o", ms=3, color="C0", label="clean")
+        ax.plot(x, curve(erased), "-o", ms=3, color="C3", label=f"{category_label(erased)} erased")
+        ax.axhline(0.5, color="k", lw=0.5, ls=":")
+        ax.set_title(f"{category_label(c)} ({m['measured'][c]['role']})", fontsize=9)
+        ax.set_xticks(x)
+        ax.set_xticklabels([short_hook(L) for L in layers], fontsize=7)
+    axes[0][0].set_ylabel("held-out probe AUC")
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    figs: dict[str, Any] = {}
+    save_figure(fig, fig_dir, "erasure_auc.png", figs)
+    return figs
+
+
+def _erasure_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
+    p, pr, m = doc["provenance"], doc["params"], doc["metrics"]
+    L = _steer_title(doc, f"with {category_label(m['erased'])} erased")
+    fr = p["fit_rows"][m["erased"]]
+    L += [f"{m['erased']} erased at {p['hook']} with {p['method']}; eraser fit on {fr['rows']} words read after "
+          f"{pr['template']!r} ({fr['members']} of them in the category: a sample of {p['n_fit_words']} words plus all "
+          "the category's own). Measured: "
+          + ", ".join(f"{c} ({v['role']}, {v['n_read']} of {v['n_tokens']} words)" for c, v in m["measured"].items())
+          + f". Probe: {p['probe']}. Next-token mass after {len(p['prompts'])} prompts (e.g. {p['prompts'][0]!r}). "
+          f"Null: {p['null']}: " + ", ".join(f"{c} ({n})" for c, n in m["null_categories"].items()) + ".", ""]
+    if "erasure_auc" in figs:
+        L += [f"![probe AUC](figures/{figs['erasure_auc']})", ""]
+    st = m["statistics"]
+    L += ["## What the erasure takes, against erasing an unrelated category", ""]
+    L += statistic_rows(st, list(st)) + [""]
+    L += ["| measured | clean | erased | |", "|---|---|---|---|"]
+    for k, v in st.items():
+        L.append(f"| {k} | {fmt(v.get('clean'))} | {fmt(v.get('erased'))} | {verdict(v)} |")
+    return _tail(L)
+
+
 _STEERING = {
     "steering_compute": (_compute_figures, _compute_markdown),
     "steering_apply": (None, _apply_markdown),
@@ -436,4 +489,5 @@ _STEERING = {
     "steering_decomposition": (_decompose_figures, _decompose_markdown),
     "steering_propagation": (_propagate_figures, _propagate_markdown),
     "steering_hierarchy": (_hierarchy_figures, _hierarchy_markdown),
+    "steering_erasure": (_erasure_figures, _erasure_markdown),
 }
