@@ -73,10 +73,48 @@ def add_parser(sub: Any) -> None:
     option(lb, "--null-draws", S.label, "n_null", "shuffles of the words' categories", type=int)
     output_args(lb, "seed for the word draw and the shuffles (default: 0)")
 
+    sp = sae_sub.add_parser(
+        "split",
+        help="do features split along WordNet's edges across SAE widths?",
+        description=("SAEs of growing width at one hook (given with --sae, or trained here with --model, --hook and "
+                     "--widths on the same cached activations): every feature gets its WordNet label (as 'sae label'), "
+                     "each wide feature is linked to the narrower SAE's feature with the closest decoder direction, and "
+                     "the share of labelled links whose child label is the parent's WordNet category or lies under it "
+                     "is tested against the wide SAE's labels shuffled. Writes result.json, report.md, figures/ (and "
+                     "the SAEs it trained under saes/)."),
+    )
+    sp.add_argument("--sae", type=Path, nargs="+", default=None, metavar="DIR",
+                    help="two or more SAE directories of different widths trained at one hook")
+    sp.add_argument("--model", default=None, help="the model (default: the one the SAEs record)")
+    sp.add_argument("--hook", default=None, help="where to train, e.g. blocks.6.hook_resid_post (without --sae)")
+    option(sp, "--widths", S.split, "widths", "SAE widths to train (without --sae)", type=positive_int, nargs="+")
+    option(sp, "--tokens", S.split, "tokens", f"training tokens, at least {S.TOKENS_PER_FEATURE} per feature of the "
+           "widest SAE", type=positive_int)
+    option(sp, "--k", S.split, "k", "active features per token (TopK)", type=positive_int)
+    option(sp, "--words", S.split, "n_words", "WordNet nouns read", type=positive_int)
+    option(sp, "--template", S.split, "template", "text before each word ('' reads the word alone)")
+    option(sp, "--min-cos", S.split, "min_cos", "decoder cosine below which a wide feature has no parent", type=float)
+    option(sp, "--null-draws", S.split, "n_null", "shuffles of the wide SAE's labels", type=int)
+    output_args(sp, "seed for the word draw, training and the shuffles (default: 0)")
+
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.sae_command == "inspect":
         return _inspect(args)
+    if args.sae_command == "split":
+        res = run_and_save(args, argv, lambda: S.split(
+            args.sae, args.model, hook=args.hook, widths=args.widths, tokens=args.tokens, k=args.k, n_words=args.words,
+            template=args.template, min_cos=args.min_cos, n_null=args.null_draws, seed=args.seed))
+        from .common import null_line
+
+        for r in res.result.tables["links"]:
+            print(f"{r['pair']}: {r['n_linked']} of {r['n_wide']} wide features linked, {r['n_split_parents']} narrow "
+                  f"features split; {r['n_under_parent_label']} of {r['n_labelled_links']} labelled links under the "
+                  "parent's label")
+        for name, st in res.metrics["statistics"].items():
+            print(f"  {name.replace('_', ' ')}: {null_line(st)}")
+        print(f"Report: {Path(args.out) / 'report.md'}")
+        return 0
     if args.sae_command == "label":
         res = run_and_save(args, argv, lambda: S.label(
             args.sae_dir, args.model, n_words=args.words, template=args.template, min_category=args.min_category,

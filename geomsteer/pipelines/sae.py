@@ -19,7 +19,7 @@ from ..saes import SaeDir, read_sae_dir
 from ..types import AnalysisResult
 from .common import check_output_dir, with_command
 
-__all__ = ["train", "load", "inspect", "label", "held_out_tokens"]
+__all__ = ["train", "load", "inspect", "label", "split", "held_out_tokens"]
 
 
 def held_out_tokens(store: Any, hook: str) -> dict[str, np.ndarray]:
@@ -193,8 +193,6 @@ def label(sae: str | Path | SaeDir, model: Any = None, *, n_words: int = 4000, t
     ``template`` (default: the word alone after the start token); a feature's label is the WordNet category
     most enriched among the words it fires on (hypergeometric test, Benjamini-Hochberg), with its precision
     and recall; the fraction of live features with a significant label stands beside shuffled memberships."""
-    import re
-
     from ..analyzers.labels import FeatureLabeler
     from ..pipelines.concepts import words_in_context
     from ..reports.features import write_features_report
@@ -221,11 +219,7 @@ def label(sae: str | Path | SaeDir, model: Any = None, *, n_words: int = 4000, t
                               "(--model on the command line, model= from Python)")
         model = sd.model
     wn = load_wordnet()
-    plain = re.compile(r"[a-z]{3,}")
-    nouns = sorted({s.name.rpartition(".n.")[0] for s in wn.all("n")
-                    if s.name.endswith(".n.01") and plain.fullmatch(s.name.rpartition(".n.")[0])})
-    rng = np.random.default_rng([seed, 0x1AB])
-    words = [str(w) for w in rng.choice(nouns, min(n_words, len(nouns)), replace=False)]
+    words = noun_sample(n_words, seed, wn)
     with step(f"Reading {len(words)} WordNet nouns at {sd.hook}"):
         X, kept, _ = words_in_context(model, words, sd.hook, templates=(template,))
     from .. import saes
@@ -243,5 +237,145 @@ def label(sae: str | Path | SaeDir, model: Any = None, *, n_words: int = 4000, t
     def write(out, force, command):
         with step(f"Writing the report to {out}"):
             return write_features_report("sae_labels", res, common.with_command(prov, command), out, force=force)
+
+    return FeatureResult(res, prov, write, an)
+
+
+def noun_sample(n_words: int, seed: int, wordnet: Any = None) -> list[str]:
+    """``n_words`` plain WordNet nouns (lowercase letters, three or more; first senses), drawn at random, seeded."""
+    import re
+
+    from ..wordnet import load_wordnet
+
+    wn = wordnet or load_wordnet()
+    plain = re.compile(r"[a-z]{3,}")
+    nouns = sorted({s.name.rpartition(".n.")[0] for s in wn.all("n")
+                    if s.name.endswith(".n.01") and plain.fullmatch(s.name.rpartition(".n.")[0])})
+    rng = np.random.default_rng([seed, 0x1AB])
+    return [str(w) for w in rng.choice(nouns, min(n_words, len(nouns)), replace=False)]
+
+
+TOKENS_PER_FEATURE = 16
+
+
+def split(saes: Sequence[Any] | None = None, model: Any = None, *, hook: str | None = None,
+          widths: Sequence[int] = (512, 2048, 8192), tokens: int = 150_000, k: int = 32, n_words: int = 4000,
+          template: str = "", min_category: int = 10, max_fraction: float = 0.5, min_cos: float = 0.5,
+          n_null: int = 1000, seed: int = 0) -> Any:
+    """Feature splitting across SAE widths against WordNet (what ``geomsteer sae split`` runs).
+
+    Either ``saes`` (two or more SAE directories trained at one hook of one model, any order) or ``model`` and
+    ``hook``: then an SAE of each of ``widths`` is trained on the same ``tokens`` cached activations (TopK,
+    ``k``). Every feature is labelled from ``n_words`` WordNet nouns read at the hook (as :func:`label` does);
+    each wide feature is linked to the narrower SAE's feature with the closest decoder direction; the share of
+    labelled links whose child label lies at or under the parent's label in WordNet is tested against shuffled
+    labels (:class:`~geomsteer.analyzers.splitting.FeatureSplitting`)."""
+    import tempfile
+
+    from .. import saes as S
+    from ..analyzers.labels import FeatureLabeler
+    from ..analyzers.splitting import FeatureSplitting
+    from ..reports.features import write_features_report
+    from ..results import FeatureResult
+    from ..wordnet import _ancestors, category_memberships, load_wordnet
+    from . import common
+    from .concepts import words_in_context
+
+    if n_words < 50:
+        raise ConfigError(f"--words must be at least 50 to test enrichment, got {n_words}")
+    if not 0 < min_cos < 1:
+        raise ConfigError(f"--min-cos must lie between 0 and 1, got {min_cos!r}")
+    if n_null < 2:
+        raise ConfigError(f"--null-draws must be at least 2 shuffles, got {n_null}")
+    t0 = time.perf_counter()
+    trained: dict[int, Any] = {}
+    files: dict[str, bytes] = {}
+    if saes:
+        dirs = [read_sae_dir(x) for x in saes]
+        if len(dirs) < 2:
+            raise ConfigError(f"--sae needs two or more SAE directories of different widths, got {len(dirs)}")
+        hooks_ = {d.hook for d in dirs}
+        if len(hooks_) != 1 or None in hooks_:
+            raise ConfigError(f"the SAEs must read the same hook, got {', '.join(sorted(map(str, hooks_)))}; give SAEs "
+                              "trained at one layer")
+        hook = dirs[0].hook
+        models_ = {d.model for d in dirs if d.model}
+        if len(models_) > 1:
+            raise ConfigError(f"the SAEs were trained on different models ({', '.join(sorted(models_))}); give SAEs of "
+                              "one model")
+        if model is None:
+            if not models_:
+                raise ConfigError("the SAEs do not name their model: give it (--model on the command line, model= from "
+                                  "Python)")
+            model = next(iter(models_))
+        dirs.sort(key=lambda d: int(d.sae.cfg.d_sae))
+        widths = [int(d.sae.cfg.d_sae) for d in dirs]
+        if len(set(widths)) != len(widths):
+            raise ConfigError(f"two SAEs have the same width ({widths}); give SAEs of different widths")
+        sae_objs = [d.sae for d in dirs]
+        sources = [str(d.path) for d in dirs]
+    else:
+        if model is None or hook is None:
+            raise ConfigError("give either --sae DIR DIR ... (trained SAEs) or --model and --hook (to train one SAE per "
+                              "--widths)")
+        widths = sorted({int(w) for w in widths})
+        if len(widths) < 2 or widths[0] < 2:
+            raise ConfigError(f"--widths needs two or more different widths of at least 2, got {list(widths)}")
+        need = TOKENS_PER_FEATURE * widths[-1]
+        if tokens < need:
+            raise ConfigError(f"--tokens {tokens:,} is too few for a {widths[-1]}-feature SAE: expected at least "
+                              f"{TOKENS_PER_FEATURE} training tokens per feature ({need:,}); raise --tokens or use "
+                              f"narrower --widths")
+        if k >= widths[0]:
+            raise ConfigError(f"--k {k} must be smaller than the narrowest width {widths[0]}")
+        sae_objs, sources = [], []
+        for w in widths:
+            r = train(model, hook, tokens=tokens, d_sae=w, k=k, seed=seed)
+            sae_objs.append(r.sae)
+            with tempfile.TemporaryDirectory() as tmp:
+                r.save(Path(tmp) / "sae")
+                for f in sorted((Path(tmp) / "sae").iterdir()):
+                    files[f"saes/{w}/{f.name}"] = f.read_bytes()
+            trained[w] = {"metrics": {k_: r.result.metrics.get(k_) for k_ in ("l0", "fraction_variance_explained",
+                                                                             "ce_loss_recovered", "dead_fraction")}}
+            sources.append(f"trained here (saes/{w} in the output)")
+    wn = load_wordnet()
+    words = noun_sample(n_words, seed, wn)
+    with step(f"Reading {len(words)} WordNet nouns at {hook}"):
+        X, kept, _ = words_in_context(model, words, hook, templates=(template,))
+    cats, M = category_memberships(kept, min_size=min_category, max_fraction=max_fraction, wordnet=wn)
+    labels, codes, fractions = [], [], {}
+    for w, sae in zip(widths, sae_objs):
+        C = S.encode(sae, np.asarray(X, dtype=np.float32))
+        with step(f"Labelling the {w}-feature SAE's features"):
+            lab = FeatureLabeler(n_null=20, seed=seed).fit(C, M, cats, words=kept)
+        labels.append({r["feature"]: r["label"] for r in lab.labels_ if r["significant"]})
+        codes.append(C)
+        fractions[str(w)] = lab.statistics_["labelled_fraction"]
+    anc_cache: dict[str, set] = {}
+
+    def below(child: str, parent: str) -> bool:
+        if child not in anc_cache:
+            anc_cache[child] = _ancestors(wn, child)
+        return parent in anc_cache[child]
+
+    decoders = [s_.W_dec.detach().float().cpu().numpy() for s_ in sae_objs]
+    with step(f"Linking features across widths {', '.join(map(str, widths))} ({n_null} label shuffles)"):
+        an = FeatureSplitting(min_cos=min_cos, n_null=n_null, seed=seed).fit(decoders, labels, codes, below,
+                                                                           names=[str(w) for w in widths])
+    res = an.result()
+    res.metrics["statistics"].update({f"labelled_fraction:{w}": st for w, st in fractions.items()})
+    res.params.update({"widths": widths, "tokens": tokens if not saes else None, "k": k if not saes else None,
+                       "n_words": n_words, "template": template, "min_category": min_category,
+                       "max_fraction": max_fraction})
+    prov = common.stamp({"model": str(model) if isinstance(model, str) else getattr(model.cfg, "model_name", "model"),
+                         "hook": hook, "saes": sources, "trained": trained, "n_words_read": len(kept),
+                         "n_categories": len(cats),
+                         "words": "plain WordNet nouns (first sense), drawn at random"}, t0)
+
+    def write(out, force, command):
+        with step(f"Writing the report to {out}"):
+            return write_features_report("sae_split", res, common.with_command(prov, command), out, force=force,
+                                         files=files)
 
     return FeatureResult(res, prov, write, an)

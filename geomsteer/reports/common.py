@@ -180,6 +180,7 @@ def write_report(kind: str, res: Any, provenance: Mapping[str, Any], out: Path, 
     with _atomic.staged_dir(Path(out), replace=force) as tmp:
         (tmp / "figures").mkdir()
         for name, blob in (files or {}).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_bytes(blob)
         (tmp / "result.json").write_text(json.dumps(doc, indent=2) + "\n")
         figs = figures(doc, tmp / "figures") if figures else {}

@@ -359,10 +359,77 @@ def _labels_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     return "\n".join(L) + "\n"
 
 
+def _split_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, Any]:
+    plt = pyplot()
+    st = doc["metrics"]["statistics"]
+    keys = [k for k in st if k.startswith("children_under_parent_label:")]
+    figs: dict[str, Any] = {}
+    if keys:
+        fig, ax = plt.subplots(figsize=(1.6 * len(keys) + 2, 3.2))
+        x = np.arange(len(keys))
+        obs = [st[k]["observed"] if st[k]["observed"] is not None else np.nan for k in keys]
+        nd = [st[k]["null"]["shuffled_labels"] for k in keys]
+        ax.bar(x, obs, color="C0", label="observed")
+        ax.errorbar(x, [n["mean"] if n["mean"] is not None else np.nan for n in nd],
+                    yerr=[2 * (n["sd"] or 0) for n in nd], fmt="o", color="k", capsize=4, label="shuffled labels ± 2 sd")
+        ax.set_xticks(x)
+        ax.set_xticklabels([k.split(":", 1)[1] for k in keys], fontsize=8)
+        ax.set(ylabel="share of links", title="child label at or under the parent's label")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        save_figure(fig, fig_dir, "splitting.png", figs)
+    trees = doc["tables"]["splits"][:4]
+    if trees:
+        fig, axes = plt.subplots(1, len(trees), figsize=(4.2 * len(trees), 3.4), squeeze=False)
+        for ax, t in zip(axes[0], trees):
+            ax.axis("off")
+            ax.text(0.5, 0.92, f"{t['pair'].split('->')[0]}#{t['parent']}\n{t['parent_label']}", ha="center", va="top",
+                    fontsize=8, bbox=dict(boxstyle="round", fc="#dde"))
+            kids = t["children"][:8]
+            for j, ch in enumerate(kids):
+                xj = (j + 0.5) / len(kids)
+                ok = ch["under_parent_label"]
+                ax.plot([0.5, xj], [0.78, 0.42], color="0.6", lw=0.8)
+                ax.text(xj, 0.4, f"#{ch['feature']}\n{ch['label'] or '(no label)'}\ncos {ch['cos']:.2f}", ha="center",
+                        va="top", fontsize=6, rotation=30,
+                        bbox=dict(boxstyle="round", fc={True: "#cfc", False: "#fcc", None: "#eee"}[ok]))
+        fig.suptitle("splits: green = child label at or under the parent's WordNet category", fontsize=9)
+        save_figure(fig, fig_dir, "split_trees.png", figs)
+    return figs
+
+
+def _split_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
+    p, m, pr, t = doc["provenance"], doc["metrics"], doc["params"], doc["tables"]
+    L = [f"# SAE feature splitting against WordNet: {p['model']}", "",
+         f"Created {doc['created']}. Command: `{' '.join(p.get('command') or ['(library call)'])}`.", "",
+         f"SAEs of widths {', '.join(map(str, m['widths']))} at {p['hook']} ({'; '.join(p['saes'])}). Features labelled "
+         f"from {p['n_words_read']} WordNet nouns read at the hook (template {pr['template']!r}; {p['n_categories']} "
+         f"categories; hypergeometric test, Benjamini-Hochberg). Each wide feature is linked to the next narrower SAE's "
+         f"feature with the closest decoder direction when their cosine is at least {pr['min_cos']}. Null: the wide "
+         "SAE's labels shuffled among its labelled features (labels and links kept).", ""]
+    L += statistic_rows(m["statistics"], list(m["statistics"]))
+    for k in ("splitting", "split_trees"):
+        if k in figs:
+            L += ["", f"![{k}](figures/{figs[k]})"]
+    L += ["", "| widths | wide features | linked | narrow features that split | labelled links | child under parent "
+          "label | median cos |", "|---|---|---|---|---|---|---|"]
+    for r in t["links"]:
+        L.append(f"| {r['pair']} | {r['n_wide']} | {r['n_linked']} | {r['n_split_parents']} | {r['n_labelled_links']} | "
+                 f"{r['n_under_parent_label']} | {r['median_cos']:.2f} |")
+    L += ["", "## Splits (labelled parents with two or more children)", ""]
+    for tr in t["splits"][:20]:
+        L.append(f"- {tr['pair']} feature {tr['parent']} ({tr['parent_label']}): " + ", ".join(
+            f"{c['feature']} {c['label'] or '(no label)'}{' ✓' if c['under_parent_label'] else ''}"
+            for c in tr["children"]))
+    L += ["", "## Provenance", "", "The SAEs, model, word draw, timings and package versions are in `result.json`."]
+    return "\n".join(L) + "\n"
+
+
 _KINDS = {
     "feature_dose": (_dose_figures, _dose_markdown),
     "feature_graph": (_graph_figures, _graph_markdown),
     "feature_compare": (_compare_figures, _compare_markdown),
     "feature_relations": (_relations_figures, _relations_markdown),
     "sae_labels": (_labels_figures, _labels_markdown),
+    "sae_split": (_split_figures, _split_markdown),
 }
