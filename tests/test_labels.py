@@ -103,12 +103,42 @@ def test_sae_label_command_on_a_tiny_model(tmp_path, capsys):
                         extra={"hook": "blocks.0.hook_resid_post"})
     out = tmp_path / "labels"
     assert cli.main(["sae", "label", str(sae), "--model", str(tmp_path / "model"), "--words", "300",
-                     "--min-category", "5", "--null-draws", "5", "--out", str(out)]) == 0
+                     "--min-category", "5", "--null-draws", "5", "--decompose", "animal.n.01", "--k", "3",
+                     "--out", str(out)]) == 0
     doc = json.loads((out / "result.json").read_text())
     st = doc["metrics"]["statistics"]["labelled_fraction"]
     assert set(st) >= {"observed", "ci95", "null", "effect_size", "p_value", "n"}
     assert doc["tables"]["labels"] and (out / "figures" / "labels.png").is_file()
+    dec = doc["metrics"]["statistics"]["explained_by_3_features:animal.n.01"]
+    assert set(dec) >= {"observed", "ci95", "null", "effect_size", "p_value", "n"}
+    assert doc["tables"]["decomposition"][0]["category"] == "animal.n.01"
+    assert "Category directions in features" in (out / "report.md").read_text()
     assert "live features labelled" in capsys.readouterr().out
     assert cli.main(["sae", "label", str(sae), "--model", str(tmp_path / "model"), "--words", "10",
                      "--out", str(tmp_path / "o")]) == 2
     assert "--words must be at least 50" in capsys.readouterr().err
+    assert cli.main(["sae", "label", str(sae), "--model", str(tmp_path / "model"), "--words", "300",
+                     "--decompose", "zzz.n.01", "--out", str(tmp_path / "o")]) != 0
+    err = capsys.readouterr().err
+    assert "--decompose 'zzz.n.01' is not a category of the words read" in err and "Traceback" not in err
+
+
+def test_a_direction_built_from_labelled_features_decomposes_into_them_and_noise_does_not():
+    from geomsteer.analyzers.labels import LabelDecomposition
+
+    rng = np.random.default_rng(0)
+    d, n_feat = 48, 120
+    D = rng.standard_normal((n_feat, d))
+    labels = {f: ("cat" if f < 6 else "other") for f in range(60)}  # features 0..5 carry the label
+    X = rng.standard_normal((500, d))
+    planted = D[:3].sum(0) + 0.5 * D[3]
+    noise = rng.standard_normal(d)
+    below = lambda a, b: a == b  # noqa: E731
+    a = LabelDecomposition(k=4, n_null=40, seed=0).fit({"cat": planted, "noise": noise}, D, labels, X, below,
+                                                        list(range(n_feat)))
+    st = a.metrics_["statistics"]
+    assert st["explained_by_4_features:cat"]["observed"] > 0.99 and st["explained_by_4_features:cat"]["p_value"] < 0.01
+    assert st["features_labelled_with_it:cat"]["observed"] == 1.0
+    assert st["features_labelled_with_it:cat"]["p_value"] < 0.01
+    assert not st["explained_by_4_features:noise"]["p_value"] < 0.01
+    assert sorted(a.rows_[0]["features"]) == [0, 1, 2, 3]

@@ -15,7 +15,7 @@ chance alone gives.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -132,3 +132,70 @@ class FeatureLabeler(Analyzer):
             metrics={"statistics": self.statistics_,
                      "n_significant": int(sum(r["significant"] for r in self.labels_))},
             tables={"labels": sorted(self.labels_, key=lambda r: r["q_value"])})
+
+
+class LabelDecomposition(Analyzer):
+    """Does a WordNet category's direction at the SAE's layer decompose into a few features, and are they the
+    features labelled with that category?
+
+    ``fit(directions, decoder, labels, X, below, live)``: ``directions`` {category: (d,) vector} (e.g. the LDA
+    direction of the category's words, in the residual stream), ``decoder`` (d_sae, d), ``labels`` {feature:
+    category} of the significantly labelled features, ``X`` (n, d) the words' activations (for the null
+    directions, drawn from their covariance), ``below(a, b)`` True when category a is b or under it, ``live``
+    the live features. Per category: the fraction of the direction that ``k`` features explain (non-negative
+    OMP) against covariance-shaped random directions, and the share of those ``k`` features labelled with the
+    category or a category under it against ``k`` random live features."""
+
+    _fit_call = "fit(directions, decoder, labels, X, below, live)"
+    _fitted = "metrics_"
+
+    def __init__(self, k: int = 8, n_null: int = 50, seed: int = 0) -> None:
+        self.k = k
+        self.n_null = n_null
+        self.seed = seed
+
+    def fit(self, directions: Mapping[str, np.ndarray], decoder: np.ndarray, labels: Mapping[int, str],
+            X: np.ndarray, below: Any, live: Sequence[int]) -> "LabelDecomposition":
+        from ..sparse import omp
+        from ..steering.nulls import covariance_directions
+
+        if self.k < 1 or self.n_null < 2:
+            raise ConfigError(f"k must be at least 1 and n_null at least 2, got k={self.k}, n_null={self.n_null}")
+        D = np.asarray(decoder, dtype=np.float64)
+        live = np.asarray(live, dtype=np.int64)
+        rng = np.random.default_rng([self.seed, 0xDEC])
+        R = covariance_directions(np.asarray(X), 1.0, self.n_null, seed=self.seed)
+        null_expl = [omp(D, r, self.k, nonneg=True)["explained"][-1] for r in R]
+        stats: dict[str, Any] = {}
+        rows = []
+        for cat, v in directions.items():
+            fit = omp(D, np.asarray(v, dtype=np.float64), self.k, nonneg=True)
+            expl = float(fit["explained"][-1])
+            stats[f"explained_by_{self.k}_features:{cat}"] = statistic(
+                expl, 1, nulls={"covariance_directions": null_summary(expl, null_expl, "greater")},
+                ci95_reason="one direction", alternative="greater", unit="direction",
+                description=f"fraction of {cat}'s direction that {self.k} SAE features explain (non-negative OMP)")
+            chosen = [int(f) for f in fit["atoms"]]
+            match = np.array([f in labels and below(labels[f], cat) for f in chosen], dtype=float)
+            draws = []
+            for _ in range(self.n_null):
+                pick = rng.choice(live, size=min(len(chosen), len(live)), replace=False)
+                draws.append(float(np.mean([int(f) in labels and below(labels[int(f)], cat) for f in pick])))
+            n_cat = sum(1 for f, c in labels.items() if below(c, cat))
+            stats[f"features_labelled_with_it:{cat}"] = statistic(
+                float(match.mean()), len(chosen), nulls={"random_live_features": null_summary(float(match.mean()), draws,
+                                                                                               "greater")},
+                ci95=bootstrap_ci(match, seed=self.seed) if len(match) > 1 else None, ci95_reason="one feature",
+                alternative="greater", unit="feature",
+                description=f"share of those features whose WordNet label is {cat} or a category under it")
+            rows.append({"category": cat, "explained": expl, "features": chosen,
+                         "labels": [labels.get(f) for f in chosen], "match": [bool(m) for m in match],
+                         "n_features_labelled_with_it": n_cat})
+        self.metrics_ = {"statistics": stats}
+        self.rows_ = rows
+        return self
+
+    def result(self) -> AnalysisResult:
+        self.check_fitted()
+        return AnalysisResult(analyzer="label_decomposition", params=self.get_params(), provenance={},
+                              metrics=self.metrics_, tables={"decomposition": self.rows_})

@@ -71,6 +71,10 @@ def add_parser(sub: Any) -> None:
     option(lb, "--min-category", S.label, "min_category", "smallest category tested, in words", type=positive_int)
     option(lb, "--alpha", S.label, "alpha", "adjusted p below which a label is significant", type=float)
     option(lb, "--null-draws", S.label, "n_null", "shuffles of the words' categories", type=int)
+    lb.add_argument("--decompose", nargs="*", default=None, metavar="SYNSET",
+                    help="categories whose LDA direction is decomposed into features (default: the eight most frequent "
+                         "labels; none: skip)")
+    option(lb, "--k", S.label, "k", "features per decomposition", type=positive_int)
     output_args(lb, "seed for the word draw and the shuffles (default: 0)")
 
     sp = sae_sub.add_parser(
@@ -118,12 +122,15 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.sae_command == "label":
         res = run_and_save(args, argv, lambda: S.label(
             args.sae_dir, args.model, n_words=args.words, template=args.template, min_category=args.min_category,
-            alpha=args.alpha, n_null=args.null_draws, seed=args.seed))
+            alpha=args.alpha, n_null=args.null_draws, seed=args.seed, decompose=args.decompose, k=args.k))
         from .common import null_line
 
         st = res.metrics["statistics"]["labelled_fraction"]
         print(f"{res.metrics['n_significant']} of {res.result.provenance['n_live']} live features labelled; fraction "
               f"{null_line(st)}")
+        for name, st in res.metrics["statistics"].items():
+            if name != "labelled_fraction":
+                print(f"  {name.replace('_', ' ')}: {null_line(st)}")
         for r in res.result.tables["labels"][:10]:
             print(f"  {r['feature']:6d}  {r['label']:<28} p {r['q_value']:.1e}  precision {r['precision']:.2f}  "
                   f"recall {r['recall']:.2f}")

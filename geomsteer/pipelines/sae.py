@@ -186,13 +186,19 @@ def inspect(sae: str | Path | SaeDir, feature: int, n_contexts: int = 10, model:
 
 def label(sae: str | Path | SaeDir, model: Any = None, *, n_words: int = 4000, template: str = "",
           min_category: int = 10, max_fraction: float = 0.5, min_fires: int = 3, alpha: float = 0.05,
-          n_null: int = 100, seed: int = 0) -> Any:
+          n_null: int = 100, seed: int = 0, decompose: Sequence[str] | None = None, k: int = 8) -> Any:
     """WordNet labels for the SAE's features without a language-model judge (what ``geomsteer sae label`` runs).
 
     ``n_words`` plain WordNet nouns (drawn at random, seeded) are read at the SAE's hook, each after
     ``template`` (default: the word alone after the start token); a feature's label is the WordNet category
     most enriched among the words it fires on (hypergeometric test, Benjamini-Hochberg), with its precision
-    and recall; the fraction of live features with a significant label stands beside shuffled memberships."""
+    and recall; the fraction of live features with a significant label stands beside shuffled memberships.
+
+    Then, for the categories in ``decompose`` (default: the eight most frequent labels), the category's LDA
+    direction at the hook (the words' activations whitened by their covariance, mapped back into the residual
+    stream) is decomposed into ``k`` features (non-negative OMP): how much they explain against random directions
+    from the activations' covariance, and whether they are the features labelled with that category
+    (:class:`~geomsteer.analyzers.labels.LabelDecomposition`)."""
     from ..analyzers.labels import FeatureLabeler
     from ..pipelines.concepts import words_in_context
     from ..reports.features import write_features_report
@@ -230,7 +236,41 @@ def label(sae: str | Path | SaeDir, model: Any = None, *, n_words: int = 4000, t
         an = FeatureLabeler(alpha=alpha, min_fires=min_fires, n_null=n_null, seed=seed).fit(codes, M, cats, words=kept)
     res = an.result()
     res.params.update({"n_words": n_words, "template": template, "min_category": min_category,
-                       "max_fraction": max_fraction})
+                       "max_fraction": max_fraction, "k": k})
+    labelled = {r["feature"]: r["label"] for r in an.labels_ if r["significant"]}
+    if decompose is None:
+        from collections import Counter
+
+        decompose = [c for c, _ in Counter(labelled.values()).most_common(8)]
+    unknown = [c for c in decompose if c not in cats]
+    if unknown:
+        raise ConfigError(f"--decompose {unknown[0]!r} is not a category of the words read: expected one of the "
+                          f"{len(cats)} WordNet categories with at least {min_category} of them, such as "
+                          f"{', '.join(cats[:3])}")
+    if decompose:
+        from ..analyzers.labels import LabelDecomposition
+        from ..analyzers.lda import fit_whitening, lda_direction
+        from ..steering.hierarchy import cov_half
+        from ..wordnet import _ancestors
+
+        Xf = np.asarray(X, dtype=np.float64)
+        wh = fit_whitening(Xf, 1e-6)
+        half = cov_half(wh)
+        G = wh(Xf)
+        dirs = {c: lda_direction(G[M[:, cats.index(c)]]) @ half for c in decompose}
+        anc: dict[str, set] = {}
+
+        def below(a: str, b: str) -> bool:
+            if a not in anc:
+                anc[a] = _ancestors(wn, a)
+            return b in anc[a]
+
+        live = [r["feature"] for r in an.labels_]
+        with step(f"Decomposing {len(dirs)} categories' LDA directions into {k} features"):
+            dec = LabelDecomposition(k=k, seed=seed).fit(dirs, sd.sae.W_dec.detach().float().cpu().numpy(), labelled,
+                                                         Xf, below, live)
+        res.metrics["statistics"].update(dec.metrics_["statistics"])
+        res.tables["decomposition"] = dec.rows_
     prov = common.stamp({"sae": str(sd.path), "model": sd.model or str(model), "hook": sd.hook,
                          "n_words_read": len(kept), "words": "plain WordNet nouns (first sense), drawn at random"}, t0)
 

@@ -349,6 +349,16 @@ def _labels_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     L += statistic_rows(m["statistics"], list(m["statistics"]))
     if "labels" in figs:
         L += ["", f"![labels](figures/{figs['labels']})"]
+    if t.get("decomposition"):
+        L += ["", f"## Category directions in features (k = {pr.get('k')})", "",
+              "Each category's LDA direction at the hook (the words' activations whitened by their covariance, mapped "
+              "back into the residual stream), decomposed into features by non-negative OMP; ✓ marks a feature "
+              "labelled with the category or a category under it.", "",
+              "| category | explained | features (label) | features labelled with it, in all |", "|---|---|---|---|"]
+        for r in t["decomposition"]:
+            L.append(f"| {r['category']} | {r['explained']:.2f} | " + ", ".join(
+                f"{f} ({lb or '–'}){' ✓' if ok else ''}" for f, lb, ok in zip(r["features"], r["labels"], r["match"]))
+                + f" | {r['n_features_labelled_with_it']} |")
     L += ["", "| feature | label | adjusted p | fires on | in category | category size | precision | recall | words |",
           "|---|---|---|---|---|---|---|---|---|"]
     for r in t["labels"][:60]:
