@@ -207,14 +207,32 @@ def build_hierarchy(
     vocab: token string -> id, as ``tokenizer.get_vocab()`` returns.
     pos: ``"n"`` for nouns, ``"v"`` for verbs.
     min_tokens: keep categories with strictly more tokens than this (Park et al. use 50).
-    """
-    import networkx as nx
 
+    With the shipped WordNet the tree is kept per process (a few vocabularies): a second call with the
+    same vocabulary returns the same object, which callers must not change.
+    """
     if pos not in ("n", "v"):
         raise ConfigError(f"unknown part of speech {pos!r}: expected 'n' (noun) or 'v' (verb)")
     if not isinstance(min_tokens, (int, np.integer)) or min_tokens < 1:
         raise ConfigError(f"min_tokens must be a positive integer, got {min_tokens!r}")
-    wn = wordnet or load_wordnet()
+    if wordnet is None:  # the shipped WordNet: the same vocabulary gives the same tree, so keep it
+        key = (hash(frozenset(vocab.items())), len(vocab), pos, int(min_tokens), tokenizer, merge_chains)
+        if key not in _TREES:
+            _TREES[key] = _build_hierarchy(vocab, pos, int(min_tokens), tokenizer, load_wordnet(), merge_chains)
+            while len(_TREES) > 4:
+                _TREES.pop(next(iter(_TREES)))
+        return _TREES[key]
+    return _build_hierarchy(vocab, pos, int(min_tokens), tokenizer, wordnet, merge_chains)
+
+
+#: build_hierarchy's trees for the shipped WordNet (a few, most recent last); callers must not change them
+_TREES: dict[tuple, ConceptHierarchy] = {}
+
+
+def _build_hierarchy(vocab: Mapping[str, int], pos: str, min_tokens: int, tokenizer: str, wn: "WordNet",
+                     merge_chains: bool) -> ConceptHierarchy:
+    import networkx as nx
+
     marker = detect_word_start(vocab)
     synsets = wn.all(pos)
 

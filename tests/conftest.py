@@ -151,3 +151,21 @@ def tiny_gemma_dir(root, n_layers=3, hidden=16, seed=0):
     m.save_pretrained(root)
     tok.save_pretrained(root)
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma(tmp_path_factory):
+    """One tiny random Gemma 3 directory (2 layers, width 16, Gemma's tokenizer) for the whole run; under
+    pytest-xdist the first worker to take the lock writes it and the others read it."""
+    import fcntl
+
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    out = root / "tiny_gemma" / "model"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "config.json").is_file():
+            tiny_gemma_dir(out.parent / "staging", n_layers=2)
+            (out.parent / "staging").rename(out)
+    return str(out)

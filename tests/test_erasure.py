@@ -74,10 +74,8 @@ def test_drops_beyond_unrelated_erasures_are_found_and_none_are_not():
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from conftest import tiny_gemma_dir
-
-    return tiny_gemma_dir(tmp_path_factory.mktemp("tiny_erase") / "model", n_layers=2)
+def tiny_dir(tiny_gemma):
+    return tiny_gemma
 
 
 def test_steer_erase_writes_its_report(tiny_dir, tmp_path, capsys):

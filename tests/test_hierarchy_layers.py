@@ -99,10 +99,8 @@ def test_missing_tokens_and_bad_shapes_say_what_to_fix():
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from conftest import tiny_gemma_dir
-
-    return tiny_gemma_dir(tmp_path_factory.mktemp("tiny_layers") / "model", n_layers=3)
+def tiny_dir(tiny_gemma):
+    return tiny_gemma
 
 
 def test_a_random_model_finds_no_hierarchy_at_any_layer(tiny_dir, tmp_path, capsys):
@@ -112,11 +110,11 @@ def test_a_random_model_finds_no_hierarchy_at_any_layer(tiny_dir, tmp_path, caps
     from geomsteer import cli
 
     out = tmp_path / "layers"
-    assert cli.main(["hierarchy", "--model", tiny_dir, "--layers", "0,2", "--min-tokens", "400", "--null-draws", "4",
+    assert cli.main(["hierarchy", "--model", tiny_dir, "--layers", "0,1", "--min-tokens", "400", "--null-draws", "4",
                      "--pool", "300", "--out", str(out)]) == 0
     doc = json.loads((out / "result.json").read_text())
     assert doc["geomsteer_result"] == "hierarchy_layers"
-    assert list(doc["metrics"]["layers"]) == ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
+    assert list(doc["metrics"]["layers"]) == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
     for layer, stats in doc["metrics"]["layers"].items():
         for name, st in stats.items():
             assert set(STAT_KEYS) <= set(st)
@@ -127,7 +125,7 @@ def test_a_random_model_finds_no_hierarchy_at_any_layer(tiny_dir, tmp_path, caps
     from safetensors import safe_open
 
     with safe_open(str(out / "directions.safetensors"), "np") as f:
-        assert f.get_tensor("directions.blocks.2.hook_resid_post").shape == (doc["provenance"]["n_categories"], 16)
+        assert f.get_tensor("directions.blocks.1.hook_resid_post").shape == (doc["provenance"]["n_categories"], 16)
 
 
 def test_api_result_matches_the_command_and_plots(tiny_dir):
@@ -145,7 +143,7 @@ def test_api_result_matches_the_command_and_plots(tiny_dir):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--layers", "7"], "has layers 0..2; got [7]"),
+    (["--layers", "7"], "has layers 0..1; got [7]"),
     (["--layers", "x"], "expected 'all', 'every:K'"),
     (["--layers", "0", "--no-baselines"], "drop --no-baselines"),
     (["--layers", "0", "--pool", "10"], "--pool must be at least 50"),

@@ -72,14 +72,13 @@ def test_widths_must_grow():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from conftest import tiny_gemma_dir
+def tiny(tmp_path_factory, tiny_gemma):
     from test_steering_analyzers import random_sae
 
     from geomsteer import saes
 
     root = tmp_path_factory.mktemp("tiny_split")
-    model = tiny_gemma_dir(root / "model", n_layers=2)
+    model = tiny_gemma
     h = "blocks.1.hook_resid_post"
     dirs = [str(saes.save_sae(random_sae(16, w, h, k=4, seed=w), root / f"sae{w}", extra={"hook": h, "model": model}))
             for w in (24, 8)]

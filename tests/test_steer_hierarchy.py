@@ -132,10 +132,8 @@ def test_caa_vectors_match_a_plain_mean_difference():
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from conftest import tiny_gemma_dir
-
-    return tiny_gemma_dir(tmp_path_factory.mktemp("tiny_steer_hier") / "model", n_layers=2)
+def tiny_dir(tiny_gemma):
+    return tiny_gemma
 
 
 def test_steer_hierarchy_writes_its_report(tiny_dir, tmp_path, capsys):
