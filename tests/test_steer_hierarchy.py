@@ -140,8 +140,8 @@ def test_steer_hierarchy_writes_its_report(tiny_dir, tmp_path, capsys):
     from geomsteer import cli
 
     out = tmp_path / "sh"
-    assert cli.main(["steer", "hierarchy", "--model", tiny_dir, "--layer", "1", "--null-draws", "3",
-                     "--pool", "200", "--norms", "0.5", "1", "--ref-norm", "1", "--out", str(out)]) == 0
+    assert cli.main(["steer", "hierarchy", "--model", tiny_dir, "--layer", "1", "--null-draws", "2",
+                     "--pool", "200", "--norms", "1", "--ref-norm", "1", "--out", str(out)]) == 0
     doc = json.loads((out / "result.json").read_text())
     assert doc["geomsteer_result"] == "steering_hierarchy"
     pairs = doc["metrics"]["pairs"]
