@@ -102,6 +102,7 @@ def test_steer_erase_writes_its_report(tiny_dir, tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--layer", "4"], "has layers 0..1"),
     (["--concept", "zzz.n.01"], "unknown category 'zzz.n.01'"),
+    (["--concept", "poodle.n.01"], "'poodle.n.01' is too small for this tokenizer"),
     (["--read-layers", "0", "--layer", "1"], "cannot change earlier layers"),
     (["--null-draws", "1"], "--null-draws must be at least 2"),
     (["--fit-words", "10"], "--fit-words must be an integer of at least 200"),

@@ -158,6 +158,7 @@ def test_steer_hierarchy_writes_its_report(tiny_dir, tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--pair", "animal.n.01"], "expected PARENT>CHILD"),
     (["--pair", "animal.n.01>zzz.n.01"], "unknown category 'zzz.n.01'"),
+    (["--pair", "animal.n.01>poodle.n.01"], "'poodle.n.01' is too small for this tokenizer"),
     (["--pair", "mammal.n.01>animal.n.01"], "is not below mammal.n.01"),
     (["--layer", "5"], "has layers 0..1"),
     (["--norms", "1", "2", "--ref-norm", "3"], "--ref-norm 3.0 must be one of --norms"),

@@ -314,6 +314,13 @@ def _find_category(hier: Any, name: str) -> str:
     for n in hier.graph:
         if name in hier.graph.nodes[n].get("merged", []):
             return n
+    from ..wordnet import load_wordnet
+
+    wn = load_wordnet()
+    if name in wn and wn.synsets[name].pos == hier.pos:
+        raise ConfigError(f"category {name!r} is too small for this tokenizer: the tree keeps categories with more than "
+                          f"{hier.min_tokens} single-token words (--min-tokens), and {name} has fewer; lower "
+                          "--min-tokens or choose a larger category")
     close = sorted(n for n in hier.graph if n.split(".")[0] == name.split(".")[0])
     raise ConfigError(f"unknown category {name!r}: expected a WordNet noun synset with more than the minimum number "
                       f"of single tokens for this tokenizer, such as animal.n.01 or mammal.n.01"
