@@ -56,6 +56,8 @@ def test_a_planted_split_along_wordnet_is_found_and_random_labels_are_not():
     st = a.metrics_["statistics"]["children_under_parent_label:n->w"]
     assert set(STAT_KEYS) <= set(st)
     assert st["observed"] == 1.0 and st["p_value"] < 0.01
+    strict = a.metrics_["statistics"]["children_strictly_under_parent_label:n->w"]
+    assert strict["observed"] == 1.0 and strict["p_value"] < 0.01  # the planted children are all below, none equal
     co = a.metrics_["statistics"]["coactivation_of_links:n->w"]
     assert co["observed"] > 0.5 and co["p_value"] < 0.01
     assert a.links_[0]["n_split_parents"] == 80 and a.trees_

@@ -79,20 +79,26 @@ class FeatureSplitting(Analyzer):
             kids = np.flatnonzero(parent >= 0)
             units = [(int(j), int(parent[j])) for j in kids if int(j) in lab_w and int(parent[j]) in lab_n]
             hits = np.array([below(lab_w[j], lab_n[i]) for j, i in units], dtype=float)
+            strict = np.array([lab_w[j] != lab_n[i] and below(lab_w[j], lab_n[i]) for j, i in units], dtype=float)
             pool = np.array(sorted(lab_w.values()))
-            draws = []
+            draws, strict_draws = [], []
             for _ in range(int(self.n_null)):
                 shuffled = rng.choice(pool, size=len(units), replace=False)
-                draws.append(float(np.mean([below(str(c), lab_n[i]) for c, (_, i) in zip(shuffled, units)]))
-                             if len(units) else np.nan)
+                b = [(below(str(c), lab_n[i]), str(c) != lab_n[i]) for c, (_, i) in zip(shuffled, units)]
+                draws.append(float(np.mean([x for x, _ in b])) if len(units) else np.nan)
+                strict_draws.append(float(np.mean([x and y for x, y in b])) if len(units) else np.nan)
             key = f"{names[s]}->{names[s + 1]}"
-            obs = float(hits.mean()) if len(hits) else float("nan")
-            stats[f"children_under_parent_label:{key}"] = statistic(
-                obs, len(hits), nulls={"shuffled_labels": null_summary(obs, draws, "greater")},
-                ci95=bootstrap_ci(hits, seed=self.seed) if len(hits) > 1 else None,
-                ci95_reason="fewer than two labelled links", alternative="greater", unit="link",
-                description="share of linked (narrow parent, wide child) pairs, both labelled, whose child label is the "
-                            "parent's WordNet category or lies under it")
+            for name, h, dr, what in (("children_under_parent_label", hits, draws, "is the parent's WordNet category or "
+                                       "lies under it"),
+                                      ("children_strictly_under_parent_label", strict, strict_draws,
+                                       "lies strictly under the parent's WordNet category (a split along an edge)")):
+                obs = float(h.mean()) if len(h) else float("nan")
+                stats[f"{name}:{key}"] = statistic(
+                    obs, len(h), nulls={"shuffled_labels": null_summary(obs, dr, "greater")},
+                    ci95=bootstrap_ci(h, seed=self.seed) if len(h) > 1 else None,
+                    ci95_reason="fewer than two labelled links", alternative="greater", unit="link",
+                    description=f"share of linked (narrow parent, wide child) pairs, both labelled, whose child label "
+                                f"{what}")
             all_hits.append(hits)
             all_draws = all_draws + np.nan_to_num(np.array(draws)) * len(hits)
             # co-activation on the words: linked pairs against the same wide features paired with random narrow ones
@@ -109,7 +115,8 @@ class FeatureSplitting(Analyzer):
             n_children = np.bincount(parent[kids], minlength=len(decoders[s])) if len(kids) else np.zeros(len(decoders[s]), int)
             links.append({"pair": key, "n_wide": int(len(parent)), "n_linked": int(len(kids)),
                           "n_split_parents": int((n_children >= 2).sum()), "n_labelled_links": int(len(units)),
-                          "n_under_parent_label": int(hits.sum()), "median_cos": float(np.median(cos))})
+                          "n_under_parent_label": int(hits.sum()), "n_strictly_under": int(strict.sum()),
+                          "median_cos": float(np.median(cos))})
             for i in np.argsort(-n_children)[:40]:
                 if n_children[i] < 2 or int(i) not in lab_n:
                     continue

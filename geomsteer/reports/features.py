@@ -372,7 +372,8 @@ def _labels_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
 def _split_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, Any]:
     plt = pyplot()
     st = doc["metrics"]["statistics"]
-    keys = [k for k in st if k.startswith("children_under_parent_label:")]
+    keys = [k for k in st if k.startswith("children_under_parent_label:")
+            or k.startswith("children_strictly_under_parent_label:")]
     figs: dict[str, Any] = {}
     if keys:
         fig, ax = plt.subplots(figsize=(1.6 * len(keys) + 2, 3.2))
@@ -383,8 +384,8 @@ def _split_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, An
         ax.errorbar(x, [n["mean"] if n["mean"] is not None else np.nan for n in nd],
                     yerr=[2 * (n["sd"] or 0) for n in nd], fmt="o", color="k", capsize=4, label="shuffled labels ± 2 sd")
         ax.set_xticks(x)
-        ax.set_xticklabels([k.split(":", 1)[1] for k in keys], fontsize=8)
-        ax.set(ylabel="share of links", title="child label at or under the parent's label")
+        ax.set_xticklabels([("strictly " if "strictly" in k else "") + k.split(":", 1)[1] for k in keys], fontsize=7)
+        ax.set(ylabel="share of links", title="child label at (or strictly) under the parent's label")
         ax.legend(fontsize=7)
         fig.tight_layout()
         save_figure(fig, fig_dir, "splitting.png", figs)
@@ -421,11 +422,11 @@ def _split_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     for k in ("splitting", "split_trees"):
         if k in figs:
             L += ["", f"![{k}](figures/{figs[k]})"]
-    L += ["", "| widths | wide features | linked | narrow features that split | labelled links | child under parent "
-          "label | median cos |", "|---|---|---|---|---|---|---|"]
+    L += ["", "| widths | wide features | linked | narrow features that split | labelled links | child at or under "
+          "parent label | strictly under | median cos |", "|---|---|---|---|---|---|---|---|"]
     for r in t["links"]:
         L.append(f"| {r['pair']} | {r['n_wide']} | {r['n_linked']} | {r['n_split_parents']} | {r['n_labelled_links']} | "
-                 f"{r['n_under_parent_label']} | {r['median_cos']:.2f} |")
+                 f"{r['n_under_parent_label']} | {r.get('n_strictly_under', '–')} | {r['median_cos']:.2f} |")
     L += ["", "## Splits (labelled parents with two or more children)", ""]
     for tr in t["splits"][:20]:
         L.append(f"- {tr['pair']} feature {tr['parent']} ({tr['parent_label']}): " + ", ".join(
