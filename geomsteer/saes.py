@@ -328,6 +328,26 @@ def ce_loss_recovered(model: Any, sae: Any, hook: str, token_batches: list[tuple
             m &= ids != int(bos_id)
         return m
 
+    from .steering.apply import unembed_rows, unembeds_itself
+
+    fast = unembeds_itself(model)
+
+    def nll_of(t: torch.Tensor, m: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Next-token NLL (rows, positions - 1), zero where not ``valid``."""
+        if not fast:
+            logp = torch.log_softmax(model(t, attention_mask=m.long())[:, :-1].float(), -1)
+            return -logp.gather(-1, t[:, 1:, None])[..., 0] * valid
+        # A HookedTransformer: unembed only the real positions, a chunk at a time, with a plain product
+        # (TransformerLens's Unembed copies the whole unembedding on every call)
+        resid = model(t, attention_mask=m.long(), stop_at_layer=model.cfg.n_layers)
+        r, c = torch.nonzero(valid, as_tuple=True)
+        out = torch.zeros(valid.shape, dtype=torch.float32)
+        for i in range(0, len(r), 256):
+            rr, cc = r[i : i + 256], c[i : i + 256]
+            lg = unembed_rows(model, resid[rr, cc])
+            out[rr, cc] = torch.logsumexp(lg, -1) - lg.gather(-1, t[rr, cc + 1][:, None])[:, 0]
+        return out
+
     def run(fwd_hooks) -> tuple[np.ndarray, np.ndarray]:
         totals, counts = [], []
         with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
@@ -335,11 +355,9 @@ def ce_loss_recovered(model: Any, sae: Any, hook: str, token_batches: list[tuple
                 t = torch.as_tensor(ids)
                 m = torch.as_tensor(mask).bool()
                 current["sel"] = keep(t, m)
-                logits = model(t, attention_mask=m.long())
-                logp = torch.log_softmax(logits[:, :-1].float(), -1)
-                nll = -logp.gather(-1, t[:, 1:, None])[..., 0]
                 valid = m[:, 1:] & m[:, :-1]
-                totals.append((nll * valid).sum(1).double().numpy())
+                nll = nll_of(t, m, valid)
+                totals.append(nll.sum(1).double().numpy())
                 counts.append(valid.sum(1).numpy())
         return np.concatenate(totals), np.concatenate(counts)
 

@@ -116,8 +116,10 @@ def small_sae(tmp_path_factory):
 # a long one at the end while the other idles; the groups that need the shared SAE start first.
 FIRST = ["test_analyses.py::steering_decomposition", "test_cli_steer.py", "test_analyses.py::cross_model_similarity",
          "test_models.py", "test_analyses.py::mapper_sae_lens", "test_cli.py", "test_topology.py",
-         "test_analyses.py::park2024_hierarchy", "test_api.py", "test_similarity.py", "test_wheel.py",
-         "test_cli_sae.py"]
+         "test_analyses.py::park2024_hierarchy", "test_api.py", "test_similarity.py", "test_steering_analyzers.py",
+         "test_cli_features.py", "test_wheel.py", "test_steer_hierarchy.py", "test_hierarchy_analyzer.py",
+         "test_hierarchy_layers.py", "test_features.py", "test_features_gemma.py",
+         "test_erasure.py", "test_labels.py", "test_wordnet.py", "test_steering.py", "test_cli_sae.py"]
 
 
 def _group(item) -> str:
