@@ -370,6 +370,17 @@ DEFAULT_GROUPS = (
 )
 
 
+def is_under(child: str, parent: str, wordnet: WordNet | None = None) -> bool:
+    """Whether synset ``child`` is ``parent`` or lies under it (hypernyms and instance hypernyms, any path)."""
+    wn = wordnet or load_wordnet()
+    return parent in _ancestors_cached(wn, child)
+
+
+@functools.lru_cache(maxsize=65536)
+def _ancestors_cached(wn: WordNet, name: str) -> frozenset[str]:
+    return frozenset(_ancestors(wn, name))
+
+
 def _ancestors(wn: WordNet, name: str) -> set[str]:
     seen: set[str] = set()
     stack = [name]

@@ -62,9 +62,18 @@ def test_a_planted_split_along_wordnet_is_found_and_random_labels_are_not():
     assert co["observed"] > 0.5 and co["p_value"] < 0.01
     assert a.links_[0]["n_split_parents"] == 80 and a.trees_
     dec, labels, codes = _planted(seed=2, split=False)
-    st = FeatureSplitting(n_null=300, seed=0).fit(dec, labels, codes, below).metrics_["statistics"][
-        "children_under_parent_label:80->160"]
-    assert not st["p_value"] < 0.01, st
+    stats = FeatureSplitting(n_null=300, seed=0).fit(dec, labels, codes, below).metrics_["statistics"]
+    for name in ("children_under_parent_label:80->160", "children_strictly_under_parent_label:80->160"):
+        assert not stats[name]["p_value"] < 0.01, (name, stats[name])
+
+
+def test_features_that_fire_independently_are_not_coactive():
+    dec, labels, _ = _planted(seed=3)
+    rng = np.random.default_rng(4)
+    codes = [rng.random((200, len(dec[0]))), rng.random((200, len(dec[1])))]  # no firing shared with a parent
+    st = FeatureSplitting(n_null=200, seed=0).fit(dec, labels, codes, below).metrics_["statistics"][
+        "coactivation_of_links:80->160"]
+    assert set(STAT_KEYS) <= set(st) and not st["p_value"] < 0.01, st
 
 
 def test_widths_must_grow():

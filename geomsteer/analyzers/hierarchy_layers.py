@@ -121,11 +121,9 @@ class LayerHierarchyAnalyzer(Analyzer):
             an.fit(Directions(X, [str(t) for t in ids], f"resid:{name}", "", {}), compact, pool=pool_rows)
             per_layer[name] = an.metrics_
             names = an.names_
-            # whitened row g = (x - m) W with W = Cov^(-1/2) symmetric: a step l in whitened space is
-            # the step l W^(-1) = l Cov^(1/2) in the residual stream
-            w, Q = np.linalg.eigh(an.whitening_.W)
-            cov_half = (Q / w) @ Q.T
-            directions[name] = (np.asarray(an.directions_.vectors, dtype=np.float64) @ cov_half).astype(np.float32)
+            # a step l of the whitened row is the step l Cov^(1/2) in the residual stream
+            directions[name] = (np.asarray(an.directions_.vectors, dtype=np.float64)
+                                @ an.whitening_.inverse()).astype(np.float32)
             auc[name] = [r["heldout_auc"] for r in an.categories_]
             pc[name] = [r["orthogonality_cos"] for r in an.categories_]
             self._last_tables = an.categories_

@@ -27,6 +27,12 @@ class Whitening:
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         return (np.asarray(rows, dtype=np.float64) - self.mean) @ self.W
 
+    def inverse(self) -> np.ndarray:
+        """``W^(-1) = Cov^(1/2)`` (floored eigenvalues): a step ``l`` of a whitened row is the step ``l @ inverse()``
+        of the raw row, so a direction fit in the whitened space maps back by this matrix."""
+        w, Q = np.linalg.eigh(self.W)
+        return (Q / w) @ Q.T
+
 
 def fit_whitening(gamma: np.ndarray, eig_floor: float = 1e-10, chunk: int = 16384) -> Whitening:
     """Mean and inverse square root of the covariance of the rows of ``gamma``, in float64.

@@ -250,20 +250,15 @@ def label(sae: str | Path | SaeDir, model: Any = None, *, n_words: int = 4000, t
     if decompose:
         from ..analyzers.labels import LabelDecomposition
         from ..analyzers.lda import fit_whitening, lda_direction
-        from ..steering.hierarchy import cov_half
-        from ..wordnet import _ancestors
+        from ..wordnet import is_under
 
         Xf = np.asarray(X, dtype=np.float64)
         wh = fit_whitening(Xf, 1e-6)
-        half = cov_half(wh)
+        half = wh.inverse()
         G = wh(Xf)
         dirs = {c: lda_direction(G[M[:, cats.index(c)]]) @ half for c in decompose}
-        anc: dict[str, set] = {}
-
         def below(a: str, b: str) -> bool:
-            if a not in anc:
-                anc[a] = _ancestors(wn, a)
-            return b in anc[a]
+            return is_under(a, b, wn)
 
         live = [r["feature"] for r in an.labels_]
         with step(f"Decomposing {len(dirs)} categories' LDA directions into {k} features"):
@@ -317,7 +312,7 @@ def split(saes: Sequence[Any] | None = None, model: Any = None, *, hook: str | N
     from ..analyzers.splitting import FeatureSplitting
     from ..reports.features import write_features_report
     from ..results import FeatureResult
-    from ..wordnet import _ancestors, category_memberships, load_wordnet
+    from ..wordnet import category_memberships, is_under, load_wordnet
     from . import common
     from .concepts import words_in_context
 
@@ -392,12 +387,8 @@ def split(saes: Sequence[Any] | None = None, model: Any = None, *, hook: str | N
         labels.append({r["feature"]: r["label"] for r in lab.labels_ if r["significant"]})
         codes.append(C)
         fractions[str(w)] = lab.statistics_["labelled_fraction"]
-    anc_cache: dict[str, set] = {}
-
     def below(child: str, parent: str) -> bool:
-        if child not in anc_cache:
-            anc_cache[child] = _ancestors(wn, child)
-        return parent in anc_cache[child]
+        return is_under(child, parent, wn)
 
     decoders = [s_.W_dec.detach().float().cpu().numpy() for s_ in sae_objs]
     with step(f"Linking features across widths {', '.join(map(str, widths))} ({n_null} label shuffles)"):

@@ -307,6 +307,25 @@ def propagate(model: Any, vectors: Any, saes: Sequence[Any], eval: Any = "sentim
     return _result("steering_propagation", prov, prop.result(), t0)
 
 
+def _model_and_tree(model: Any, layer: Any, min_tokens: int) -> tuple[Any, Any, str, dict, Any]:
+    """The model, what it was loaded from, the residual hook after ``layer`` (checked against the model), its
+    vocabulary and the WordNet noun tree for its tokenizer."""
+    import numpy as np
+
+    from .. import models
+    from ..wordnet import build_hierarchy
+
+    tl, resolved = models.use_model(model)
+    n_layers = int(tl.cfg.n_layers)
+    if not (isinstance(layer, (int, np.integer)) and 0 <= layer < n_layers):
+        raise ConfigError(f"--layer {layer!r}: {resolved.name} has layers 0..{n_layers - 1}; give a block number in "
+                          "that range")
+    vocab = dict(tl.tokenizer.get_vocab())
+    with step("Building the WordNet noun hierarchy for this tokenizer"):
+        hier = build_hierarchy(vocab, pos="n", min_tokens=min_tokens, tokenizer=type(tl.tokenizer).__name__)
+    return tl, resolved, resid_hook(int(layer)), vocab, hier
+
+
 def _find_category(hier: Any, name: str) -> str:
     """The tree's node for a synset name (one merged into a node by chain merging maps to that node)."""
     if name in hier.graph:
@@ -349,15 +368,14 @@ def hierarchy(model: Any, pairs: Sequence[str] = ("animal.n.01>mammal.n.01", "an
     directions and the same constructions on nested random sets. Also Park et al.'s orthogonality for the CAA
     vectors of every edge of the tree, against nested random sets.
     """
-    from .. import models
     from .._progress import say
     from ..activations import token_activations
     from ..analyzers.lda import fit_whitening
     from ..analyzers.steer_hierarchy import CaaOrthogonality, HierarchySteering
-    from ..steering.hierarchy import (PROMPTS, VECTOR_TYPES, ConceptRows, MassProbe, concept_vectors, cov_half,
+    from ..steering.hierarchy import (PROMPTS, VECTOR_TYPES, ConceptRows, MassProbe, concept_vectors,
                                       measure_grid, nested_random_rows, unembedding_vectors)
     from ..steering.nulls import covariance_directions
-    from ..wordnet import build_hierarchy, load_wordnet
+    from ..wordnet import load_wordnet
     from .hierarchy import word_pool
 
     import numpy as np
@@ -374,14 +392,8 @@ def hierarchy(model: Any, pairs: Sequence[str] = ("animal.n.01>mammal.n.01", "an
     if not (isinstance(n_pool, int) and n_pool >= 50):
         raise ConfigError(f"--pool must be at least 50 comparison tokens, got {n_pool!r}")
     t0 = time.perf_counter()
-    tl, resolved = models.use_model(model)
+    tl, resolved, hook, vocab, hier = _model_and_tree(model, layer, min_tokens)
     n_layers = int(tl.cfg.n_layers)
-    if not (isinstance(layer, (int, np.integer)) and 0 <= layer < n_layers):
-        raise ConfigError(f"--layer {layer!r}: {resolved.name} has layers 0..{n_layers - 1}")
-    hook = resid_hook(int(layer))
-    vocab = dict(tl.tokenizer.get_vocab())
-    with step("Building the WordNet noun hierarchy for this tokenizer"):
-        hier = build_hierarchy(vocab, pos="n", min_tokens=min_tokens, tokenizer=type(tl.tokenizer).__name__)
     import networkx as nx
 
     nodes = []
@@ -401,7 +413,7 @@ def hierarchy(model: Any, pairs: Sequence[str] = ("animal.n.01>mammal.n.01", "an
     X = token_activations(tl, ids, [hook], template=template,
                           description=f"Reading {len(ids):,} words at {hook}")[hook]
     wh = fit_whitening(X)
-    half = cov_half(wh)
+    half = wh.inverse()
     # the norm unit: the words' root-mean-square distance from their mean (the residual's own massive,
     # nearly constant dimensions would make its raw norm a unit that breaks the model at a quarter of it)
     scale = float(np.sqrt(np.mean(np.sum((X - X.mean(0, dtype=np.float64)) ** 2, axis=1))))
@@ -507,14 +519,13 @@ def erase(model: Any, concept: str = "animal.n.01", *, layer: int = 6,
     """
     import numpy as np
 
-    from .. import models
     from .._progress import counter, say
     from ..activations import bos_ids, token_activations
     from ..analyzers.erasure import ErasureAnalyzer
     from ..analyzers.hierarchy_stats import tree_split
     from ..steering.erasure import erasing, fit_eraser, next_token_logmass, probe_auc
     from ..steering.hierarchy import PROMPTS
-    from ..wordnet import build_hierarchy, load_wordnet
+    from ..wordnet import load_wordnet
     from .hierarchy import word_pool
 
     check_null_draws(n_null, allow_zero=False)
@@ -522,11 +533,8 @@ def erase(model: Any, concept: str = "animal.n.01", *, layer: int = 6,
         if not (isinstance(v, int) and v >= low):
             raise ConfigError(f"{name} must be an integer of at least {low}, got {v!r}")
     t0 = time.perf_counter()
-    tl, resolved = models.use_model(model)
+    tl, resolved, hook, vocab, hier = _model_and_tree(model, layer, min_tokens)
     n_layers = int(tl.cfg.n_layers)
-    if not (isinstance(layer, (int, np.integer)) and 0 <= layer < n_layers):
-        raise ConfigError(f"--layer {layer!r}: {resolved.name} has layers 0..{n_layers - 1}")
-    hook = resid_hook(int(layer))
     if read_layers is None:
         reads = sorted(set(range(int(layer), n_layers, 3)) | {n_layers - 1})
     else:
@@ -535,9 +543,6 @@ def erase(model: Any, concept: str = "animal.n.01", *, layer: int = 6,
             raise ConfigError(f"--read-layers {read_layers!r}: erasure at layer {layer} cannot change earlier layers; "
                               f"give layers from {layer} to {n_layers - 1}")
     read_hooks = [resid_hook(x) for x in reads]
-    vocab = dict(tl.tokenizer.get_vocab())
-    with step("Building the WordNet noun hierarchy for this tokenizer"):
-        hier = build_hierarchy(vocab, pos="n", min_tokens=min_tokens, tokenizer=type(tl.tokenizer).__name__)
     c = _find_category(hier, concept)
     measured = [c] + [x for x in (_find_category(hier, a) for a in also) if x != c]
     par = hier.parent(c)
@@ -598,7 +603,10 @@ def erase(model: Any, concept: str = "animal.n.01", *, layer: int = 6,
     res.params.update({"concept": concept, "layer": int(layer), "also": list(also), "read_layers": reads,
                        "n_siblings": n_siblings, "n_null": n_null, "template": template, "min_tokens": min_tokens,
                        "n_pool": n_pool, "max_per_category": max_per_category, "n_fit": n_fit, "seed": seed})
-    roles = {c: "erased"} | {x: ("descendant" if x in nx_desc(hier, c) else "other") for x in measured[1:]}
+    import networkx as nx
+
+    below_c = nx.descendants(hier.graph, c)
+    roles = {c: "erased"} | {x: ("descendant" if x in below_c else "other") for x in measured[1:]}
     if par is not None:
         roles.update({x: "sibling" for x in hier.graph.successors(par) if x in roles and x != c})
     res.metrics.update({"erased": c, "measured": {x: {"role": roles[x], "n_tokens": int(len(hier.tokens(x))),
@@ -613,9 +621,3 @@ def erase(model: Any, concept: str = "animal.n.01", *, layer: int = 6,
             "null": "the same eraser fit for an unrelated WordNet category (neither ancestor nor descendant of any "
                     "measured category) of about the same size"}
     return _result("steering_erasure", prov, res, t0)
-
-
-def nx_desc(hier: Any, c: str) -> set:
-    import networkx as nx
-
-    return set(nx.descendants(hier.graph, c))

@@ -60,20 +60,16 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return (v / n if n > 0 and np.isfinite(n) else np.zeros_like(v)).astype(np.float32)
 
 
-def cov_half(wh: Whitening) -> np.ndarray:
-    """``Cov^(1/2)``: the inverse of the (symmetric) whitening matrix."""
-    w, Q = np.linalg.eigh(wh.W)
-    return (Q / w) @ Q.T
-
-
 def concept_vectors(X: np.ndarray, rows: ConceptRows, wh: Whitening | None = None,
                     half: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The four activation-space vectors (unit norm) of a parent and child category; see the module."""
+    """The four activation-space vectors (unit norm) of a parent and child category; see the module.
+
+    ``wh`` (the rows' whitening) and ``half`` (its ``inverse()``) can be given to reuse them across calls."""
     X = np.asarray(X)
     if wh is None:
         wh = fit_whitening(X)
     if half is None:
-        half = cov_half(wh)
+        half = wh.inverse()
     siblings = np.setdiff1d(rows.parent, rows.child)
     lp = lda_direction(wh(X[rows.parent]))
     lc = lda_direction(wh(X[rows.child]))
