@@ -381,6 +381,31 @@ def _ancestors_cached(wn: WordNet, name: str) -> frozenset[str]:
     return frozenset(_ancestors(wn, name))
 
 
+def path_up(child: str, parent: str, wordnet: WordNet | None = None) -> list[str] | None:
+    """The shortest hypernym path between synset ``parent`` and ``child`` under it, listed from ``parent`` down to
+    ``child`` (both included), or None when ``child`` is not under ``parent``."""
+    wn = wordnet or load_wordnet()
+    if child not in wn or not is_under(child, parent, wn):
+        return None
+    prev: dict[str, str | None] = {child: None}
+    frontier = [child]
+    while frontier:
+        nxt = []
+        for s in frontier:
+            if s == parent:
+                out = [s]
+                while prev[out[-1]] is not None:
+                    out.append(prev[out[-1]])  # type: ignore[arg-type]
+                return out
+            syn = wn.synsets[s]
+            for h in syn.hypernyms + syn.instance_hypernyms:
+                if h not in prev and h in wn:
+                    prev[h] = s
+                    nxt.append(h)
+        frontier = nxt
+    return None
+
+
 def _ancestors(wn: WordNet, name: str) -> set[str]:
     seen: set[str] = set()
     stack = [name]

@@ -76,6 +76,18 @@ def test_features_that_fire_independently_are_not_coactive():
     assert set(STAT_KEYS) <= set(st) and not st["p_value"] < 0.01, st
 
 
+def test_wordnet_paths_run_from_the_parent_label_down():
+    from geomsteer.wordnet import is_under, load_wordnet, path_up
+
+    wn = load_wordnet()
+    p = path_up("dog.n.01", "animal.n.01")
+    assert p[0] == "animal.n.01" and p[-1] == "dog.n.01" and len(p) >= 3  # the shortest: via domestic animal
+    for up, down in zip(p[:-1], p[1:]):  # each step is a hypernym edge
+        assert up in wn.synsets[down].hypernyms + wn.synsets[down].instance_hypernyms
+    assert path_up("animal.n.01", "dog.n.01") is None and not is_under("animal.n.01", "dog.n.01")
+    assert is_under("dog.n.01", "dog.n.01") and path_up("dog.n.01", "dog.n.01") == ["dog.n.01"]
+
+
 def test_widths_must_grow():
     dec, labels, codes = _planted()
     with pytest.raises(DataError, match="grow in width"):

@@ -312,7 +312,7 @@ def split(saes: Sequence[Any] | None = None, model: Any = None, *, hook: str | N
     from ..analyzers.splitting import FeatureSplitting
     from ..reports.features import write_features_report
     from ..results import FeatureResult
-    from ..wordnet import category_memberships, is_under, load_wordnet
+    from ..wordnet import category_memberships, is_under, load_wordnet, path_up
     from . import common
     from .concepts import words_in_context
 
@@ -394,6 +394,9 @@ def split(saes: Sequence[Any] | None = None, model: Any = None, *, hook: str | N
     with step(f"Linking features across widths {', '.join(map(str, widths))} ({n_null} label shuffles)"):
         an = FeatureSplitting(min_cos=min_cos, n_null=n_null, seed=seed).fit(decoders, labels, codes, below,
                                                                            names=[str(w) for w in widths])
+    for tr in an.trees_:  # the WordNet subtree beside each split: each child label's path up to the parent's
+        tr["wordnet_paths"] = {ch["label"]: path_up(ch["label"], tr["parent_label"], wn)
+                               for ch in tr["children"] if ch["label"]}
     res = an.result()
     res.metrics["statistics"].update({f"labelled_fraction:{w}": st for w, st in fractions.items()})
     res.params.update({"widths": widths, "tokens": tokens if not saes else None, "k": k if not saes else None,

@@ -389,10 +389,11 @@ def _split_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, An
         ax.legend(fontsize=7)
         fig.tight_layout()
         save_figure(fig, fig_dir, "splitting.png", figs)
-    trees = doc["tables"]["splits"][:4]
+    # the splits with the most children under the parent's label, each above its WordNet subtree
+    trees = sorted(doc["tables"]["splits"], key=lambda t: -sum(bool(c["under_parent_label"]) for c in t["children"]))[:4]
     if trees:
-        fig, axes = plt.subplots(1, len(trees), figsize=(4.2 * len(trees), 3.4), squeeze=False)
-        for ax, t in zip(axes[0], trees):
+        fig, axes = plt.subplots(2, len(trees), figsize=(4.2 * len(trees), 6.4), squeeze=False)
+        for ax, wax, t in zip(axes[0], axes[1], trees):
             ax.axis("off")
             ax.text(0.5, 0.92, f"{t['pair'].split('->')[0]}#{t['parent']}\n{t['parent_label']}", ha="center", va="top",
                     fontsize=8, bbox=dict(boxstyle="round", fc="#dde"))
@@ -404,9 +405,37 @@ def _split_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, An
                 ax.text(xj, 0.4, f"#{ch['feature']}\n{ch['label'] or '(no label)'}\ncos {ch['cos']:.2f}", ha="center",
                         va="top", fontsize=6, rotation=30,
                         bbox=dict(boxstyle="round", fc={True: "#cfc", False: "#fcc", None: "#eee"}[ok]))
-        fig.suptitle("splits: green = child label at or under the parent's WordNet category", fontsize=9)
+            _wordnet_subtree(wax, t)
+        fig.suptitle("splits (top; green = child label at or under the parent's WordNet category) and the WordNet "
+                     "subtree from the parent's label to the children's (bottom)", fontsize=9)
         save_figure(fig, fig_dir, "split_trees.png", figs)
     return figs
+
+
+def _wordnet_subtree(ax: Any, tree: Mapping[str, Any]) -> None:
+    """The WordNet paths from a split's parent label down to its children's labels, drawn as a tree by depth."""
+    ax.axis("off")
+    paths = [p for p in (tree.get("wordnet_paths") or {}).values() if p]
+    if not paths:
+        ax.text(0.5, 0.5, "no child label under the parent's", ha="center", va="center", fontsize=7, color="0.4")
+        return
+    depth: dict[str, int] = {}
+    edges = set()
+    for p in paths:  # p runs from the parent label down to the child label
+        for d, node in enumerate(p):
+            depth[node] = min(depth.get(node, d), d)
+        edges.update(zip(p[:-1], p[1:]))
+    levels: dict[int, list[str]] = {}
+    for node, d in sorted(depth.items(), key=lambda kv: kv[1]):
+        levels.setdefault(d, []).append(node)
+    top = max(levels)
+    pos = {n: ((i + 0.5) / len(ns), 0.9 - 0.8 * d / max(top, 1)) for d, ns in levels.items() for i, n in enumerate(ns)}
+    leaves = {p[-1] for p in paths}
+    for a, b in edges:
+        ax.plot([pos[a][0], pos[b][0]], [pos[a][1], pos[b][1]], color="0.6", lw=0.8)
+    for n, (x, y) in pos.items():
+        ax.text(x, y, n.split(".")[0].replace("_", " "), ha="center", va="center", fontsize=6,
+                bbox=dict(boxstyle="round", fc="#cfc" if n in leaves and n != paths[0][0] else "#eef"))
 
 
 def _split_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
