@@ -390,12 +390,18 @@ def _split_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, An
         fig.tight_layout()
         save_figure(fig, fig_dir, "splitting.png", figs)
     # the splits with the most children under the parent's label, each above its WordNet subtree
-    trees = sorted(doc["tables"]["splits"], key=lambda t: -sum(bool(c["under_parent_label"]) for c in t["children"]))[:4]
+    def score(t):  # children strictly under the parent's label first, then at or under it
+        under = [c for c in t["children"] if c["under_parent_label"]]
+        return (-sum(c["label"] != t["parent_label"] for c in under), -len(under))
+
+    trees = sorted(doc["tables"]["splits"], key=score)[:4]
     if trees:
-        fig, axes = plt.subplots(2, len(trees), figsize=(4.2 * len(trees), 6.4), squeeze=False)
+        fig, axes = plt.subplots(2, len(trees), figsize=(4.2 * len(trees), 7.0), squeeze=False,
+                                 gridspec_kw={"hspace": 0.35})
         for ax, wax, t in zip(axes[0], axes[1], trees):
             ax.axis("off")
-            ax.text(0.5, 0.92, f"{t['pair'].split('->')[0]}#{t['parent']}\n{t['parent_label']}", ha="center", va="top",
+            ax.set_title("feature split (green: label at or under the parent's)", fontsize=7)
+            ax.text(0.5, 0.95, f"{t['pair'].split('->')[0]}#{t['parent']}\n{t['parent_label']}", ha="center", va="top",
                     fontsize=8, bbox=dict(boxstyle="round", fc="#dde"))
             kids = t["children"][:8]
             for j, ch in enumerate(kids):
@@ -406,8 +412,7 @@ def _split_figures(doc: Mapping[str, Any], fig_dir: Path | None) -> dict[str, An
                         va="top", fontsize=6, rotation=30,
                         bbox=dict(boxstyle="round", fc={True: "#cfc", False: "#fcc", None: "#eee"}[ok]))
             _wordnet_subtree(wax, t)
-        fig.suptitle("splits (top; green = child label at or under the parent's WordNet category) and the WordNet "
-                     "subtree from the parent's label to the children's (bottom)", fontsize=9)
+            wax.set_title("WordNet, from the parent's label down", fontsize=7)
         save_figure(fig, fig_dir, "split_trees.png", figs)
     return figs
 
