@@ -137,6 +137,70 @@ def forward_rows(model: Any, rows: Sequence[Sequence[int]], hooks: Sequence[str]
     return _forward(model, ids, np.arange(ids.shape[1])[None, :] < lengths[:, None], hooks)
 
 
+def plan_batches(model: Any, texts: Sequence[str], batch_size: int = 16, context_length: int = 128,
+                 pack: bool = False, keep_bos: bool = False, max_tokens: int | None = None) -> Iterator[dict[str, Any]]:
+    """The batches :func:`iter_activations` runs, without running them: per batch ``ids`` (rows,
+    width), ``doc`` (each token's document, -1 for start, separators and padding), ``lengths``,
+    ``doc_start``/``doc_end`` (documents consumed so far before and after it), ``n_tokens`` (the
+    tokens it yields) and ``cut`` (yield only the first ``cut`` tokens: ``max_tokens`` reached).
+
+    Planning is cheap (tokenizing only), so a backend can cut the batches into shards before any
+    forward pass and a distributed run computes exactly the batches a local run does.
+    """
+    if batch_size < 1 or context_length < 2:
+        raise ConfigError(f"batch_size must be positive and context_length at least 2, got {batch_size} and "
+                          f"{context_length}")
+    head = bos_ids(model)
+    tokenized: list[list[int]] = []  # documents tokenized ahead, in chunks (fast tokenizers batch well)
+    offset = start = 0
+    total = 0
+    while start < len(texts):
+        need = batch_size * (context_length if pack else 1)
+        if len(tokenized) - (start - offset) < need and offset + len(tokenized) < len(texts):
+            tokenized = tokenized[start - offset :]
+            offset = start
+            chunk = list(texts[offset + len(tokenized) : offset + len(tokenized) + max(need, 1024)])
+            tokenized += model.tokenizer(chunk, add_special_tokens=False)["input_ids"]
+        ids, doc, lengths, used = _rows(model, tokenized[start - offset :], context_length, pack, batch_size)
+        n = int((doc >= 0).sum()) + (len(ids) if head and keep_bos else 0)
+        cut = None
+        if max_tokens is not None and total + n >= max_tokens:
+            cut, n = max_tokens - total, max_tokens - total
+        total += n
+        yield {"ids": ids, "doc": doc, "lengths": lengths, "doc_start": start, "doc_end": start + used,
+               "n_tokens": n, "cut": cut}
+        start += used
+        if cut is not None:
+            return
+
+
+def batch_activations(model: Any, batch: dict[str, Any], hooks: Sequence[str], keep_bos: bool = False,
+                      dtype: str = "float32") -> dict[str, np.ndarray]:
+    """Run one planned batch (:func:`plan_batches`): ``{hook: (n_tokens, d), "token_ids", "doc_index",
+    "position"}`` for its real tokens, in row order."""
+    np_dtype = {"float32": np.float32, "float16": np.float16}.get(dtype)
+    if np_dtype is None:
+        raise ConfigError(f"unknown dtype {dtype!r}: expected float32 or float16")
+    ids, doc, lengths = batch["ids"], batch["doc"], batch["lengths"]
+    head = bos_ids(model)
+    acts = _forward(model, ids, np.arange(ids.shape[1])[None, :] < lengths[:, None], hooks)
+    keep = doc >= 0
+    if head and keep_bos:
+        keep[:, 0] = True
+    rows, cols = np.nonzero(keep)
+    out: dict[str, Any] = {h: acts[h].float().cpu().numpy()[rows, cols].astype(np_dtype) for h in hooks}
+    out["token_ids"] = ids[rows, cols]
+    d = doc[rows, cols]
+    if head and keep_bos:  # a row's BOS counts with the row's first document
+        first = np.array([r[r >= 0][0] if (r >= 0).any() else 0 for r in doc])
+        d = np.where(d < 0, first[rows], d)
+    out["doc_index"] = (d + batch["doc_start"]).astype(np.int64)
+    out["position"] = cols.astype(np.int64)
+    if batch.get("cut") is not None:
+        out = {k: v[: batch["cut"]] for k, v in out.items()}
+    return out
+
+
 def iter_activations(model: Any, texts: Sequence[str], hooks: Sequence[str], batch_size: int = 16,
                      context_length: int = 128, keep_bos: bool = False, dtype: str = "float32",
                      pack: bool = False) -> Iterator[dict[str, Any]]:
@@ -150,38 +214,11 @@ def iter_activations(model: Any, texts: Sequence[str], hooks: Sequence[str], bat
     before them in their row, as in SAELens's packed training data).
     """
     hooks = check_hooks(model, hooks)
-    if batch_size < 1 or context_length < 2:
-        raise ConfigError(f"batch_size must be positive and context_length at least 2, got {batch_size} and "
-                          f"{context_length}")
-    np_dtype = {"float32": np.float32, "float16": np.float16}.get(dtype)
-    if np_dtype is None:
+    if dtype not in ("float32", "float16"):
         raise ConfigError(f"unknown dtype {dtype!r}: expected float32 or float16")
-    head = bos_ids(model)
-    tokenized: list[list[int]] = []  # documents tokenized ahead, in chunks (fast tokenizers batch well)
-    offset = start = 0
-    while start < len(texts):
-        need = batch_size * (context_length if pack else 1)
-        if len(tokenized) - (start - offset) < need and offset + len(tokenized) < len(texts):
-            tokenized = tokenized[start - offset :]
-            offset = start
-            chunk = list(texts[offset + len(tokenized) : offset + len(tokenized) + max(need, 1024)])
-            tokenized += model.tokenizer(chunk, add_special_tokens=False)["input_ids"]
-        ids, doc, lengths, used = _rows(model, tokenized[start - offset :], context_length, pack, batch_size)
-        acts = _forward(model, ids, np.arange(ids.shape[1])[None, :] < lengths[:, None], hooks)
-        keep = doc >= 0
-        if head and keep_bos:
-            keep[:, 0] = True
-        rows, cols = np.nonzero(keep)
-        out: dict[str, Any] = {h: acts[h].float().cpu().numpy()[rows, cols].astype(np_dtype) for h in hooks}
-        out["token_ids"] = ids[rows, cols]
-        d = doc[rows, cols]
-        if head and keep_bos:  # a row's BOS counts with the row's first document
-            first = np.array([r[r >= 0][0] if (r >= 0).any() else 0 for r in doc])
-            d = np.where(d < 0, first[rows], d)
-        out["doc_index"] = (d + start).astype(np.int64)
-        out["position"] = cols.astype(np.int64)
-        start += used
-        out["docs_done"] = start
+    for batch in plan_batches(model, texts, batch_size, context_length, pack, keep_bos):
+        out = batch_activations(model, batch, hooks, keep_bos, dtype)
+        out["docs_done"] = batch["doc_end"]
         yield out
 
 
@@ -207,29 +244,68 @@ def unit_activations(model: Any, units: Sequence[str], hooks: Sequence[str], rul
     order of the kept units.
     """
     hooks = check_hooks(model, hooks)
+    pieces, n_tok, kept, order = unit_plan(model, units, rule, prefix, max_tokens)
+    rows = _unit_rows(model, [pieces[i] for i in order], hooks, rule, prefix, batch_size, progress, description)
+    row_of = np.empty(len(units), dtype=np.int64)  # back to the order of the units
+    row_of[order] = np.arange(len(order))
+    inv = row_of[np.flatnonzero(kept)]
+    return {h: X[inv] for h, X in rows.items()}, kept, n_tok
+
+
+def unit_activations_pool(pool: Any, units: Sequence[str], hooks: Sequence[str], rule: str = "last",
+                          prefix: str = "", max_tokens: int = 3, batch_size: int = 64, batches_per_job: int = 4,
+                          description: str = "Reading units") -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """:func:`unit_activations` on a backend's model workers (:meth:`geomsteer.backend.Backend.model_pool`).
+
+    The units are tokenized and ordered once, then cut into jobs of ``batches_per_job`` whole
+    batches, so each forward pass holds the units a local run puts in it (the same numbers).
+    """
+    pieces, n_tok, kept, order = pool.run("unit_plan", list(units), list(hooks), rule, prefix, max_tokens)
+    ordered = [pieces[i] for i in order]
+    size = batch_size * max(1, batches_per_job)
+    jobs = [("unit_batches", (ordered[i : i + size], list(hooks), rule, prefix, batch_size), {})
+            for i in range(0, len(ordered), size)]
+    parts = pool.map(jobs, description)
+    rows = {h: np.concatenate([p[h] for p in parts]) if parts else np.empty((0, 0), np.float32) for h in hooks}
+    row_of = np.empty(len(units), dtype=np.int64)
+    row_of[order] = np.arange(len(order))
+    inv = row_of[np.flatnonzero(kept)]
+    return {h: X[inv] for h, X in rows.items()}, kept, n_tok
+
+
+def unit_plan(model: Any, units: Sequence[str], rule: str, prefix: str, max_tokens: int
+              ) -> tuple[list[list[int]], np.ndarray, np.ndarray, np.ndarray]:
+    """Tokenize units for :func:`unit_activations`: (token ids of each, their counts, which are kept,
+    the kept units' order of reading, by length so that similar lengths share a batch)."""
     if rule not in RULES:
         raise ConfigError(f"unknown position rule {rule!r}: expected one of {', '.join(RULES)}")
     if max_tokens < 1:
         raise ConfigError(f"max_tokens must be at least 1, got {max_tokens}")
     tok = model.tokenizer
-    head = bos_ids(model) + (tok(prefix, add_special_tokens=False)["input_ids"] if prefix else [])
-    pieces = tok([" " + u for u in units], add_special_tokens=False)["input_ids"] if len(units) else []
+    pieces = [list(p) for p in tok([" " + u for u in units], add_special_tokens=False)["input_ids"]] if len(units) else []
     unk = tok.unk_token_id
     n_tok = np.array([len(p) for p in pieces], dtype=np.int64)
     kept = (n_tok >= 1) & (n_tok <= max_tokens)
     if unk is not None:
         kept &= np.array([unk not in p for p in pieces], dtype=bool)
     order = np.flatnonzero(kept)
-    order = order[np.argsort(n_tok[order], kind="stable")]  # similar lengths share a batch
-    row_of = np.empty(len(units), dtype=np.int64)
-    row_of[order] = np.arange(len(order))
+    order = order[np.argsort(n_tok[order], kind="stable")]
+    return pieces, n_tok, kept, order
+
+
+def _unit_rows(model: Any, pieces: Sequence[Sequence[int]], hooks: Sequence[str], rule: str, prefix: str,
+               batch_size: int, progress: bool, description: str) -> dict[str, np.ndarray]:
+    """Each tokenized unit's vector, in the order given, ``batch_size`` units a forward pass."""
+    tok = model.tokenizer
+    head = bos_ids(model) + (tok(prefix, add_special_tokens=False)["input_ids"] if prefix else [])
+    n_tok = np.array([len(p) for p in pieces], dtype=np.int64)
     d = int(model.cfg.d_model)
-    out = {h: np.empty((len(order), d), dtype=np.float32) for h in hooks}
+    out = {h: np.empty((len(pieces), d), dtype=np.float32) for h in hooks}
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     start = len(head)
-    with counter(description, len(order), "units", enabled=progress) as advance:
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
+    with counter(description, len(pieces), "units", enabled=progress) as advance:
+        for b in range(0, len(pieces), batch_size):
+            idx = np.arange(b, min(b + batch_size, len(pieces)))
             lengths = n_tok[idx]
             width = start + int(lengths.max())
             ids = np.full((len(idx), width), pad, dtype=np.int64)
@@ -246,9 +322,7 @@ def unit_activations(model: Any, units: Sequence[str], hooks: Sequence[str], rul
                     v = (a * span[:, :, None]).sum(1) / lengths[:, None]
                 out[h][b : b + len(idx)] = v
             advance(len(idx))
-    # back to the order of the units
-    inv = row_of[np.flatnonzero(kept)]
-    return {h: X[inv] for h, X in out.items()}, kept, n_tok
+    return out
 
 
 def token_activations(model: Any, token_ids: Sequence[int], hooks: Sequence[str], template: str = "",
@@ -376,12 +450,22 @@ def extract_to_store(model: Any, texts: Sequence[str], hooks: Sequence[str], out
                      model_name: str, corpus_name: str = "texts", corpus_provenance: dict | None = None,
                      batch_size: int = 16, context_length: int = 128, max_tokens: int | None = None,
                      shard_tokens: int = 65536, keep_bos: bool = False, dtype: str = "float32",
-                     pack: bool = False, seed: int | None = None, progress: bool = True) -> "ActivationStore":
+                     pack: bool = False, seed: int | None = None, progress: bool = True,
+                     backend: Any = None, model_ref: Any = None) -> "ActivationStore":
     """Extract activations of ``texts`` into shards under ``out``, resuming a previous extraction.
 
-    ``seed`` is recorded in the manifest (the seed that ordered ``texts``, if any).
+    ``seed`` is recorded in the manifest (the seed that ordered ``texts``, if any). With a
+    ``backend`` (:mod:`geomsteer.backend`) and the ``model_ref`` its workers load, the shards are
+    computed by the backend's model workers: the batches are planned here first (tokenizing only)
+    and cut into shards exactly as a local run cuts them, so every shard holds the same tokens and
+    the same numbers (tested: identical files). Shards come back in order; the manifest grows one
+    complete shard at a time, so an interrupted run resumes after its last complete shard.
     """
+    from .backend import get_backend
+
     hooks = check_hooks(model, hooks)
+    if dtype not in ("float32", "float16"):
+        raise ConfigError(f"unknown dtype {dtype!r}: expected float32 or float16")
     out = Path(out)
     cfg = _config(model_name, model, hooks, context_length, keep_bos, dtype, corpus_name,
                   corpus_provenance or {}, len(texts))
@@ -395,57 +479,81 @@ def extract_to_store(model: Any, texts: Sequence[str], hooks: Sequence[str], out
         return ActivationStore(out)
     if done_docs and progress:
         say(f"Resuming {out}: {len(manifest['shards'])} complete shard(s), {n_tokens:,} tokens")
-    with counter(f"Extracting {', '.join(hooks)}", max_tokens, "tokens", enabled=progress) as advance:
-        _extract_loop(model, texts, hooks, out, manifest, model_name, done_docs, n_tokens, batch_size,
-                      context_length, max_tokens, shard_tokens, keep_bos, dtype, pack, advance)
+    left = None if max_tokens is None else max(0, max_tokens - n_tokens)
+    shards = _plan_shards(model, texts, done_docs, batch_size, context_length, pack, keep_bos, left, shard_tokens)
+    first = len(manifest["shards"])
+    names = [f"shard-{first + i:05d}.safetensors" for i in range(len(shards))]
+    be = get_backend(backend)
+    total = sum(b["n_tokens"] for sh in shards for b in sh)
+    with counter(f"Extracting {', '.join(hooks)}", n_tokens + total, "tokens", enabled=progress) as advance:
+        advance(n_tokens)
+        if be.name == "local":
+            entries = (_write_shard(out, name, [batch_activations(model, bt, hooks, keep_bos, dtype) for bt in sh],
+                                    model_name, sh[-1]["doc_end"]) for sh, name in zip(shards, names))
+        else:
+            if model_ref is None:
+                raise ConfigError("a distributed extraction needs the model's name (a model_ref its workers can load); "
+                                  "pass the model by name")
+            with be.model_pool(model_ref) as pool:
+                entries = pool.imap([("extract_shard", (sh, hooks, str(out), name, model_name, keep_bos, dtype), {})
+                                     for sh, name in zip(shards, names)])
+                entries = list(_record(entries, manifest, out, advance))
+        if be.name == "local":
+            list(_record(entries, manifest, out, advance))
+    manifest["complete"] = True
+    manifest["n_tokens"] = sum(s["n_tokens"] for s in manifest["shards"])
+    _atomic.write_text(out / MANIFEST, json.dumps(manifest, indent=2))
     return ActivationStore(out)
 
 
-def _extract_loop(model, texts, hooks, out, manifest, model_name, done_docs, n_tokens, batch_size, context_length,
-                  max_tokens, shard_tokens, keep_bos, dtype, pack, advance) -> None:
+def _plan_shards(model, texts, done_docs, batch_size, context_length, pack, keep_bos, max_tokens, shard_tokens
+                 ) -> list[list[dict[str, Any]]]:
+    """The remaining documents' batches (:func:`plan_batches`), grouped into shards of at least
+    ``shard_tokens`` tokens (the last may be smaller); document indices count from the first text."""
+    shards: list[list[dict[str, Any]]] = []
+    buf: list[dict[str, Any]] = []
+    n = 0
+    if max_tokens == 0:
+        return shards
+    for bt in plan_batches(model, texts[done_docs:], batch_size, context_length, pack, keep_bos, max_tokens):
+        bt["doc_start"] += done_docs
+        bt["doc_end"] += done_docs
+        buf.append(bt)
+        n += bt["n_tokens"]
+        if n >= shard_tokens or bt["cut"] is not None:
+            shards.append(buf)
+            buf, n = [], 0
+    if buf:
+        shards.append(buf)
+    return shards
+
+
+def _write_shard(out: str | Path, name: str, batches: Sequence[dict[str, np.ndarray]], model_name: str,
+                 doc_end: int) -> dict[str, Any]:
+    """Write one shard atomically (a temporary file renamed into place); its manifest entry."""
     from safetensors.numpy import save_file
 
-    buf: list[dict[str, np.ndarray]] = []
-    buf_tokens = 0
+    out = Path(out)
+    tensors = {k: np.ascontiguousarray(np.concatenate([b[k] for b in batches])) for k in batches[0]}
+    tmp = out / f".{name}.tmp"
+    # one metadata key: safetensors writes a metadata map in a per-process random order, and a shard
+    # must be the same bytes whichever process wrote it
+    save_file(tensors, str(tmp), metadata={"geomsteer": json.dumps({"format": STORE_FORMAT, "model": model_name})})
+    sha = _atomic.sha256_file(tmp)
+    tmp.replace(out / name)
+    return {"file": name, "n_tokens": int(len(tensors["token_ids"])),
+            "doc_start": int(tensors["doc_index"].min()) if len(tensors["doc_index"]) else 0,
+            "doc_end": int(doc_end), "sha256": sha}
 
-    def flush(doc_end: int) -> None:
-        nonlocal buf, buf_tokens
-        if not buf:
-            return
-        tensors = {k: np.ascontiguousarray(np.concatenate([b[k] for b in buf])) for k in buf[0]}
-        i = len(manifest["shards"])
-        name = f"shard-{i:05d}.safetensors"
-        tmp = out / f".{name}.tmp"
-        save_file(tensors, str(tmp), metadata={"format": STORE_FORMAT, "model": model_name})
-        sha = _atomic.sha256_file(tmp)
-        tmp.replace(out / name)
-        manifest["shards"].append({"file": name, "n_tokens": int(len(tensors["token_ids"])),
-                                   "doc_start": int(tensors["doc_index"].min()), "doc_end": int(doc_end),
-                                   "sha256": sha})
+
+def _record(entries, manifest: dict, out: Path, advance) -> Iterator[dict[str, Any]]:
+    """Append each finished shard to the manifest, in order, and write the manifest after each."""
+    for e in entries:
+        manifest["shards"].append(e)
         manifest["n_tokens"] = sum(s["n_tokens"] for s in manifest["shards"])
         _atomic.write_text(out / MANIFEST, json.dumps(manifest, indent=2))
-        buf, buf_tokens = [], 0
-
-    remaining = texts[done_docs:]
-    for batch in iter_activations(model, remaining, hooks, batch_size, context_length, keep_bos, dtype, pack):
-        batch["doc_index"] += done_docs
-        doc_end = done_docs + batch.pop("docs_done")
-        if max_tokens is not None and n_tokens + len(batch["token_ids"]) > max_tokens:
-            cut = max_tokens - n_tokens
-            batch = {k: v[:cut] for k, v in batch.items()}
-        buf.append(batch)
-        buf_tokens += len(batch["token_ids"])
-        n_tokens += len(batch["token_ids"])
-        advance(len(batch["token_ids"]))
-        if max_tokens is not None and n_tokens >= max_tokens:
-            flush(doc_end)
-            break
-        if buf_tokens >= shard_tokens:
-            flush(doc_end)
-    else:
-        flush(len(texts))
-    manifest["complete"] = True
-    _atomic.write_text(out / MANIFEST, json.dumps(manifest, indent=2))
+        advance(e["n_tokens"])
+        yield e
 
 
 def _resume_manifest(out: Path, cfg: dict) -> dict:

@@ -364,3 +364,30 @@ def test_cyclic_neighbours_on_unordered_centroids_is_calibrated():
     assert np.mean(np.array(ps) < 0.05) <= 0.12
     with pytest.raises(DataError, match="at least 4 categories"):
         M.cyclic_neighbours(np.zeros((3, 2)), ["a", "b", "c"], ["a", "b", "c"])
+
+
+def test_svcca_permutations_equal_svcca_on_the_repaired_samples():
+    from geomsteer.metrics.geometry import svcca_halves, within_halves
+
+    rng = np.random.default_rng(5)
+    n = 120
+    X = rng.normal(size=(n, 12))
+    Y = X @ rng.normal(size=(12, 9)) + 0.5 * rng.normal(size=(n, 9))
+    perms = [rng.permutation(n) for _ in range(4)]
+    fast = M.svcca_permutations(X, Y, [None, *perms])
+    halves = svcca_halves(n)
+    plain = [M.svcca(X, Y)] + [M.svcca(X, Y[within_halves(p, halves)]) for p in perms]
+    assert np.allclose(fast, plain, atol=1e-9)
+    for p in perms:  # a re-pairing within the halves: each half maps onto itself
+        q = within_halves(p, halves)
+        assert sorted(q) == list(range(n)) and all(set(q[h]) == set(h) for h in halves)
+    assert fast[0] > 0.8 and np.abs(fast[1:]).max() < 0.3  # planted vs re-paired
+
+
+def test_rbf_cka_permutations_equal_the_plain_metric():
+    rng = np.random.default_rng(6)
+    X, Y = rng.normal(size=(60, 5)), rng.normal(size=(60, 7))
+    perms = [rng.permutation(60) for _ in range(3)]
+    obs, null = M.rbf_cka_permutations(X, Y, perms)
+    assert np.isclose(obs, M.rbf_cka(X, Y), atol=1e-12)
+    assert np.allclose(null, [M.rbf_cka(X, Y[p]) for p in perms], atol=1e-10)

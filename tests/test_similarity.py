@@ -358,3 +358,4 @@ def test_fast_cka_permutations_agree_with_the_plain_formula():
         assert obs[0, 0] == pytest.approx(M.linear_cka(X, Y, debiased=True), abs=1e-6)
         for p, mx in zip(perms, maxima):
             assert mx == pytest.approx(max(M.linear_cka(a, b[p], debiased=True) for a in As for b in Bs), abs=1e-6)
+

@@ -71,6 +71,9 @@ class HierarchyAnalyzer(Analyzer):
     seed: seeds every random choice (splits, shuffles, random unembeddings).
     n_jobs: threads estimating categories in parallel (default: all cores); each runs BLAS on
         one thread, which on small matrices is much faster than one multi-threaded BLAS call.
+    backend: where the category map and the null draws run: ``None``/``"local"`` (threads in this
+        process) or ``"ray"`` / a :class:`geomsteer.backend.RayBackend` (Ray tasks: chunks of
+        categories, one task per null draw); the numbers are the same either way.
 
     After ``fit``: ``whitening_``, ``directions_`` (:class:`~geomsteer.types.Directions` in the
     whitened space), ``mean_directions_``, ``categories_`` and ``simplices_`` (tables),
@@ -81,11 +84,11 @@ class HierarchyAnalyzer(Analyzer):
 
     _fit_call = "fit(unembedding, hierarchy)"
     _fitted = "metrics_"
-    _not_params = ('progress',)
+    _not_params = ('progress', 'backend')
 
     def __init__(self, estimator: str = "lda", test_size: float = 0.3, n_random_tokens: int = 1000,
                  n_null_draws: int = 4, eig_floor: float = 1e-10, baselines: bool = True, seed: int = 0,
-                 n_jobs: int | None = None, progress: bool = True):
+                 n_jobs: int | None = None, progress: bool = True, backend: Any = None):
         self.estimator = estimator
         self.test_size = test_size
         self.n_random_tokens = n_random_tokens
@@ -95,6 +98,7 @@ class HierarchyAnalyzer(Analyzer):
         self.seed = seed
         self.n_jobs = n_jobs
         self.progress = progress
+        self.backend = backend
 
     # -- validation -----------------------------------------------------------------------
     def _validate(self, gamma: np.ndarray, hierarchy: ConceptHierarchy) -> None:
@@ -150,11 +154,17 @@ class HierarchyAnalyzer(Analyzer):
         estimate = ESTIMATORS[self.estimator]
         quiet = not self.progress
         n_jobs = self.n_jobs or os.cpu_count() or 1
+        from ..backend import get_backend
+
+        be = get_backend(self.backend)
 
         tree = build_tree(hierarchy, names)
 
         def run(embed: Callable[[np.ndarray], np.ndarray], sets: Sequence[np.ndarray], label: str | None = None,
                 fn: Callable[[np.ndarray], np.ndarray] = estimate) -> np.ndarray:
+            if be.name != "local":
+                return np.concatenate(be.map(_estimate_chunk, _chunks(len(sets), 4 * be.workers), (embed, sets, fn),
+                                             None if quiet else label))
             return map_categories(lambda i: fn(embed(sets[i])), len(sets), n_jobs,
                                    None if quiet else label, sizes=[len(x) for x in sets])
 
@@ -192,26 +202,24 @@ class HierarchyAnalyzer(Analyzer):
             g32 = RowCache(rows, g_cache.rows.astype(np.float32)).get
             jobs = [(k, null, b) for k, null in enumerate(NULLS) for b in range(B)]
 
-            def one_draw(job: tuple[int, str, int]) -> dict[str, Any]:
-                k, null, b = job
-                r = np.random.default_rng([self.seed, k + 1, b])
-                ge, sets_b, splits_b = self._null_draw(null, r, gamma, wh, used, pool, token_sets, splits, g32, d)
-                Lb = np.stack([estimate(ge(s_[0])) for s_ in splits_b])
-                return measure_statistics(Lb, ge, splits_b, pool, sets_b, tree)
-
-            # Draws run side by side, each on one BLAS thread: the measuring is partly Python, and
-            # two draws at once keep both cores busy where one draw's threads would not.
-            from concurrent.futures import ThreadPoolExecutor
-
-            from threadpoolctl import threadpool_limits
-
+            ctx = {"an": self, "gamma": gamma, "wh": wh, "used": used, "pool": pool, "token_sets": token_sets,
+                   "splits": splits, "g": g32, "d": d, "tree": tree, "estimate": estimate}
+            label = f"null distributions: {len(NULLS)} nulls x {B} draws"
             t0 = time.perf_counter()
-            with threadpool_limits(1), ThreadPoolExecutor(max(1, n_jobs)) as ex:
-                results = ex.map(one_draw, jobs)
-                if not quiet:
-                    results = track(results, f"null distributions: {len(NULLS)} nulls x {B} draws", total=len(jobs))
-                for (k, null, b), res in zip(jobs, results):
-                    null_draws.setdefault(null, []).append(res)
+            if be.name != "local":
+                results = be.map(_null_draw_job, jobs, ctx, None if quiet else label)
+            else:
+                # Draws run side by side, each on one BLAS thread: the measuring is partly Python, and
+                # two draws at once keep both cores busy where one draw's threads would not.
+                from concurrent.futures import ThreadPoolExecutor
+
+                from threadpoolctl import threadpool_limits
+
+                with threadpool_limits(1), ThreadPoolExecutor(max(1, n_jobs)) as ex:
+                    it = ex.map(lambda job: _null_draw_job(ctx, job), jobs)
+                    results = list(it if quiet else track(it, label, total=len(jobs)))
+            for (k, null, b), res in zip(jobs, results):
+                null_draws.setdefault(null, []).append(res)
             timings["null_draws"] = time.perf_counter() - t0
             # Contrasts (not nulls): the plain inner product, the mean estimator, an unrelated parent.
             t0 = time.perf_counter()
@@ -364,3 +372,25 @@ class HierarchyAnalyzer(Analyzer):
                        "null_units": self.null_units_, "cosine_matrix": self.cosine_matrix_,
                        "tree_similarity": self.tree_similarity_, "embed": self.embed_, "splits": self.splits_},
         )
+
+
+def _chunks(n: int, k: int) -> list[np.ndarray]:
+    """``range(n)`` cut into at most ``k`` contiguous pieces."""
+    return [c for c in np.array_split(np.arange(n), max(1, min(k, n))) if len(c)]
+
+
+def _estimate_chunk(shared: tuple, idx: np.ndarray) -> np.ndarray:
+    """A backend task: the directions of the categories ``idx`` (embed, token sets and estimator shared)."""
+    embed, sets, fn = shared
+    return np.stack([fn(embed(sets[i])) for i in idx])
+
+
+def _null_draw_job(ctx: dict[str, Any], job: tuple[int, str, int]) -> dict[str, Any]:
+    """One draw of one null (a backend task): its own generator, seeded by (seed, null, draw)."""
+    k, null, b = job
+    an = ctx["an"]
+    r = np.random.default_rng([an.seed, k + 1, b])
+    ge, sets_b, splits_b = an._null_draw(null, r, ctx["gamma"], ctx["wh"], ctx["used"], ctx["pool"],
+                                         ctx["token_sets"], ctx["splits"], ctx["g"], ctx["d"])
+    Lb = np.stack([ctx["estimate"](ge(s_[0])) for s_ in splits_b])
+    return measure_statistics(Lb, ge, splits_b, ctx["pool"], sets_b, ctx["tree"])

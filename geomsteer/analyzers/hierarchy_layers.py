@@ -71,10 +71,11 @@ class LayerHierarchyAnalyzer(Analyzer):
 
     _fit_call = "fit(activations, token_ids, hierarchy, pool)"
     _fitted = "metrics_"
-    _not_params = ("progress",)
+    _not_params = ("progress", "backend")
 
     def __init__(self, estimator: str = "lda", test_size: float = 0.3, n_null_draws: int = 4,
-                 eig_floor: float = 1e-10, seed: int = 0, n_jobs: int | None = None, progress: bool = True):
+                 eig_floor: float = 1e-10, seed: int = 0, n_jobs: int | None = None, progress: bool = True,
+                 backend: Any = None):
         self.estimator = estimator
         self.test_size = test_size
         self.n_null_draws = n_null_draws
@@ -82,6 +83,7 @@ class LayerHierarchyAnalyzer(Analyzer):
         self.seed = seed
         self.n_jobs = n_jobs
         self.progress = progress
+        self.backend = backend
 
     def fit(self, activations: Mapping[str, np.ndarray], token_ids: Sequence[int], hierarchy: ConceptHierarchy,
             pool: Sequence[int]) -> "LayerHierarchyAnalyzer":
@@ -117,7 +119,7 @@ class LayerHierarchyAnalyzer(Analyzer):
             if not np.isfinite(X).all():
                 raise DataError(f"layer {name!r} has NaN or infinite activations; check the model and dtype")
             an = HierarchyAnalyzer(estimator=self.estimator, test_size=self.test_size, n_null_draws=self.n_null_draws,
-                                   eig_floor=self.eig_floor, seed=self.seed, n_jobs=self.n_jobs, progress=False)
+                                   eig_floor=self.eig_floor, seed=self.seed, n_jobs=self.n_jobs, progress=False, backend=self.backend)
             an.fit(Directions(X, [str(t) for t in ids], f"resid:{name}", "", {}), compact, pool=pool_rows)
             per_layer[name] = an.metrics_
             names = an.names_

@@ -249,8 +249,19 @@ class SimilarityAnalyzer(Analyzer):
             fast["permutation_samples"] = m
         for name in names:
             fn, higher = DETAIL_METRICS[name]
+            cap = MAX_GRAM_SHUFFLES if name in GRAM_METRICS else MAX_OTHER_SHUFFLES
+            null = None
             try:
-                obs = fn(Xa, Xb, k)
+                # the metrics whose permutation path reuses the decompositions of the observed value
+                if name == "svcca":  # both sides' reductions are shared by every draw
+                    both = M.svcca_permutations(Xa, Xb, [None, *perms[:cap]])
+                    obs, null = float(both[0]), both[1:]
+                elif name == "rsa":  # the ranks are taken once; every draw permutes the rank matrix
+                    obs, null = M.rsa_permutations(Xa, Xb, perms[:cap])
+                elif name == "rbf_cka":  # both kernels once; every draw permutes L
+                    obs, null = M.rbf_cka_permutations(Xa, Xb, perms[:cap])
+                else:
+                    obs = fn(Xa, Xb, k)
             except DataError as e:
                 out[name] = {"score": None, "error": str(e)}
                 continue
@@ -262,13 +273,10 @@ class SimilarityAnalyzer(Analyzer):
                 perm["observed_on_permutation_samples"] = float(obs_sub)
                 perm["permutation_samples"] = fast["permutation_samples"]
             else:
-                cap = MAX_GRAM_SHUFFLES if name in GRAM_METRICS else MAX_OTHER_SHUFFLES
-                if name == "svcca":  # X's reductions are shared by every draw
-                    null = M.svcca_permutations(Xa, Xb, perms[:cap])
+                if null is not None:
+                    pass
                 elif name == "knn_jaccard":  # the neighbour sets are found once; every draw relabels them
                     null = M.knn_jaccard_permutations(Xa, Xb, perms, k)[1]
-                elif name == "rsa":  # the ranks are taken once; every draw permutes the rank matrix
-                    null = M.rsa_permutations(Xa, Xb, perms[:MAX_OTHER_SHUFFLES])[1]
                 else:
                     null = np.array([fn(Xa, Xb[pp], k) for pp in perms[:cap]])
                 perm = _summary(obs, null, higher)

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 from ..errors import ConfigError
 
 __all__ = ["EXIT_USAGE", "EXIT_INTERRUPT", "Parser", "positive_int", "default", "option", "output_args", "null_line",
-           "stat_line", "run_and_save", "concepts_list"]
+           "stat_line", "run_and_save", "concepts_list", "runtime_args"]
 
 EXIT_USAGE = 2
 EXIT_INTERRUPT = 130
@@ -62,6 +62,19 @@ def output_args(sp: argparse.ArgumentParser, seed_help: str = "seed for the rand
     sp.add_argument("--seed", type=int, default=DEFAULT_SEED, help=seed_help)
     sp.add_argument("--out", type=Path, required=True, help="output directory (must not exist unless --force)")
     sp.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+
+def runtime_args(sp: argparse.ArgumentParser, fn: Callable, backend: bool = False) -> None:
+    """--device and --dtype (and with ``backend``, --backend and --address), with ``fn``'s defaults."""
+    g = sp.add_argument_group("where it runs")
+    option(g, "--device", fn, "device", "torch device the model runs on: cpu, cuda, cuda:1, mps")
+    option(g, "--dtype", fn, "dtype", "dtype the model weights load and run in; statistics are accumulated in "
+           "float64 whatever it is", choices=["float32", "bfloat16", "float16"])
+    if backend:
+        option(g, "--backend", fn, "backend", "local: this process; ray: Ray tasks and actors (pip install "
+               "'geomsteer[ray]'), on a local Ray instance or the cluster at --address", choices=["local", "ray"])
+        g.add_argument("--address", default=None,
+                       help="a running Ray cluster to join (auto, or ray://host:10001); default: start one here")
 
 
 def run_and_save(args: argparse.Namespace, argv: Sequence[str], compute: Callable[[], Any]) -> Any:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..pipelines.hierarchy import hierarchy
-from .common import default, option, output_args, positive_int, run_and_save, stat_line
+from .common import default, option, output_args, positive_int, run_and_save, runtime_args, stat_line
 
 
 def add_parser(sub: Any) -> None:
@@ -30,9 +30,6 @@ def add_parser(sub: Any) -> None:
     option(h, "--min-tokens", hierarchy, "min_tokens", "keep categories with more than this many single tokens",
            type=positive_int)
     output_args(h, f"seed for splits, shuffles and random baselines (default: {default(hierarchy, 'seed')})")
-    option(h, "--device", hierarchy, "device", "torch device for loading the model")
-    option(h, "--dtype", hierarchy, "dtype", "dtype the model weights load in; the analysis itself runs in float64",
-           choices=["float32", "bfloat16", "float16"])
     option(h, "--null-draws", hierarchy, "null_draws",
            "draws of each null distribution (about 4 s each on 2 cores; p-values use a t-test on the draws, so they "
            "can go below 1/(draws+1))", type=positive_int)
@@ -48,13 +45,14 @@ def add_parser(sub: Any) -> None:
                    help="'all', 'every:K' or block numbers such as 0,6,12 (default: the unembedding, no layers)")
     option(g, "--template", hierarchy, "template", "text between the start token and each word")
     option(g, "--pool", hierarchy, "n_pool", "whole-word tokens held-out words are compared with", type=positive_int)
+    runtime_args(h, hierarchy, backend=True)
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     r = run_and_save(args, argv, lambda: hierarchy(
         args.model, pos=args.pos, min_tokens=args.min_tokens, seed=args.seed, null_draws=args.null_draws,
         baselines=not args.no_baselines, device=args.device, dtype=args.dtype, layers=args.layers,
-        template=args.template, n_pool=args.pool))
+        template=args.template, n_pool=args.pool, backend=args.backend, address=args.address))
     if args.layers is not None:
         em = r.emergence()
         print(f"{len(r.analyzer.names_)} categories at {len(r.analyzer.layers_)} layers; per statistic, the first layer "

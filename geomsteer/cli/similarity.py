@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..pipelines.similarity import similarity
-from .common import default, option, output_args, positive_int, run_and_save
+from .common import default, option, output_args, positive_int, run_and_save, runtime_args
 
 
 def add_parser(sub: Any) -> None:
@@ -52,13 +52,15 @@ def add_parser(sub: Any) -> None:
     option(sm, "--texts", similarity, "feature_texts", "held-out WordNet glosses read for SAE feature matching",
            type=positive_int)
     output_args(sm, "seed for the word sample, shuffles and re-randomization")
+    runtime_args(sm, similarity, backend=True)
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     res = run_and_save(args, argv, lambda: similarity(
         args.models, n_words=args.words, rule=args.rule, prefix=args.prefix, max_tokens=args.max_tokens,
         layers=args.layers, k=args.k, n_permutations=args.permutations, scan_permutations=args.scan_permutations,
-        random_baseline=not args.no_random_model, sae=args.sae, feature_texts=args.texts, seed=args.seed))
+        random_baseline=not args.no_random_model, sae=args.sae, feature_texts=args.texts, seed=args.seed,
+        device=args.device, dtype=args.dtype, backend=args.backend, address=args.address))
     a, m = res.analyzer, res.matcher
     w = res.provenance["words"]
     print(f"{w['used']:,} words aligned ({w['dropped_from_both']:,} dropped); best-aligned layer pairs by debiased CKA:")

@@ -20,6 +20,7 @@ from .cka import (
     linear_cka_matrix,
     linear_cka_permutations,
     rbf_cka,
+    rbf_cka_permutations,
 )
 from .common import check_k
 from .cyclic import cyclic_neighbours
@@ -31,6 +32,7 @@ __all__ = [
     "CKAAccumulator",
     "linear_cka",
     "rbf_cka",
+    "rbf_cka_permutations",
     "mutual_knn",
     "cknna",
     "svcca",

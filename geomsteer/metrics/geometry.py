@@ -49,40 +49,76 @@ def _inv_sqrt(C: np.ndarray) -> np.ndarray:
     return (V / np.sqrt(w)) @ V.T
 
 
-def _svcca_one_way(A: np.ndarray, B: np.ndarray, fit: np.ndarray, test: np.ndarray,
-                   ra: tuple[np.ndarray, np.ndarray], rb: tuple[np.ndarray, np.ndarray]) -> float:
-    (ma, Va), (mb, Vb) = ra, rb
-    Ra, Rb = (A[fit] - ma) @ Va, (B[fit] - mb) @ Vb
-    Wa, Wb = _inv_sqrt(Ra.T @ Ra), _inv_sqrt(Rb.T @ Rb)
-    U, _, Vt = np.linalg.svd(Wa @ Ra.T @ Rb @ Wb)
-    m = min(Va.shape[1], Vb.shape[1])
-    Pa = (A[test] - ma) @ Va @ Wa @ U[:, :m]
-    Pb = (B[test] - mb) @ Vb @ Wb @ Vt.T[:, :m]
+def _svcca_side(M: np.ndarray, fit: np.ndarray, test: np.ndarray, keep: float, cap: int):
+    """One representation reduced on the fitting half: (fit rows reduced, test rows reduced, whitener)."""
+    mean, V = _svcca_reduce(M[fit], keep, cap)
+    R = (M[fit] - mean) @ V
+    return R, (M[test] - mean) @ V, _inv_sqrt(R.T @ R)
+
+
+def _svcca_score(a: tuple, b: tuple, qf: np.ndarray | None = None, qt: np.ndarray | None = None) -> float:
+    """Mean held-out canonical correlation of two reduced sides; ``qf``/``qt`` re-pair b's fitting and
+    test rows (a row permutation leaves b's reduction and whitener unchanged)."""
+    Ra, Ta, Wa = a
+    Rb, Tb, Wb = b
+    if qf is not None:
+        Rb, Tb = Rb[qf], Tb[qt]
+    U, _, Vt = np.linalg.svd(Wa @ (Ra.T @ Rb) @ Wb)
+    m = min(Ra.shape[1], Rb.shape[1])
+    Pa = Ta @ (Wa @ U[:, :m])
+    Pb = Tb @ (Wb @ Vt.T[:, :m])
     Pa, Pb = Pa - Pa.mean(0), Pb - Pb.mean(0)
     den = np.linalg.norm(Pa, axis=0) * np.linalg.norm(Pb, axis=0)
     corr = np.where(den > 0, np.einsum("ij,ij->j", Pa, Pb) / np.where(den > 0, den, 1), 0.0)
     return float(corr.mean())
 
 
+def svcca_halves(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The two halves :func:`svcca` fits and scores on (seeded)."""
+    perm = np.random.default_rng([seed, 0x5CCA]).permutation(n)
+    return perm[: n // 2], perm[n // 2:]
+
+
+def within_halves(p: np.ndarray, halves: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """A permutation of the samples that keeps each half in itself, drawn from ``p``: within each half the
+    samples are re-paired in the relative order ``p`` gives them (uniform when ``p`` is)."""
+    p = np.asarray(p)
+    q = np.arange(len(p))
+    for h in halves:
+        q[h] = h[np.argsort(p[h], kind="stable")]
+    return q
+
+
 def svcca_permutations(X, Y, permutations: Sequence[np.ndarray | None], keep: float = 0.99,
                        max_dims: int | None = None, seed: int = 0) -> np.ndarray:
-    """:func:`svcca` of X against Y with its rows re-paired by each permutation (None: as given).
+    """:func:`svcca` of X against Y with Y's rows re-paired by each permutation (None: as given).
 
-    The halves are the same for every draw (``seed``), so X's reductions on each half are computed
-    once; each draw reduces only Y's re-paired halves."""
+    Each draw re-pairs the samples within the two halves :func:`svcca` fits and scores on
+    (:func:`within_halves` of the permutation): the halves are fixed before looking at the data, so
+    re-pairing within them is exchangeable under the null of no correspondence, and every draw
+    keeps both sides' reductions and whiteners, computed once (one SVD of a kept-by-kept matrix a
+    draw instead of two reductions). ``svcca_permutations(X, Y, [p])`` equals
+    ``svcca(X, Y[within_halves(p, svcca_halves(n))])``."""
     A, B = paired(X, Y, 8, "SVCCA")
     A, B = A.astype(np.float64), B.astype(np.float64)
     n = len(A)
-    perm = np.random.default_rng([seed, 0x5CCA]).permutation(n)
-    halves = (perm[: n // 2], perm[n // 2:])
+    halves = svcca_halves(n, seed)
     cap = max(1, n // 2 - 2) if max_dims is None else int(max_dims)
-    ra = [_svcca_reduce(A[h], keep, cap) for h in halves]
+    # both ways round: fit on half 0 and score on half 1, and the reverse
+    ways = [(halves[0], halves[1]), (halves[1], halves[0])]
+    sa = [_svcca_side(A, f, t, keep, cap) for f, t in ways]
+    sb = [_svcca_side(B, f, t, keep, cap) for f, t in ways]
+    pos = np.empty(n, dtype=np.int64)  # each sample's row within its half
+    for h in halves:
+        pos[h] = np.arange(len(h))
     out = []
     for p in permutations:
-        Bp = B if p is None else B[np.asarray(p)]
-        rb = [_svcca_reduce(Bp[h], keep, cap) for h in halves]
-        out.append((_svcca_one_way(A, Bp, halves[0], halves[1], ra[0], rb[0])
-                    + _svcca_one_way(A, Bp, halves[1], halves[0], ra[1], rb[1])) / 2)
+        if p is None:
+            out.append((_svcca_score(sa[0], sb[0]) + _svcca_score(sa[1], sb[1])) / 2)
+            continue
+        q = within_halves(p, halves)
+        qs = [pos[q[h]] for h in halves]  # the re-paired rows, as row numbers within each half
+        out.append((_svcca_score(sa[0], sb[0], qs[0], qs[1]) + _svcca_score(sa[1], sb[1], qs[1], qs[0])) / 2)
     return np.array(out)
 
 

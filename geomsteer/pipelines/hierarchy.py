@@ -20,7 +20,8 @@ POS = {"noun": "n", "verb": "v"}
 def hierarchy(model: Any, *, pos: str = "noun", min_tokens: int = 50, seed: int = DEFAULT_SEED, null_draws: int = 4,
               baselines: bool = True, device: str = "cpu", dtype: str = "float32",
               layers: str | Sequence[int] | None = None, template: str = "",
-              n_pool: int = 1000) -> HierarchyResult | HierarchyLayersResult:
+              n_pool: int = 1000, backend: Any = "local", address: str | None = None
+              ) -> HierarchyResult | HierarchyLayersResult:
     """Directions for every WordNet category in the model's whitened unembedding, tested against nulls
     that keep the tree's nesting (what ``geomsteer hierarchy`` runs).
 
@@ -32,13 +33,17 @@ def hierarchy(model: Any, *, pos: str = "noun", min_tokens: int = 50, seed: int 
     the tree's tokens and ``n_pool`` other word tokens is read after ``start + template``, and the
     activations' own covariance takes the place of the causal inner product. Returns a
     :class:`~geomsteer.results.HierarchyLayersResult`.
+
+    ``backend="ray"`` (``address``: a running cluster, else a local Ray instance) runs the category
+    map and the null draws as Ray tasks; the numbers equal a local run's.
     """
     if layers is not None:
         if not baselines:
             raise ConfigError("the per-layer hierarchy always draws its nulls: drop --no-baselines (or baselines=False) "
                               "when giving --layers")
         return hierarchy_layers(model, layers=layers, template=template, pos=pos, min_tokens=min_tokens, seed=seed,
-                                null_draws=null_draws, n_pool=n_pool, device=device, dtype=dtype)
+                                null_draws=null_draws, n_pool=n_pool, device=device, dtype=dtype, backend=backend,
+                                address=address)
     from .. import models
     from ..analyzers.hierarchy import HierarchyAnalyzer
     from ..reports import write_hierarchy_report
@@ -53,6 +58,9 @@ def hierarchy(model: Any, *, pos: str = "noun", min_tokens: int = 50, seed: int 
         raise ConfigError(f"--null-draws must be at least 2 (a null needs a spread), got {null_draws}; "
                           "use --null-draws 2 or more (default 4)")
     models.check_device(device)
+    from ..backend import get_backend
+
+    be = get_backend(backend, address)
     t0 = time.perf_counter()
     if isinstance(model, (str, models.ResolvedModel)) or hasattr(model, "__fspath__"):
         resolved = model if isinstance(model, models.ResolvedModel) else models.resolve(str(model))
@@ -65,8 +73,9 @@ def hierarchy(model: Any, *, pos: str = "noun", min_tokens: int = 50, seed: int 
     say(f"  {len(hier)} categories, {hier.coverage['n_distinct_tokens']} distinct tokens, "
         f"{hier.coverage['n_lemmas_dropped_multitoken']} lemmas dropped as multi-token")
     unemb = Directions(emb.gamma, emb.id_to_token, "unembed", resolved.name, emb.provenance)
-    analyzer = HierarchyAnalyzer(seed=seed, baselines=baselines, n_null_draws=null_draws).fit(unemb, hier)
-    extra = {"min_tokens": min_tokens, "pos": pos, "seed": seed, "null_draws": null_draws,
+    analyzer = HierarchyAnalyzer(seed=seed, baselines=baselines, n_null_draws=null_draws, backend=be).fit(unemb, hier)
+    extra = {"min_tokens": min_tokens, "pos": pos, "seed": seed, "null_draws": null_draws, "device": device,
+             "dtype": dtype, "backend": be.provenance(),
              "elapsed_seconds": round(time.perf_counter() - t0, 1)}
 
     res = analyzer.result()
@@ -94,7 +103,8 @@ def word_pool(vocab: dict[str, int], marker: str, n: int, seed: int) -> np.ndarr
 
 def hierarchy_layers(model: Any, *, layers: str | Sequence[int] = "all", template: str = "", pos: str = "noun",
                      min_tokens: int = 50, seed: int = DEFAULT_SEED, null_draws: int = 4,
-                     n_pool: int = 1000, device: str = "cpu", dtype: str = "float32") -> HierarchyLayersResult:
+                     n_pool: int = 1000, device: str = "cpu", dtype: str = "float32", backend: Any = "local",
+                     address: str | None = None) -> HierarchyLayersResult:
     """Park et al.'s statistics in the residual stream after each of ``layers`` (``geomsteer hierarchy --layers``);
     see :func:`hierarchy`."""
     from .. import models
@@ -115,6 +125,9 @@ def hierarchy_layers(model: Any, *, layers: str | Sequence[int] = "all", templat
     if not isinstance(n_pool, int) or n_pool < 50:
         raise ConfigError(f"--pool must be at least 50 comparison tokens, got {n_pool!r}")
     models.check_device(device)
+    from ..backend import get_backend
+
+    be = get_backend(backend, address)
     t0 = time.perf_counter()
     tl, resolved = models.use_model(model, device=device, dtype=dtype)
     n_layers = int(tl.cfg.n_layers)
@@ -130,11 +143,12 @@ def hierarchy_layers(model: Any, *, layers: str | Sequence[int] = "all", templat
         f"{', '.join(map(str, chosen))}")
     acts = token_activations(tl, ids, hooks, template=template,
                              description=f"Reading {len(ids):,} tokens at {len(hooks)} layers")
-    analyzer = LayerHierarchyAnalyzer(seed=seed, n_null_draws=null_draws).fit(acts, ids, hier, pool)
+    analyzer = LayerHierarchyAnalyzer(seed=seed, n_null_draws=null_draws, backend=be).fit(acts, ids, hier, pool)
     res = analyzer.result()
     res.params.update({"layers": chosen, "template": template, "pos": pos, "min_tokens": min_tokens,
                        "n_pool": n_pool})
     prov = stamp({"model": resolved.name, "model_provenance": resolved.provenance, "hooks": hooks,
+                  "device": device, "dtype": dtype, "backend": be.provenance(),
                   "hierarchy": dict(hier.coverage),
                   "rows": f"each token after the start token{' and ' + repr(template) if template else ''}, read at "
                           "the token itself",

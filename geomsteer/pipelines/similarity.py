@@ -45,13 +45,17 @@ def similarity(models: Sequence[Any], *, n_words: int = 4000, rule: str = "last"
                    prefix: str = "", max_tokens: int = 3, layers: str = "all", k: int = 10,
                    n_permutations: int = 1000, random_baseline: bool = True, scan_permutations: int = 200,
                    sae: Sequence[Any] | None = None,
-                   feature_texts: int = 2000, seed: int = DEFAULT_SEED) -> SimilarityResult:
+                   feature_texts: int = 2000, seed: int = DEFAULT_SEED, device: str = "cpu",
+                   dtype: str = "float32", backend: Any = "local", address: str | None = None) -> SimilarityResult:
     """Word-aligned layer x layer similarity of two models with baselines, and optional SAE matching
     (what ``geomsteer similarity`` runs).
 
     ``models`` are two names or models from :func:`geomsteer.load_model` (a loaded model is copied
     before it is re-randomized for the baseline); ``sae`` one SAE directory (or :func:`geomsteer.sae.load`
-    result) per model.
+    result) per model. ``device``/``dtype``: where and in what precision the models run (the statistics
+    are computed in float64 whatever the dtype). ``backend="ray"`` (``address``: a running cluster)
+    reads the words on Ray workers that load each model by name, a batch-aligned share of the
+    words each; the results equal a local run's.
     """
     from .. import activations, corpus, saes
     from .. import models as M
@@ -73,9 +77,16 @@ def similarity(models: Sequence[Any], *, n_words: int = 4000, rule: str = "last"
         raise ConfigError(f"--words {n_words} is too few for k = {k} neighbours: ask for at least {4 * k}")
     if sae_dirs is not None and len(sae_dirs) != 2:
         raise ConfigError(f"--sae needs one SAE directory per model (2), got {len(sae_dirs)}")
+    from ..backend import ModelRef, get_backend
+
+    be = get_backend(backend, address)
+    M.check_device(device)
     t0 = time.perf_counter()
     resolved = [M.resolve(m) if isinstance(m, str) else M.use_model(m)[1] for m in given]
     model_names = [r.name for r in resolved]
+    if be.name != "local" and any(r.path is None for r in resolved):
+        raise ConfigError("backend='ray' loads each model on its workers by name: pass model names (or models from "
+                          "gs.load_model), not model objects built by hand")
     if model_names[0] == model_names[1]:
         model_names = [f"{n} ({i})" for i, n in enumerate(model_names, 1)]  # two runs of one model stay apart
     sae_info = []
@@ -100,16 +111,23 @@ def similarity(models: Sequence[Any], *, n_words: int = 4000, rule: str = "last"
     layer_lists = []
     for idx, (name, r) in enumerate(zip(model_names, resolved)):
         t_model = time.perf_counter()
-        model = M.load_model(r) if isinstance(given[idx], str) else given[idx]
+        if be.name != "local":
+            reps[name], fa = _read_on_backend(be, ModelRef(r, device, dtype), name, words, layers, rule, prefix,
+                                              max_tokens, sae_info[idx] if sae_info else None, texts,
+                                              seed if random_baseline else None)
+            layer_lists.append([int(h.split(".")[1]) for h in reps[name]["hooks"]])
+            if fa is not None:
+                feature_acts.append(fa[0])
+                feature_ok.append(fa[1])
+            seconds[f"model {name}"] = round(time.perf_counter() - t_model, 1)
+            continue
+        model = M.load_model(r, device=device, dtype=dtype) if isinstance(given[idx], str) else given[idx]
         lay = parse_layers(layers, model.cfg.n_layers, name)
         layer_lists.append(lay)
         hooks = [resid_hook(i) for i in lay]
         if sae_info:
-            sd, sae, hook = sae_info[idx]
-            if sae.cfg.d_in != model.cfg.d_model:
-                raise ConfigError(f"the SAE at {str(sd)!r} reads vectors of size {sae.cfg.d_in}, but {name} has "
-                                  f"d_model {model.cfg.d_model}; give the SAEs in the order of --models")
-            check_hooks(model, [hook])
+            _check_sae(sae_info[idx], model.cfg.d_model, name)
+            check_hooks(model, [sae_info[idx][2]])
         acts, kept, n_tok = activations.unit_activations(model, words, hooks, rule=rule, prefix=prefix,
                                                          max_tokens=max_tokens, description=f"{name}: words")
         reps[name] = {"hooks": hooks, "acts": acts, "kept": kept, "n_tokens": n_tok}
@@ -176,7 +194,7 @@ def similarity(models: Sequence[Any], *, n_words: int = 4000, rule: str = "last"
                   "dropped_by_model": dropped, "rule": rule, "prefix": prefix, "max_tokens": max_tokens,
                   "source": "WordNet nouns by first sense, balanced over groups", "groups": list(DEFAULT_GROUPS),
                   "list": labels, "group_of_word": groups},
-        "seed": seed, "random_baseline": "every weight tensor's entries shuffled" if random_baseline else None,
+        "seed": seed, "device": device, "dtype": dtype, "backend": be.provenance(), "random_baseline": "every weight tensor's entries shuffled" if random_baseline else None,
         "elapsed_seconds": round(time.perf_counter() - t0, 1), "seconds": seconds,
         "packages": package_versions(),
     }
@@ -189,3 +207,35 @@ def similarity(models: Sequence[Any], *, n_words: int = 4000, rule: str = "last"
             return write_similarity_report(res, matching, with_command(provenance, command), out, force=force)
 
     return SimilarityResult(res, provenance, write, analyzer, matcher)
+
+
+def _check_sae(info: tuple, d_model: int, name: str) -> None:
+    sd, sae, _ = info
+    if sae.cfg.d_in != d_model:
+        raise ConfigError(f"the SAE at {str(sd)!r} reads vectors of size {sae.cfg.d_in}, but {name} has "
+                          f"d_model {d_model}; give the SAEs in the order of --models")
+
+
+def _read_on_backend(be: Any, ref: Any, name: str, words: list[str], layers: Any, rule: str, prefix: str,
+                     max_tokens: int, sae_info: tuple | None, texts: list[str], random_seed: int | None):
+    """One model's words (and its re-randomized copy's, and its SAE hook in text) on a backend's workers."""
+    from dataclasses import replace
+
+    from .. import activations
+
+    with be.model_pool(ref) as pool:
+        shape = pool.run("shape")
+        hooks = [resid_hook(i) for i in parse_layers(layers, shape["n_layers"], name)]
+        fa = None
+        if sae_info:
+            _check_sae(sae_info, shape["d_model"], name)
+            wa, ok = pool.run("words_in_text", texts, [sae_info[2]])
+            fa = (wa[sae_info[2]], ok)
+        acts, kept, n_tok = activations.unit_activations_pool(pool, words, hooks, rule, prefix, max_tokens,
+                                                              description=f"{name}: words ({be.name})")
+    rep = {"hooks": hooks, "acts": acts, "kept": kept, "n_tokens": n_tok}
+    if random_seed is not None:
+        with be.model_pool(replace(ref, rerandomize_seed=random_seed)) as pool:
+            rep["random"] = activations.unit_activations_pool(
+                pool, words, hooks, rule, prefix, max_tokens, description=f"{name} (re-randomized): words ({be.name})")[0]
+    return rep, fa
