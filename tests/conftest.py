@@ -114,7 +114,8 @@ def small_sae(tmp_path_factory):
 # its module fixtures are built once, except the notebooks, each its own group (tests/test_analyses.py),
 # so that the two workers share them. The longest groups go first, so that neither worker is left with
 # a long one at the end while the other idles; the groups that need the shared SAE start first.
-FIRST = ["test_analyses.py::steering_decomposition", "test_cli_steer.py", "test_analyses.py::cross_model_similarity",
+FIRST = ["test_analyses.py::steering_decomposition", "test_cli_steer.py", "test_hub_models.py",
+         "test_analyses.py::cross_model_similarity", "test_backend.py",
          "test_models.py", "test_analyses.py::mapper_sae_lens", "test_cli.py", "test_topology.py",
          "test_analyses.py::park2024_hierarchy", "test_api.py", "test_similarity.py", "test_steering_analyzers.py",
          "test_cli_features.py", "test_wheel.py", "test_steer_hierarchy.py", "test_hierarchy_analyzer.py",

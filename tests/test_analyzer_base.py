@@ -19,7 +19,7 @@ ALL = [HierarchyAnalyzer, SimilarityAnalyzer, FeatureMatcher, SteeringSweep, Ste
 def test_params_come_from_init_and_result_before_fit_says_how_to_fit(cls):
     a = cls()
     params = a.get_params()
-    init = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "progress")]
+    init = [n for n in inspect.signature(cls.__init__).parameters if n != "self" and n not in cls._not_params]
     assert set(params) == set(init)
     assert repr(a) == f"{cls.__name__}()"  # nothing differs from the defaults
     with pytest.raises(NotFittedError, match=rf"^this {cls.__name__} is not fitted yet: call fit\(.*\) first$"):

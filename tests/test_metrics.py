@@ -391,3 +391,14 @@ def test_rbf_cka_permutations_equal_the_plain_metric():
     obs, null = M.rbf_cka_permutations(X, Y, perms)
     assert np.isclose(obs, M.rbf_cka(X, Y), atol=1e-12)
     assert np.allclose(null, [M.rbf_cka(X, Y[p]) for p in perms], atol=1e-10)
+
+
+def test_cknna_permutations_equal_the_plain_metric():
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(50, 6))
+    Y = X @ rng.normal(size=(6, 4)) + 0.3 * rng.normal(size=(50, 4))
+    perms = [rng.permutation(50) for _ in range(3)]
+    obs, null = M.cknna_permutations(X, Y, perms, k=5)
+    assert np.isclose(obs, M.cknna(X, Y, k=5), atol=1e-12)
+    assert np.allclose(null, [M.cknna(X, Y[p], k=5) for p in perms], atol=1e-10)
+    assert obs > null.max()

@@ -260,6 +260,8 @@ class SimilarityAnalyzer(Analyzer):
                     obs, null = M.rsa_permutations(Xa, Xb, perms[:cap])
                 elif name == "rbf_cka":  # both kernels once; every draw permutes L
                     obs, null = M.rbf_cka_permutations(Xa, Xb, perms[:cap])
+                elif name == "cknna":  # kernels and neighbour masks once; every draw permutes Y's
+                    obs, null = M.cknna_permutations(Xa, Xb, perms[:cap], k)
                 else:
                     obs = fn(Xa, Xb, k)
             except DataError as e:

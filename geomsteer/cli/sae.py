@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..pipelines import sae as S
-from .common import Parser, option, output_args, positive_int, run_and_save
+from .common import Parser, option, output_args, positive_int, run_and_save, runtime_args
 
 
 def add_parser(sub: Any) -> None:
@@ -43,6 +43,7 @@ def add_parser(sub: Any) -> None:
     tr.add_argument("--no-pack", action="store_true",
                     help="one document per context (default: pack whole short documents into each context)")
     output_args(tr, "seed for corpus order and training (default: 0)")
+    runtime_args(tr, S.train, backend=True)
 
     ins = sae_sub.add_parser(
         "inspect",
@@ -140,7 +141,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         args.model, args.hook, tokens=args.tokens, d_sae=args.d_sae, architecture=args.architecture, k=args.k,
         corpus_files=args.corpus, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
         context_length=args.context_length, pack=not args.no_pack, epochs=args.epochs, eval_tokens=args.eval_tokens,
-        ce_documents=args.ce_documents))
+        ce_documents=args.ce_documents, device=args.device, dtype=args.dtype, backend=args.backend,
+        address=args.address))
     m = res.metrics
     print(f"SAE ({args.architecture}, {args.d_sae} latents) at {args.hook}: L0 {m['l0']:.1f}, variance explained "
           f"{m['fraction_variance_explained']:.3f}, CE loss recovered {m['ce_loss_recovered']:.3f} "

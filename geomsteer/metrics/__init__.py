@@ -26,7 +26,7 @@ from .common import check_k
 from .cyclic import cyclic_neighbours
 from .features import feature_correlation, match_features
 from .geometry import cosine, feature_jaccard, procrustes, rsa, rsa_permutations, svcca, svcca_permutations
-from .knn import cknna, knn_indices, knn_jaccard, knn_jaccard_permutations, mutual_knn, mutual_knn_matrix
+from .knn import cknna, cknna_permutations, knn_indices, knn_jaccard, knn_jaccard_permutations, mutual_knn, mutual_knn_matrix
 
 __all__ = [
     "CKAAccumulator",
@@ -35,6 +35,7 @@ __all__ = [
     "rbf_cka_permutations",
     "mutual_knn",
     "cknna",
+    "cknna_permutations",
     "svcca",
     "procrustes",
     "rsa",

@@ -87,6 +87,18 @@ def cknna(X, Y, k: int = 10, normalize: bool = True) -> float:
     does not. NaN when a self-HSIC is not positive. Invariant to orthogonal transforms and to
     scaling any row (with ``normalize``); not to translation. Builds n x n matrices.
     """
+    return cknna_permutations(X, Y, [], k, normalize)[0]
+
+
+def cknna_permutations(X, Y, permutations: Sequence[np.ndarray], k: int = 10, normalize: bool = True
+                       ) -> tuple[float, np.ndarray]:
+    """:func:`cknna` of X and Y, and of X against Y with its rows re-paired by each permutation.
+
+    Kernels, neighbour masks and both self-HSICs are computed once: re-pairing the samples permutes
+    L and M_L by rows and columns (neighbourhoods move with their samples), so each draw is two
+    gathers and one HSIC."""
+    from .cka import repair
+
     A, B = paired(X, Y, 4, "CKNNA")
     check_k(k, len(A), "CKNNA")
     n = len(A)
@@ -103,13 +115,18 @@ def cknna(X, Y, k: int = 10, normalize: bool = True) -> float:
         return Mk
 
     MK, ML = mask(K), mask(L)
-    M = MK & ML
-    kl = hsic_unbiased_gram(K * M, L * M)
     kk = hsic_unbiased_gram(K * MK, K * MK)
     ll = hsic_unbiased_gram(L * ML, L * ML)
     if kk <= 0 or ll <= 0:
-        return float("nan")
-    return float(kl / np.sqrt(kk * ll))
+        return float("nan"), np.full(len(permutations), np.nan)
+    den = np.sqrt(kk * ll)
+
+    def score(Lp: np.ndarray, MLp: np.ndarray) -> float:
+        M = MK & MLp
+        return float(hsic_unbiased_gram(K * M, Lp * M) / den)
+
+    null = np.array([score(repair(L, np.asarray(p)), repair(ML, np.asarray(p))) for p in permutations])
+    return score(L, ML), null
 
 
 def knn_indices(X, k: int = 10) -> np.ndarray:

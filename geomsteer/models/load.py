@@ -9,7 +9,7 @@ from typing import Any
 
 
 from .._progress import step
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .gguf import quiet_transformers
 from .registry import ResolvedModel, resolve
 
@@ -91,9 +91,12 @@ def load_model(model: str | ResolvedModel, device: str = "cpu", dtype: str = "fl
             from transformer_lens import HookedTransformer
 
             hf = load_hf_model(r, dtype=dtype)
-            tl = HookedTransformer.from_pretrained_no_processing(
-                r.tl_name, hf_model=hf, tokenizer=tok, device=device, dtype=dtype
-            )
+            try:
+                tl = HookedTransformer.from_pretrained_no_processing(
+                    r.tl_name, hf_model=hf, tokenizer=tok, device=device, dtype=dtype
+                )
+            except (RuntimeError, ValueError, KeyError, AssertionError, IndexError) as e:
+                raise DataError(_mismatch_message(r, hf, e)) from None
             del hf
         else:
             from transformer_lens.model_bridge import TransformerBridge
@@ -104,6 +107,27 @@ def load_model(model: str | ResolvedModel, device: str = "cpu", dtype: str = "fl
     if os.environ.get("GEOMSTEER_KEEP_MODELS"):
         _KEPT[key] = tl
     return tl
+
+
+def _mismatch_message(r: ResolvedModel, hf: Any, error: Exception) -> str:
+    """Why TransformerLens could not take the cached weights: its own configuration for the name against the files'."""
+    have = {"layers": getattr(hf.config, "num_hidden_layers", "?"), "d_model": getattr(hf.config, "hidden_size", "?"),
+            "vocabulary": getattr(hf.config, "vocab_size", "?")}
+    want: dict[str, Any] = {}
+    try:
+        from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+        cfg = get_pretrained_model_config(r.tl_name)
+        want = {"layers": cfg.n_layers, "d_model": cfg.d_model, "vocabulary": cfg.d_vocab}
+    except Exception:  # TransformerLens cannot even build its configuration for the name
+        pass
+    shape = lambda d: ", ".join(f"{k} {v}" for k, v in d.items())  # noqa: E731
+    theirs = f" (TransformerLens expects {shape(want)}; the files have {shape(have)})" if want else \
+        f" (the files have {shape(have)})"
+    first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    return (f"the weights of {r.name!r} in {r.path} do not match TransformerLens's configuration for {r.tl_name}"
+            f"{theirs}: {first}. The cached snapshot is not that model: delete it and download {r.hf_id} again, or "
+            f"pass the directory itself as --model {r.path} (loaded as a TransformerBridge from its own config.json)")
 
 
 # The model name and files behind every model load_model returned, so that a loaded model can be

@@ -40,12 +40,15 @@ def train(model: Any, hook: str, *, tokens: int = 300_000, d_sae: int = 4096,
                   architecture: str = "topk", k: int = 32, corpus_files: Sequence[str] | None = None,
                   seed: int = 0, batch_size: int = 1024, lr: float = 2e-3, context_length: int = 128,
                   extract_batch: int = 16, eval_tokens: int = 20_000, ce_documents: int = 96, pack: bool = True,
-                  epochs: int = 2, out: str | Path | None = None, force: bool = False) -> SaeResult:
+                  epochs: int = 2, out: str | Path | None = None, force: bool = False, device: str = "cpu",
+                  dtype: str = "float32", backend: Any = "local", address: str | None = None) -> SaeResult:
     """Extract activations (cached, resumable), train an SAE with SAELens, measure it on held-out text.
 
     ``model`` is a name or a model from :func:`geomsteer.load_model`. With ``out`` the SAE is also
     written there (SAELens's format plus ``geomsteer.json``), as ``geomsteer sae train`` does;
-    otherwise call ``.save(dir)`` on the result.
+    otherwise call ``.save(dir)`` on the result. ``device``/``dtype``: where and in what precision the
+    model runs (activations are stored in float32, the SAE trains in float32). ``backend="ray"``
+    extracts the activation shards on Ray workers that load the model by name (identical shards).
     """
     from .. import activations, corpus, models, saes
 
@@ -54,8 +57,15 @@ def train(model: Any, hook: str, *, tokens: int = 300_000, d_sae: int = 4096,
     if tokens < batch_size:
         raise ConfigError(f"--tokens {tokens} is smaller than one training batch ({batch_size} tokens); "
                           "ask for more tokens or a smaller --batch-size")
+    from ..backend import ModelRef, get_backend
+
+    be = get_backend(backend, address)
     t0 = time.perf_counter()
-    model, resolved = models.use_model(model)
+    model, resolved = models.use_model(model, device=device, dtype=dtype)
+    ref = ModelRef(resolved, device, dtype) if resolved.path is not None else None
+    if be.name != "local" and ref is None:
+        raise ConfigError("backend='ray' loads the model on its workers by name: pass a model name (or a model from "
+                          "gs.load_model), not a model object built by hand")
     model_name = resolved.name
     check_hooks(model, [hook])
     with step("Reading the corpus"):
@@ -74,12 +84,12 @@ def train(model: Any, hook: str, *, tokens: int = 300_000, d_sae: int = 4096,
         train_store = activations.extract_to_store(
             model, train_texts, [hook], root / f"train-{tokens}", model_name=model_name, corpus_name=docs.name,
             corpus_provenance=docs.provenance, batch_size=extract_batch, context_length=context_length,
-            max_tokens=tokens, pack=pack, seed=seed)
+            max_tokens=tokens, pack=pack, seed=seed, backend=be, model_ref=ref)
     with step(f"Extracting {eval_tokens:,} held-out tokens"):
         eval_store = activations.extract_to_store(
             model, eval_texts, [hook], root / f"heldout-{eval_tokens}", model_name=model_name,
             corpus_name=docs.name, corpus_provenance=docs.provenance, batch_size=extract_batch,
-            context_length=context_length, max_tokens=eval_tokens, pack=pack, seed=seed)
+            context_length=context_length, max_tokens=eval_tokens, pack=pack, seed=seed, backend=be, model_ref=ref)
     X = train_store.load(hook)
     t_extract = time.perf_counter() - t0
     with step(f"Training a {architecture} SAE (d_sae {d_sae}) on {len(X):,} tokens x {epochs} epochs with SAELens"):
@@ -104,7 +114,7 @@ def train(model: Any, hook: str, *, tokens: int = 300_000, d_sae: int = 4096,
         "ce_documents": ce_documents,
         "corpus": {"name": docs.name, **docs.provenance},
         "activation_stores": {"train": str(train_store.path), "held_out": str(eval_store.path)},
-        "model_provenance": resolved.provenance,
+        "model_provenance": resolved.provenance, "device": device, "dtype": dtype, "backend": be.provenance(),
         "seconds": {"extraction": round(t_extract, 1), "training": round(t_train, 1),
                     "total": round(time.perf_counter() - t0, 1)},
         "packages": package_versions(),

@@ -46,7 +46,8 @@ def similarity(models: Sequence[Any], *, n_words: int = 4000, rule: str = "last"
                    n_permutations: int = 1000, random_baseline: bool = True, scan_permutations: int = 200,
                    sae: Sequence[Any] | None = None,
                    feature_texts: int = 2000, seed: int = DEFAULT_SEED, device: str = "cpu",
-                   dtype: str = "float32", backend: Any = "local", address: str | None = None) -> SimilarityResult:
+                   dtype: str = "float32", backend: Any = "local", address: str | None = None,
+                   batch_size: int = 256) -> SimilarityResult:
     """Word-aligned layer x layer similarity of two models with baselines, and optional SAE matching
     (what ``geomsteer similarity`` runs).
 
@@ -99,6 +100,13 @@ def similarity(models: Sequence[Any], *, n_words: int = 4000, rule: str = "last"
             sae_info.append((sd.path, sd.sae, sd.hook))
     word_group = grouped_words(DEFAULT_GROUPS)
     words = balanced_sample(word_group, n_words, seed)
+    # only the words both tokenizers represent are read (tokenizing is cheap; a forward pass is not)
+    from types import SimpleNamespace
+
+    toks = [M.load_tokenizer(r) if isinstance(m, str) else m.tokenizer for m, r in zip(given, resolved)]
+    kept_each = [activations.unit_plan(SimpleNamespace(tokenizer=t), words, rule, prefix, max_tokens)[2] for t in toks]
+    asked = words
+    words = [w for w, k0, k1 in zip(words, *kept_each) if k0 and k1]
     texts = []
     if sae_info:
         _, held_out = corpus.wordnet_glosses().split(0.1)
@@ -114,7 +122,7 @@ def similarity(models: Sequence[Any], *, n_words: int = 4000, rule: str = "last"
         if be.name != "local":
             reps[name], fa = _read_on_backend(be, ModelRef(r, device, dtype), name, words, layers, rule, prefix,
                                               max_tokens, sae_info[idx] if sae_info else None, texts,
-                                              seed if random_baseline else None)
+                                              seed if random_baseline else None, batch_size)
             layer_lists.append([int(h.split(".")[1]) for h in reps[name]["hooks"]])
             if fa is not None:
                 feature_acts.append(fa[0])
@@ -129,7 +137,8 @@ def similarity(models: Sequence[Any], *, n_words: int = 4000, rule: str = "last"
             _check_sae(sae_info[idx], model.cfg.d_model, name)
             check_hooks(model, [sae_info[idx][2]])
         acts, kept, n_tok = activations.unit_activations(model, words, hooks, rule=rule, prefix=prefix,
-                                                         max_tokens=max_tokens, description=f"{name}: words")
+                                                         max_tokens=max_tokens, batch_size=batch_size,
+                                                         description=f"{name}: words")
         reps[name] = {"hooks": hooks, "acts": acts, "kept": kept, "n_tokens": n_tok}
         if sae_info:
             _, sae, hook = sae_info[idx]
@@ -145,7 +154,7 @@ def similarity(models: Sequence[Any], *, n_words: int = 4000, rule: str = "last"
                     model = copy.deepcopy(model)  # the caller's model stays as it was
                 M.rerandomize(model, seed)
             racts, _, _ = activations.unit_activations(model, words, hooks, rule=rule, prefix=prefix,
-                                                       max_tokens=max_tokens,
+                                                       max_tokens=max_tokens, batch_size=batch_size,
                                                        description=f"{name} (re-randomized): words")
             reps[name]["random"] = racts
         del model
@@ -154,7 +163,7 @@ def similarity(models: Sequence[Any], *, n_words: int = 4000, rule: str = "last"
     kept_both = reps[model_names[0]]["kept"] & reps[model_names[1]]["kept"]
     labels = [w for w, k_ in zip(words, kept_both) if k_]
     if len(labels) < 4 * k:
-        raise ConfigError(f"only {len(labels)} words are represented by both models (of {len(words)}); raise "
+        raise ConfigError(f"only {len(labels)} words are represented by both models (of {len(asked)}); raise "
                           "--max-tokens or --words")
 
     def side(name: str, key: str) -> list[Activations]:
@@ -186,11 +195,11 @@ def similarity(models: Sequence[Any], *, n_words: int = 4000, rule: str = "last"
                             "texts": len(texts), "words_in_text": int(len(ok)), "words_aligned": int(ok.sum()),
                             "words_dropped": int((~ok).sum()), "corpus": "WordNet glosses (held-out split)"})
         seconds["feature matching"] = round(time.perf_counter() - t_match, 1)
-    dropped = {name: {"too_many_tokens_or_unknown": int((~reps[name]["kept"]).sum())} for name in model_names}
+    dropped = {name: {"too_many_tokens_or_unknown": int((~ke).sum())} for name, ke in zip(model_names, kept_each)}
     provenance = {
         "models": {name: r.provenance for name, r in zip(model_names, resolved)},
         "layers": {name: reps[name]["hooks"] for name in model_names},
-        "words": {"asked": len(words), "used": len(labels), "dropped_from_both": len(words) - len(labels),
+        "words": {"asked": len(asked), "used": len(labels), "dropped_from_both": len(asked) - len(labels),
                   "dropped_by_model": dropped, "rule": rule, "prefix": prefix, "max_tokens": max_tokens,
                   "source": "WordNet nouns by first sense, balanced over groups", "groups": list(DEFAULT_GROUPS),
                   "list": labels, "group_of_word": groups},
@@ -217,7 +226,8 @@ def _check_sae(info: tuple, d_model: int, name: str) -> None:
 
 
 def _read_on_backend(be: Any, ref: Any, name: str, words: list[str], layers: Any, rule: str, prefix: str,
-                     max_tokens: int, sae_info: tuple | None, texts: list[str], random_seed: int | None):
+                     max_tokens: int, sae_info: tuple | None, texts: list[str], random_seed: int | None,
+                     batch_size: int):
     """One model's words (and its re-randomized copy's, and its SAE hook in text) on a backend's workers."""
     from dataclasses import replace
 
@@ -232,10 +242,11 @@ def _read_on_backend(be: Any, ref: Any, name: str, words: list[str], layers: Any
             wa, ok = pool.run("words_in_text", texts, [sae_info[2]])
             fa = (wa[sae_info[2]], ok)
         acts, kept, n_tok = activations.unit_activations_pool(pool, words, hooks, rule, prefix, max_tokens,
-                                                              description=f"{name}: words ({be.name})")
+                                                              batch_size, description=f"{name}: words ({be.name})")
     rep = {"hooks": hooks, "acts": acts, "kept": kept, "n_tokens": n_tok}
     if random_seed is not None:
         with be.model_pool(replace(ref, rerandomize_seed=random_seed)) as pool:
             rep["random"] = activations.unit_activations_pool(
-                pool, words, hooks, rule, prefix, max_tokens, description=f"{name} (re-randomized): words ({be.name})")[0]
+                pool, words, hooks, rule, prefix, max_tokens, batch_size,
+                description=f"{name} (re-randomized): words ({be.name})")[0]
     return rep, fa
