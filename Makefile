@@ -71,6 +71,7 @@ benchmark: $(VENV)/.installed-test
 	$(PY) benchmarks/bench_mapper.py
 	$(PY) benchmarks/bench_steering.py
 	$(PY) benchmarks/bench_features.py
+	$(PY) benchmarks/bench_backend.py
 
 clean-venv:
 	rm -rf $(VENV)

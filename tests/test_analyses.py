@@ -22,10 +22,10 @@ NOTEBOOKS = {
     "park2024_hierarchy.py": 'models = ["gemma-3-270m"]\nmin_tokens = 300\nnull_draws = 2',
     "steering_decomposition.py": ('sae = {sae!r}\nalphas = (-2, 0, 2)\nn_neutral = 4\nn_null = 6\ndecompose_k = 8\n'
                                   'out = {out!r}'),
-    "cross_model_similarity.py": ('n_words = 400\nlayers = "every:6"\nn_permutations = 20\nscan_permutations = 20\n'
+    "cross_model_similarity.py": ('n_words = 240\nlayers = "every:6"\nn_permutations = 20\nscan_permutations = 20\n'
                                   'saes = [{sae!r}, None]\nsae_tokens = 2048\nsae_width = 64\n'
-                                  'feature_texts = 60\nout = {out!r}'),
-    "mapper_sae_lens.py": 'sae = {sae!r}\nlayer = 6\nmax_words = 600\nn_cubes = 6\nn_null = 4\nout = {out!r}',
+                                  'feature_texts = 40\nout = {out!r}'),
+    "mapper_sae_lens.py": 'sae = {sae!r}\nlayer = 6\nmax_words = 400\nn_cubes = 6\nn_null = 4\nout = {out!r}',
 }
 
 
@@ -81,7 +81,7 @@ def check_steering(out):
 
 
 def check_similarity(out):
-    """Gemma and Qwen share word structure far beyond a shuffled pairing (400 words, every 6th layer)."""
+    """Gemma and Qwen share word structure far beyond a shuffled pairing (240 words, every 6th layer)."""
     doc = _doc(out / "similarity")
     assert doc["provenance"]["layers"]["qwen2.5-0.5b"] == [f"blocks.{i}.hook_resid_post" for i in (0, 6, 12, 18, 23)]
     best = doc["best_pairs"][0]

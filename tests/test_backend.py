@@ -41,12 +41,12 @@ def ray_backend(tmp_path_factory):
 def _texts():
     from geomsteer import corpus
 
-    return corpus.wordnet_glosses().texts[:120]
+    return corpus.wordnet_glosses().texts[:64]
 
 
 def _extract(model, ref, out, backend):
     return A.extract_to_store(model, _texts(), ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"], out,
-                              model_name="tiny", batch_size=8, context_length=32, shard_tokens=400,
+                              model_name="tiny", batch_size=8, context_length=32, shard_tokens=200,
                               backend=backend, model_ref=ref, progress=False)
 
 

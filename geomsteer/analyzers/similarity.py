@@ -373,7 +373,7 @@ class FeatureMatcher(Analyzer):
     Features that never vary on the samples are left out. For the one-to-one (Hungarian) pairs,
     and for those whose correlation reaches ``threshold``, SVCCA and RSA of the paired decoder
     rows are compared with the same features re-paired at random among themselves (``n_random``
-    draws for RSA, from one rank matrix; ``n_random_svcca`` for SVCCA, which refits per draw);
+    draws for RSA, from one rank matrix; ``n_random_svcca`` for SVCCA, re-paired within its halves);
     the matched correlations are compared with the matching redone on shuffled samples.
     """
 
