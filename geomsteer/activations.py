@@ -485,21 +485,17 @@ def extract_to_store(model: Any, texts: Sequence[str], hooks: Sequence[str], out
     names = [f"shard-{first + i:05d}.safetensors" for i in range(len(shards))]
     be = get_backend(backend)
     total = sum(b["n_tokens"] for sh in shards for b in sh)
+    if be.name != "local" and model_ref is None:
+        raise ConfigError("a distributed extraction needs the model's name (a model_ref its workers can load); "
+                          "pass the model by name")
     with counter(f"Extracting {', '.join(hooks)}", n_tokens + total, "tokens", enabled=progress) as advance:
         advance(n_tokens)
-        if be.name == "local":
-            entries = (_write_shard(out, name, [batch_activations(model, bt, hooks, keep_bos, dtype) for bt in sh],
-                                    model_name, sh[-1]["doc_end"]) for sh, name in zip(shards, names))
-        else:
-            if model_ref is None:
-                raise ConfigError("a distributed extraction needs the model's name (a model_ref its workers can load); "
-                                  "pass the model by name")
-            with be.model_pool(model_ref) as pool:
-                entries = pool.imap([("extract_shard", (sh, hooks, str(out), name, model_name, keep_bos, dtype), {})
-                                     for sh, name in zip(shards, names)])
-                entries = list(_record(entries, manifest, out, advance))
-        if be.name == "local":
-            list(_record(entries, manifest, out, advance))
+        # one path for both backends: the local pool runs the same shard jobs on the model given here
+        with be.model_pool(model_ref, loaded=model) as pool:
+            entries = pool.imap([("extract_shard", (sh, hooks, str(out), name, model_name, keep_bos, dtype), {})
+                                 for sh, name in zip(shards, names)])
+            for _ in _record(entries, manifest, out, advance):
+                pass
     manifest["complete"] = True
     manifest["n_tokens"] = sum(s["n_tokens"] for s in manifest["shards"])
     _atomic.write_text(out / MANIFEST, json.dumps(manifest, indent=2))
