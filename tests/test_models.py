@@ -146,6 +146,16 @@ def test_gemma_loads_into_transformer_lens_with_hf_residuals(gemma_unembedding):
     np.testing.assert_array_equal(own.gamma, gemma_unembedding.gamma)
     np.testing.assert_allclose(own.final_norm_scale, gemma_unembedding.final_norm_scale, rtol=1e-5, atol=1e-6)
     assert own.vocab == gemma_unembedding.vocab
+    # weights stored in the order TransformerLens's forward reads them (the HF agreement above holds with it)
+    assert tl.blocks[0].mlp.W_gate.T.is_contiguous() and tl.W_U.T.is_contiguous()
+    # generation with the key-value cache gives the tokens of the cache-free path, steered and not
+    from geomsteer.steering import generate
+
+    prompts = ["The movie was", "I think the food here is really"]
+    v = np.random.default_rng(0).normal(size=640).astype(np.float32)
+    v *= 30 / np.linalg.norm(v)
+    for kw in ({}, {"vector": v, "alpha": 2.0, "hook": "blocks.6.hook_resid_post"}):
+        assert generate(tl, prompts, 8, **kw) == generate(tl, prompts, 8, kv_cache=False, **kw)
 
 
 @pytest.mark.real_model
@@ -256,3 +266,23 @@ def test_final_norm_scale_is_probed_exactly(arch):
             norm.bias.copy_(torch.randn(16))  # a bias must not leak into the scale
     scale = models.unembedding._final_norm_scale(model)
     np.testing.assert_allclose(scale, expected(norm.weight.detach()).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_weights_stored_in_the_order_the_forward_reads_give_bit_identical_outputs():
+    import torch
+    from conftest import tiny_model
+
+    from geomsteer.models.load import _store_as_read
+
+    m = tiny_model(n_layers=2, seed=3)
+    ids = torch.randint(10, 3000, (3, 9))
+    with torch.no_grad():
+        before = m(ids)
+        weights = {k: p.detach().clone() for k, p in m.named_parameters()}
+        _store_as_read(m)
+        after = m(ids)
+    assert torch.equal(before, after)
+    for k, p in m.named_parameters():
+        assert torch.equal(p, weights[k]) and p.shape == weights[k].shape
+    assert m.blocks[0].mlp.W_in.T.is_contiguous() and m.unembed.W_U.T.is_contiguous()
+    assert m.blocks[0].attn.W_Q.permute(0, 2, 1).is_contiguous()

@@ -276,3 +276,48 @@ def test_random_direction_has_the_norm_and_is_seeded():
     assert np.linalg.norm(r) == pytest.approx(np.linalg.norm(v), rel=1e-5)
     np.testing.assert_array_equal(r, S.random_direction(v, 3))
     assert abs(r @ v) / np.linalg.norm(v) ** 2 < 0.9
+
+
+@pytest.mark.parametrize("arch", ["gemma", "qwen"])
+def test_cached_generation_gives_the_tokens_of_the_cache_free_path(arch):
+    # rows of different lengths in one batch (right padding), a prompt that is only the start token,
+    # steered and unsteered, greedy and sampled; Qwen's tokenizer: no BOS, a newline starts the row
+    m = tiny_model("gemma-3-270m" if arch == "gemma" else "qwen2.5-0.5b", n_layers=3, seed=4)
+    prompts = [" the cat sat on", " a", " one two three four five six", ""]
+    v = np.random.default_rng(1).normal(size=16).astype(np.float32)
+    for kw in [{}, {"vector": v, "alpha": 3.0, "hook": "blocks.0.hook_resid_post"}, {"temperature": 1.0, "seed": 3},
+               {"vector": v, "alpha": 2.0, "hook": "blocks.2.hook_resid_post", "temperature": 0.7}]:
+        plain = S.generate(m, prompts, 10, batch_size=3, kv_cache=False, **kw)
+        assert S.generate(m, prompts, 10, batch_size=3, **kw) == plain
+    assert not any(hp.fwd_hooks for hp in m.hook_dict.values())
+
+
+def test_runs_generated_together_equal_runs_generated_alone(tiny):
+    v = np.random.default_rng(5).normal(size=16).astype(np.float32)
+    w = np.random.default_rng(6).normal(size=16).astype(np.float32)
+    prompts = [" the cat sat on", " a"]
+    runs = [(None, 0.0, None), (v, 3.0, "blocks.0.hook_resid_post"), (w, -2.0, "blocks.1.hook_resid_post"),
+            (v, -3.0, "blocks.0.hook_resid_post")]
+    for temperature in (0.0, 0.9):
+        together = S.generate_runs(tiny, prompts, runs, 8, temperature=temperature, seed=2)
+        alone = [S.generate(tiny, prompts, 8, vec, a, h, temperature=temperature, seed=2, kv_cache=False)
+                 for vec, a, h in runs]
+        assert together == alone
+        assert len({tuple(t) for t in together}) == len(runs)  # each run was steered its own way
+    with pytest.raises(DataError, match="shape"):
+        S.generate_runs(tiny, prompts, [(np.ones(3), 1.0, "blocks.0.hook_resid_post")], 4)
+
+
+def test_neutral_kl_from_the_stored_prefix_equals_the_plain_path(tiny):
+    texts = ["a small dog that barks", "the theory of everything and more", "yes"]
+    neutral = S.NeutralText(tiny, texts, max_tokens=8, batch_size=2)
+    rng = np.random.default_rng(3)
+    V = rng.normal(size=(2, 16)).astype(np.float32)
+    for hook in ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.1.hook_mlp_out"):
+        for alpha in (-2.0, 1.5):
+            plain = []
+            for v in V:
+                with S.steering(tiny, v, alpha, hook, start=1):
+                    plain.append(neutral.kl(tiny))
+            assert neutral.kl_steered(tiny, V, alpha, hook) == pytest.approx(plain, rel=1e-4, abs=1e-6)
+    assert neutral.kl_steered(tiny, np.zeros((1, 16)), 1.0, "blocks.0.hook_resid_post")[0] == pytest.approx(0, abs=1e-6)

@@ -102,50 +102,205 @@ def unembeds_itself(model: Any) -> bool:
 
 def generate(model: Any, prompts: Sequence[str], max_new_tokens: int = 32,
              vector: SteeringVector | np.ndarray | None = None, alpha: float = 0.0, hook: str | None = None,
-             temperature: float = 0.0, seed: int = 0, batch_size: int = 8) -> list[str]:
+             temperature: float = 0.0, seed: int = 0, batch_size: int = 8, kv_cache: bool = True) -> list[str]:
     """Continue each prompt, steered by ``alpha * vector`` at every position after the start token.
 
-    Greedy at ``temperature`` 0, else sampled (seeded). Each step runs the whole sequence (no key-
-    value cache), so the vector reaches the prompt and every new token alike; rows are right-padded
-    and each reads its own last token. Returns the new text of each prompt.
+    Greedy at ``temperature`` 0, else sampled (seeded). Rows are right-padded and each reads its
+    own last token. With ``kv_cache`` (a HookedTransformer) the prompt runs once and each new token
+    alone, against the cached keys and values (positions count real tokens, pads are masked);
+    ``kv_cache=False`` reruns the whole sequence at every step. Both add the vector to the prompt
+    and to every new token alike and give the same tokens (tested token for token). Returns the new
+    text of each prompt.
     """
     import torch
 
+    rows, head = _prompt_rows(model, prompts, max_new_tokens)
+    cached = kv_cache and _cacheable(model, rows, max_new_tokens)
+    offset = [0]  # the absolute position of the first slot of the current input (cached steps)
+    if vector is None:
+        steer: Any = contextlib.nullcontext()
+    elif cached:
+        hook, v = _checked(model, vector, alpha, hook)
+        steer = _steering_rows(model, {hook: torch.as_tensor(alpha * v, dtype=torch.float32)[None]}, len(head),
+                               offset)
+    else:
+        steer = steering(model, vector, alpha, hook, start=len(head))
+    gen = torch.Generator().manual_seed(seed)
+
+    def pick(live: list[int], last: Any) -> list[int]:
+        return _pick(last, temperature, gen)
+
+    out: list[str] = []
+    with steer:
+        for b in range(0, len(rows), batch_size):
+            batch = [list(r) for r in rows[b : b + batch_size]]
+            new = (_generate_cached(model, batch, max_new_tokens, pick, offset) if cached
+                   else _generate_plain(model, batch, max_new_tokens, pick))
+            out += [_decode(model, n) for n in new]
+    return out
+
+
+def generate_runs(model: Any, prompts: Sequence[str], runs: Sequence[tuple[Any, float, str | None]],
+                  max_new_tokens: int = 32, temperature: float = 0.0, seed: int = 0) -> list[list[str]]:
+    """:func:`generate` for several steering runs at once: ``runs`` holds ``(vector, alpha, hook)``
+    (``vector`` None: unsteered). Returns, per run, what ``generate(model, prompts, max_new_tokens,
+    vector, alpha, hook, temperature, seed, batch_size=len(prompts))`` returns.
+
+    With a HookedTransformer every run's rows go through one key-value-cached batch, each row
+    steered by its own run (a one-token step costs about the same for 2 rows as for 20: it reads
+    every weight once); each run samples with its own generator, as alone. Other models run the
+    runs one after another.
+    """
+    import torch
+
+    rows, head = _prompt_rows(model, prompts, max_new_tokens)
+    if not runs or not rows:
+        return [[] for _ in runs] if not rows else []
+    if not _cacheable(model, rows, max_new_tokens):
+        return [generate(model, prompts, max_new_tokens, v, a, h, temperature, seed, max(1, len(prompts)))
+                for v, a, h in runs]
+    n = len(rows)
+    deltas: dict[str, Any] = {}
+    for r, (vector, alpha, hook) in enumerate(runs):
+        if vector is None:
+            continue
+        hook, v = _checked(model, vector, alpha, hook)
+        d = deltas.setdefault(hook, torch.zeros(n * len(runs), int(model.cfg.d_model)))
+        d[r * n : (r + 1) * n] = torch.as_tensor(alpha * v, dtype=torch.float32)
+    gens = [torch.Generator().manual_seed(seed) for _ in runs]
+
+    def pick(live: list[int], last: Any) -> list[int]:
+        out: list[int] = []
+        for r, g in enumerate(gens):  # live rows are in order: each run's rows are contiguous
+            mine = [j for j, i in enumerate(live) if i // n == r]
+            if mine:
+                out += _pick(last[mine], temperature, g)
+        return out
+
+    offset = [0]
+    with _steering_rows(model, deltas, len(head), offset):
+        new = _generate_cached(model, [list(row) for _ in runs for row in rows], max_new_tokens, pick, offset)
+    texts = [_decode(model, t) for t in new]
+    return [texts[r * n : (r + 1) * n] for r in range(len(runs))]
+
+
+def _prompt_rows(model: Any, prompts: Sequence[str], max_new_tokens: int) -> tuple[list[list[int]], list[int]]:
     from ..activations import bos_ids
 
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be positive, got {max_new_tokens}")
     tok = model.tokenizer
     head = bos_ids(model)
-    eos = tok.eos_token_id
     rows = [head + tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     n_ctx = int(getattr(model.cfg, "n_ctx", 1 << 30))
     if rows and max(map(len, rows)) + max_new_tokens > n_ctx:
         raise ConfigError(f"a prompt of {max(map(len, rows))} tokens plus {max_new_tokens} new tokens exceeds the "
                           f"model's context of {n_ctx}; shorten the prompt or ask for fewer tokens")
-    steer = (steering(model, vector, alpha, hook, start=len(head)) if vector is not None
-             else contextlib.nullcontext())
-    gen = torch.Generator().manual_seed(seed)
-    out: list[str] = []
-    with steer:
-        for b in range(0, len(rows), batch_size):
-            cur = [list(r) for r in rows[b : b + batch_size]]
-            new: list[list[int]] = [[] for _ in cur]
-            live = list(range(len(cur)))
-            for _ in range(max_new_tokens):
-                last = logits_at_last(model, [cur[i] for i in live])
-                if temperature > 0:
-                    nxt = torch.multinomial(torch.softmax(last / temperature, -1), 1, generator=gen)[:, 0]
-                else:
-                    nxt = last.argmax(-1)
-                for i, t in zip(live, nxt.tolist()):
-                    cur[i].append(t)
-                    new[i].append(t)
-                live = [i for i in live if new[i][-1] != eos]
-                if not live:
-                    break
-            out += [tok.decode([t for t in n if t != eos], skip_special_tokens=True) for n in new]
-    return out
+    return rows, head
+
+
+def _cacheable(model: Any, rows: list[list[int]], max_new_tokens: int) -> bool:
+    """A HookedTransformer, and no sequence longer than a sliding attention window (the cache counts
+    the window in slots, pads included)."""
+    window = getattr(model.cfg, "window_size", None)
+    return unembeds_itself(model) and (not isinstance(window, int) or not rows
+                                       or max(map(len, rows)) + max_new_tokens <= window)
+
+
+def _pick(last: Any, temperature: float, gen: Any) -> list[int]:
+    import torch
+
+    if temperature > 0:
+        return torch.multinomial(torch.softmax(last / temperature, -1), 1, generator=gen)[:, 0].tolist()
+    return last.argmax(-1).tolist()
+
+
+def _decode(model: Any, new: list[int]) -> str:
+    eos = model.tokenizer.eos_token_id
+    return model.tokenizer.decode([t for t in new if t != eos], skip_special_tokens=True)
+
+
+def _generate_plain(model: Any, cur: list[list[int]], max_new_tokens: int, pick: Any) -> list[list[int]]:
+    eos = model.tokenizer.eos_token_id
+    new: list[list[int]] = [[] for _ in cur]
+    live = list(range(len(cur)))
+    for _ in range(max_new_tokens):
+        for i, t in zip(live, pick(live, logits_at_last(model, [cur[i] for i in live]))):
+            cur[i].append(t)
+            new[i].append(t)
+        live = [i for i in live if new[i][-1] != eos]
+        if not live:
+            break
+    return new
+
+
+def _generate_cached(model: Any, rows: list[list[int]], max_new_tokens: int, pick: Any,
+                     offset: list[int]) -> list[list[int]]:
+    """Greedy or sampled continuation of right-padded rows with TransformerLens's key-value cache.
+
+    The prompt slots of a short row hold pads, masked out; the cache's attention mask makes each
+    new token's rotary position its row's count of real tokens, as in the unpadded sequence. Rows
+    that ended stay in the batch (their outputs are ignored), so that the cache keeps its shape;
+    the sampler sees only the live rows, in the order of the cache-free path.
+    """
+    import torch
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    tok = model.tokenizer
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    n = len(rows)
+    lengths = torch.as_tensor([len(r) for r in rows])
+    ids = torch.full((n, int(lengths.max())), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.as_tensor(r)
+    mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, n)
+    new: list[list[int]] = [[] for _ in rows]
+    live = list(range(n))
+    with torch.no_grad():
+        offset[0] = 0
+        resid = model(ids, attention_mask=mask, past_kv_cache=cache, stop_at_layer=model.cfg.n_layers)
+        last = unembed_rows(model, resid[torch.arange(n), lengths - 1])
+        for step in range(max_new_tokens):
+            for i, t in zip(live, pick(live, last[live])):
+                new[i].append(t)
+            live = [i for i in live if new[i][-1] != eos]
+            if not live or step == max_new_tokens - 1:
+                break
+            nxt = torch.as_tensor([[r[-1] if r else pad] for r in new])
+            offset[0] = int(ids.shape[1]) + step
+            resid = model(nxt, attention_mask=torch.ones_like(nxt), past_kv_cache=cache,
+                          stop_at_layer=model.cfg.n_layers)
+            last = unembed_rows(model, resid[:, -1])
+    return new
+
+
+def _checked(model: Any, vector: SteeringVector | np.ndarray, alpha: float, hook: str | None) -> tuple[str, np.ndarray]:
+    """The hook and the plain vector, checked as :func:`steering` checks them."""
+    with steering(model, vector, alpha, hook):
+        pass
+    if isinstance(vector, SteeringVector):
+        return hook or vector.hook, np.asarray(vector.vector)
+    return str(hook), np.asarray(vector)
+
+
+@contextlib.contextmanager
+def _steering_rows(model: Any, deltas: dict[str, Any], start: int, offset: list[int]) -> Iterator[None]:
+    """Add ``deltas[hook]`` (rows, d_model; one row broadcasts) to the activation at each hook at
+    every absolute position from ``start`` on, for inputs that begin at the absolute position
+    ``offset[0]`` (a key-value-cached generation feeds one new token at a time)."""
+
+    def add(act, hook):
+        skip = max(0, start - offset[0])
+        if skip >= act.shape[1]:
+            return act
+        out = act.clone()
+        out[:, skip:] += deltas[hook.name].to(act.dtype).to(act.device)[:, None, :]
+        return out
+
+    with model.hooks(fwd_hooks=[(h, add) for h in deltas]):
+        yield
 
 
 def unembed_rows(model: Any, resid: Any) -> Any:

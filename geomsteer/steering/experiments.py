@@ -92,8 +92,7 @@ def measure_sweep(model: Any, vectors: Mapping[str, Any], items: Sequence[Any], 
     ``neutral`` text), beside covariance directions (``n_random`` per cell; ``n_null`` at the tested
     multipliers, by default the most negative and the most positive) and ``n_null`` shuffled-label vectors.
     ``progress`` is called once per cell."""
-    from ..activations import bos_ids
-    from .apply import generate, steering
+    from .apply import generate_runs
     from .evaluate import SteeredTargets, target_ids, target_logodds
 
     alphas = check_alphas(alphas)
@@ -106,14 +105,14 @@ def measure_sweep(model: Any, vectors: Mapping[str, Any], items: Sequence[Any], 
     if n_null and n_null < 2:
         raise ConfigError(f"n_null must be 0 (no nulls) or at least 2 draws per null, got {n_null}; 20 is the default")
     tested = _null_alphas(alphas, null_alphas) if n_null else []
-    start = len(bos_ids(model))
     ids = target_ids(model, items)
     base = target_logodds(model, items, batch_size, ids)
     prompts = list(sample_prompts)[:n_samples]
-    samples = []
+    samples: list[dict[str, Any]] = []
+    runs: list[tuple[Any, float, str | None]] = []  # generated together at the end, one batch
     if prompts:
-        samples.append({"hook": None, "alpha": 0.0, "direction": "unsteered",
-                        "texts": generate(model, prompts, max_new_tokens, seed=seed)})
+        samples.append({"hook": None, "alpha": 0.0, "direction": "unsteered"})
+        runs.append((None, 0.0, None))
     cells, norms, notes = [], {}, {}
     for hi, (hook, sv) in enumerate(vectors.items()):
         v = np.asarray(getattr(sv, "vector", sv), dtype=np.float32)
@@ -130,17 +129,16 @@ def measure_sweep(model: Any, vectors: Mapping[str, Any], items: Sequence[Any], 
             if is_tested and nulls["shuffled_labels"] is not None:
                 shuffled = ev(nulls["shuffled_labels"], a) - base[None]
             kl = rkl = 0.0 if a == 0 else None
-            if a != 0 and neutral is not None:
-                with steering(model, v, a, hook, start=start):
-                    kl = neutral.kl(model)
-                with steering(model, cov[0], a, hook, start=start):
-                    rkl = neutral.kl(model)  # one draw: KL is the costly part
+            if a != 0 and neutral is not None:  # one covariance draw: KL is the costly part
+                kl, rkl = neutral.kl_steered(model, np.stack([v, cov[0]]), a, hook)
             cells.append(SweepCell(hook, a, shift, band, shuffled, is_tested, kl, rkl))
             if prompts and a != 0 and a in (alphas[0], alphas[-1]):
-                samples.append({"hook": hook, "alpha": a, "direction": "vector",
-                                "texts": generate(model, prompts, max_new_tokens, v, a, hook, seed=seed)})
+                samples.append({"hook": hook, "alpha": a, "direction": "vector"})
+                runs.append((v, a, hook))
             if progress:
                 progress()
+    for sample, texts in zip(samples, generate_runs(model, prompts, runs, max_new_tokens, seed=seed)):
+        sample["texts"] = texts
     params = {"alphas": alphas, "n_random": n_random, "n_null": n_null,
               "null_alphas": None if null_alphas is None else list(null_alphas), "n_samples": n_samples,
               "max_new_tokens": max_new_tokens, "seed": seed, "batch_size": batch_size}
