@@ -321,3 +321,23 @@ def test_neutral_kl_from_the_stored_prefix_equals_the_plain_path(tiny):
                     plain.append(neutral.kl(tiny))
             assert neutral.kl_steered(tiny, V, alpha, hook) == pytest.approx(plain, rel=1e-4, abs=1e-6)
     assert neutral.kl_steered(tiny, np.zeros((1, 16)), 1.0, "blocks.0.hook_resid_post")[0] == pytest.approx(0, abs=1e-6)
+
+
+@pytest.mark.parametrize("cap", [0.0, 5.0])
+def test_chunked_log_normalizer_and_target_logits_equal_the_full_logits(tiny, cap):
+    from geomsteer.steering.apply import log_normalizer, logits_of, unembed_rows
+
+    old = tiny.cfg.output_logits_soft_cap
+    tiny.cfg.output_logits_soft_cap = cap
+    try:
+        resid = torch.randn(5, 16) * 3
+        full = unembed_rows(tiny, resid).double()
+        p = torch.softmax(torch.randn(5, full.shape[1]), -1)
+        lse, pz = log_normalizer(tiny, resid, p, chunk=1000)  # chunks that do not divide the vocabulary
+        torch.testing.assert_close(lse, torch.logsumexp(full, -1), rtol=1e-6, atol=1e-5)
+        assert pz == pytest.approx(float((p.double() * full).sum()), rel=1e-5)
+        ids = torch.tensor([[3, 7], [100, 5], [9, 9], [0, 1], [42, 4]])
+        got = logits_of(tiny, resid.reshape(1, 5, 16), ids)[0]
+        torch.testing.assert_close(got.double(), full.gather(1, ids), rtol=1e-5, atol=1e-5)
+    finally:
+        tiny.cfg.output_logits_soft_cap = old

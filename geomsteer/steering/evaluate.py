@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import DataError
-from .apply import logits_at, logits_at_last, steering, unembed_rows, unembeds_itself
+from .apply import logits_at, logits_at_last, logits_of, log_normalizer, steering, unembeds_itself
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,18 +139,33 @@ class NeutralText:
             valid = mask & (pos >= self.start)
             z = logits_at(model, ids, mask.long(), valid)
             p_ref = torch.softmax(z, -1)
-            # KL(p || q) = sum p log p - sum p log q: the first term is fixed, computed once, with the
-            # formula of the second (_cross), so that an unchanged model gives exactly 0
-            self.batches.append((ids, mask, valid, p_ref, _cross(p_ref, z)))
             del z
+            # KL(p || q) = sum p log p - sum p log q: the first term is fixed, computed once, with the
+            # formula of the second (:meth:`_cross`), so that an unchanged model gives 0
+            self.batches.append([ids, mask, valid, p_ref, 0.0])
+            self.batches[-1][4] = self._cross(model, self.batches[-1])
             self.n_positions += int(valid.sum())
 
     def kl(self, model: Any) -> float:
 
         total = 0.0
         for ids, mask, valid, p_ref, neg_entropy in self.batches:
-            total += neg_entropy - _cross(p_ref, logits_at(model, ids, mask.long(), valid))
+            total += neg_entropy - self._cross(model, (ids, mask, valid, p_ref))
         return total / max(self.n_positions, 1)
+
+    @staticmethod
+    def _cross(model: Any, batch: Sequence[Any]) -> float:
+        """sum over the batch's positions of sum_v p_v log q_v under the model as it runs now."""
+        import torch
+
+        ids, mask, valid, p_ref = batch[:4]
+        if unembeds_itself(model):
+            with torch.no_grad():
+                res = model(ids, attention_mask=mask.long(), stop_at_layer=model.cfg.n_layers)
+            lse, pz = log_normalizer(model, res[valid], p_ref)
+            return pz - float(lse.sum())
+        logq = torch.log_softmax(logits_at(model, ids, mask.long(), valid), -1)
+        return float((p_ref * logq).sum(dtype=torch.float64))
 
     def kl_steered(self, model: Any, vectors: np.ndarray, alpha: float, hook: str) -> list[float]:
         """:meth:`kl` under ``steering(model, v, alpha, hook, start=<after the start token>)`` for each
@@ -186,18 +201,10 @@ class NeutralText:
                     r[:, self.start:] += torch.as_tensor(alpha * v).to(r.dtype)
                     res = model(r, start_at_layer=layer + 1, stop_at_layer=model.cfg.n_layers,
                                 attention_mask=mask.long())
-                    total += neg_entropy - _cross(p_ref, unembed_rows(model, res[valid]))
+                    lse, pz = log_normalizer(model, res[valid], p_ref)
+                    total += neg_entropy - (pz - float(lse.sum()))
                 out.append(total / max(self.n_positions, 1))
         return out
-
-
-def _cross(p: Any, z: Any) -> float:
-    """sum over rows of sum_v p_v log softmax(z)_v, as sum p z - sum lse(z) (each row of p sums to
-    1): no (rows, vocab) log-softmax is written, which halved the time of a KL on Gemma's
-    262,144-token vocabulary."""
-    import torch
-
-    return float(torch.einsum("ij,ij->", p, z)) - float(torch.logsumexp(z, -1).double().sum())
 
 
 class SteeredTargets:
@@ -287,9 +294,8 @@ class SteeredTargets:
                 res = model(r, start_at_layer=self.layer + 1, stop_at_layer=model.cfg.n_layers,
                             attention_mask=self.mask.repeat(mc, 1))
                 last = res.reshape(mc, n, *res.shape[1:])[:, rows, self.lengths - 1]  # (mc, n, d)
-                logits = unembed_rows(model, last.reshape(mc * n, -1)).reshape(mc, n, -1).double()
-                lse = torch.logsumexp(logits, -1)
-                lp = torch.logsumexp(logits.gather(-1, self.pos.expand(mc, -1, -1)) + self.pos_off, -1) - lse
-                ln = torch.logsumexp(logits.gather(-1, self.neg.expand(mc, -1, -1)) + self.neg_off, -1) - lse
+                lse = log_normalizer(model, last.reshape(mc * n, -1))[0].reshape(mc, n)
+                lp = torch.logsumexp(logits_of(model, last, self.pos).double() + self.pos_off, -1) - lse
+                ln = torch.logsumexp(logits_of(model, last, self.neg).double() + self.neg_off, -1) - lse
                 out[c : c + mc] = torch.stack([lp - ln, lp, ln], -1).numpy()
         return out
