@@ -12,6 +12,16 @@
    through ``SteeredTargets`` (the prompts run to the layer once, then the later blocks for many
    vectors to a batch) against a ``steering`` hook around ``target_logodds`` per vector
    (reference); prints both times, the ratio and the largest difference. Skipped with --no-model.
+4. The sweep's sample generations on Gemma 3 270M (2 prompts x 24 tokens, 11 runs: unsteered and
+   5 layers x 2 multipliers): ``generate_runs`` (one key-value-cached batch) against ``generate``
+   per run with ``kv_cache=False`` (each step reruns the sequence); prints both times, the ratio and
+   whether every text is the same.
+5. The KL on 16 neutral texts under 2 vectors at layer 6: ``NeutralText.kl_steered`` (prefix
+   stored, chunked log-normalizer) against a ``steering`` hook around ``NeutralText.kl``; prints both
+   times, the ratio and the largest difference.
+6. One forward pass of 16 x 25 tokens and one key-value-cached step of 4 tokens, with the weights
+   in TransformerLens's own layout against the layout ``load_model`` stores (``_store_as_read``);
+   prints the times, the ratios and whether the outputs are bit-identical.
 
 Printed, not asserted: these machines are noisy.
 """
@@ -108,6 +118,103 @@ def bench_null_vectors() -> None:
           f"{np.abs(fast - ref).max():.2e}")
 
 
+def bench_generation() -> None:
+    from geomsteer import models
+    from geomsteer import steering as S
+    from geomsteer.resources import steering_file
+
+    model = models.load_model("gemma-3-270m")
+    items, _ = S.load_eval(steering_file("sentiment_eval"))
+    prompts = [it.prompt for it in items[:2]]
+    rng = np.random.default_rng(0)
+    runs = [(None, 0.0, None)]
+    for layer in (3, 6, 9, 12, 15):
+        v = rng.standard_normal(640).astype(np.float32)
+        v *= 40 / np.linalg.norm(v)
+        runs += [(v, -4.0, f"blocks.{layer}.hook_resid_post"), (v, 4.0, f"blocks.{layer}.hook_resid_post")]
+    t = time.perf_counter()
+    together = S.generate_runs(model, prompts, runs, 24)
+    t_fast = time.perf_counter() - t
+    t = time.perf_counter()
+    alone = [S.generate(model, prompts, 24, v, a, h, kv_cache=False) for v, a, h in runs]
+    t_ref = time.perf_counter() - t
+    print(f"sample generations, {len(runs)} runs x {len(prompts)} prompts x 24 tokens: generate_runs {t_fast:.1f} s, "
+          f"cache-free generate per run {t_ref:.1f} s, ratio {t_fast / t_ref:.2f}; same texts: {together == alone}")
+
+
+def bench_neutral_kl() -> None:
+    import torch
+
+    from geomsteer import models
+    from geomsteer import steering as S
+    from geomsteer.corpus import wordnet_glosses
+
+    model = models.load_model("gemma-3-270m")
+    neutral = S.NeutralText(model, list(wordnet_glosses(examples=False).shuffled(0))[:16], max_tokens=24)
+    hook = "blocks.6.hook_resid_post"
+    rng = np.random.default_rng(1)
+    V = rng.standard_normal((2, 640)).astype(np.float32)
+    V *= 40 / np.linalg.norm(V, axis=1, keepdims=True)
+    neutral.kl_steered(model, V[:1], 1.0, hook)  # the stored prefix, computed once per layer
+    t = time.perf_counter()
+    fast = neutral.kl_steered(model, V, 4.0, hook)
+    t_fast = time.perf_counter() - t
+    t = time.perf_counter()
+    ref = []
+    for v in V:  # the plain formula: full forward, full logits, log-softmax
+        total = 0.0
+        with S.steering(model, v, 4.0, hook, start=neutral.start):
+            for ids, mask, valid, p_ref, _ in neutral.batches:
+                logp = torch.log_softmax(S.logits_at(model, ids, mask.long(), valid), -1)
+                total += float((p_ref * (torch.log(p_ref) - logp)).nan_to_num().sum(dtype=torch.float64))
+        ref.append(total / neutral.n_positions)
+    t_ref = time.perf_counter() - t
+    print(f"KL on {neutral.n_positions} neutral positions under 2 vectors at {hook}: kl_steered {t_fast:.2f} s, "
+          f"plain formula under a steering hook {t_ref:.2f} s, ratio {t_fast / t_ref:.2f}; largest difference "
+          f"{np.abs(np.subtract(fast, ref)).max():.2e} (KL {fast[0]:.4f})")
+
+
+def bench_weight_layout() -> None:
+    import torch
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    from geomsteer import models
+
+    model = models.load_model("gemma-3-270m")
+    ids = torch.randint(100, 5000, (16, 25), generator=torch.Generator().manual_seed(0))
+    step = torch.randint(100, 5000, (4, 1), generator=torch.Generator().manual_seed(1))
+
+    def run():
+        with torch.no_grad():
+            full = model(ids, stop_at_layer=model.cfg.n_layers)
+            cache = TransformerLensKeyValueCache.init_cache(model.cfg, "cpu", 4)
+            model(ids[:4], past_kv_cache=cache, attention_mask=torch.ones_like(ids[:4]),
+                  stop_at_layer=model.cfg.n_layers)
+            t = time.perf_counter()
+            out = model(step, past_kv_cache=cache, attention_mask=torch.ones_like(step),
+                        stop_at_layer=model.cfg.n_layers)
+            return full, out, time.perf_counter() - t
+
+    def timed():
+        t = time.perf_counter()
+        full, out, t_step = run()
+        return full, out, time.perf_counter() - t - t_step, t_step
+
+    stored = min((timed() for _ in range(3)), key=lambda r: r[2])
+    saved = {k: p.data for k, p in model.named_parameters()}
+    for p in model.parameters():
+        p.data = p.data.contiguous()  # TransformerLens's own layout
+    try:
+        plain = min((timed() for _ in range(3)), key=lambda r: r[2])
+    finally:
+        for k, p in model.named_parameters():
+            p.data = saved[k]
+    same = torch.equal(stored[0], plain[0]) and torch.equal(stored[1], plain[1])
+    print(f"forward of 16 x 25 tokens: weights stored as read {stored[2]:.2f} s, TransformerLens's layout "
+          f"{plain[2]:.2f} s, ratio {stored[2] / plain[2]:.2f}; a cached 4-token step {stored[3] * 1e3:.0f} ms vs "
+          f"{plain[3] * 1e3:.0f} ms, ratio {stored[3] / plain[3]:.2f}; bit-identical: {same}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-model", action="store_true", help="skip the real-model benchmark")
@@ -116,6 +223,9 @@ def main() -> None:
     if not args.no_model:
         bench_logodds()
         bench_null_vectors()
+        bench_generation()
+        bench_neutral_kl()
+        bench_weight_layout()
 
 
 if __name__ == "__main__":
