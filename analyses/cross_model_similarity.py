@@ -29,6 +29,7 @@ random_baseline = False  # also compare re-randomized models (adds about 2 min p
 saes = [None, None]  # one SAE directory per model; None trains one at sae_layers
 sae_layers = [6, 12]
 sae_tokens = 10_000  # the training budget of each SAE trained here
+sae_eval_tokens = 2048  # held-out tokens its reconstruction is scored on
 sae_width = 512
 feature_texts = 200  # WordNet glosses the SAE features are compared on
 out = None  # a directory to save every result in; None keeps them in memory
@@ -52,7 +53,7 @@ for name, model, given, layer in zip(models, loaded, saes, sae_layers):
     if given is None:
         given = (saved or Path(tempfile.mkdtemp())) / f"sae-{name}"
         trained = gs.sae.train(model, hook=f"blocks.{layer}.hook_resid_post", tokens=sae_tokens, d_sae=sae_width,
-                               k=16, seed=seed, out=given, eval_tokens=2048, ce_documents=8)
+                               k=16, seed=seed, out=given, eval_tokens=sae_eval_tokens, ce_documents=8)
         display(trained)  # noqa: F821 (Jupyter's display)
     sae_dirs.append(given)
 

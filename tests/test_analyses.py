@@ -23,7 +23,7 @@ NOTEBOOKS = {
     "steering_decomposition.py": ('sae = {sae!r}\nalphas = (-2, 0, 2)\nn_neutral = 4\nn_null = 6\ndecompose_k = 8\n'
                                   'out = {out!r}'),
     "cross_model_similarity.py": ('n_words = 240\nlayers = "every:6"\nn_permutations = 20\nscan_permutations = 20\n'
-                                  'saes = [{sae!r}, None]\nsae_tokens = 2048\nsae_width = 64\n'
+                                  'saes = [{sae!r}, None]\nsae_tokens = 1024\nsae_eval_tokens = 1024\nsae_width = 64\n'
                                   'feature_texts = 40\nout = {out!r}'),
     "mapper_sae_lens.py": 'sae = {sae!r}\nlayer = 6\nmax_words = 400\nn_cubes = 6\nn_null = 4\nout = {out!r}',
 }

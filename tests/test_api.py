@@ -159,7 +159,7 @@ def test_sae_train_load_inspect_on_the_tiny_model(tiny, tmp_path):
 @pytest.mark.real_model
 def test_hierarchy_api_and_cli_write_the_same_numbers(tmp_path):
     # without the nulls (two null-drawing runs took 100 s; the nulls' rendering is tested on a planted tree)
-    h = gs.hierarchy("gemma-3-270m", min_tokens=300, baselines=False)
+    h = gs.hierarchy("gemma-3-270m", min_tokens=1500, baselines=False)  # fewer categories: a quicker run
     assert h.analyzer.names_ and isinstance(h.table(), pd.DataFrame) and len(h.table()) == len(h.directions)
     name = h.directions.names[0]
     v = h.directions[name]
@@ -171,7 +171,7 @@ def test_hierarchy_api_and_cli_write_the_same_numbers(tmp_path):
     fig = h.plot_concept_plane("entity.n.01", child)
     assert fig.axes and fig.axes[0].get_title()
     api = json.loads((h.save(tmp_path / "api") / "result.json").read_text())
-    assert cli.main(["hierarchy", "--model", "gemma-3-270m", "--min-tokens", "300", "--no-baselines",
+    assert cli.main(["hierarchy", "--model", "gemma-3-270m", "--min-tokens", "1500", "--no-baselines",
                      "--out", str(tmp_path / "cli")]) == 0
     via_cli = json.loads((tmp_path / "cli" / "result.json").read_text())
     keys = ["metrics", "categories", "simplices", "params", "n_categories"]
@@ -218,3 +218,38 @@ def test_hierarchy_result_figures_and_conclusions_on_a_planted_tree():
     assert len(lines) == len(h.metrics) and any("heldout auc" in x for x in lines)
     # the planted directions separate held-out tokens beyond every null; a verdict says so
     assert "beyond every null" in next(x for x in lines if x.startswith("heldout auc"))
+
+
+def test_model_commands_run_in_bfloat16_with_float32_answers(tiny, tiny_vectors, tiny_sae):
+    """--dtype bfloat16 on CPU: the same calls on a bfloat16 copy of the tiny model run, record the dtype, and
+    agree with float32 to bfloat16's precision (statistics are accumulated in float64 either way)."""
+    import copy
+
+    import torch
+
+    half = copy.deepcopy(tiny).to(torch.bfloat16)
+    half.cfg.dtype = torch.bfloat16
+    vec = gs.steer.compute(half, pairs="sentiment", layers=[1])
+    assert vec.provenance["dtype"] == "bfloat16" and tiny_vectors.provenance["dtype"] == "float32"
+    cos = float(vec[HOOK].vector @ tiny_vectors[HOOK].vector) / (
+        np.linalg.norm(vec[HOOK].vector) * np.linalg.norm(tiny_vectors[HOOK].vector))
+    assert cos > 0.99
+    kw = dict(hooks=[HOOK], alphas=(-2, 0, 2), n_neutral=2, n_samples=1, n_null=2, max_new_tokens=3)
+    a, b = gs.steer.sweep(tiny, tiny_vectors, **kw), gs.steer.sweep(half, tiny_vectors, **kw)
+    assert b.provenance["dtype"] == "bfloat16"
+    ta, tb = a.table(), b.table()
+    for col in ("logodds_shift", "kl_neutral"):
+        x, y = ta[col].to_numpy(float), tb[col].to_numpy(float)
+        assert np.all(np.isfinite(y)) and np.allclose(x, y, rtol=0.1, atol=0.02), (col, x, y)
+    assert gs.steer.apply(half, tiny_vectors, "The food was", hook=HOOK, alpha=2, max_new_tokens=3).table() is not None
+    for fn in (gs.steer.decompose, gs.steer.propagate):
+        extra = dict(k=4, top=3, n_contexts=0) if fn is gs.steer.decompose else dict(alphas=(1, 2))
+        hook = HOOK if fn is gs.steer.decompose else "blocks.0.hook_resid_post"
+        sae = tiny_sae if fn is gs.steer.decompose else [tiny_sae]
+        r = fn(half, tiny_vectors, sae, hook=hook, n_null=2, **extra)
+        assert r.provenance["dtype"] == "bfloat16" and r.statistics()
+    mp = gs.mapper(half, tiny_sae, ["animal.n.01", "plant.n.02"], max_words=200, n_null=2, n_bootstrap=0,
+                   eps_scale=1.5, min_samples=3)
+    assert mp.provenance["dtype"] == "bfloat16" and mp.provenance["words_used"] > 50
+    cl = gs.cluster(half, tiny_sae, "animal.n.01,plant.n.02", max_words=200, n_clusters=3, n_shuffles=20)
+    assert cl.provenance["dtype"] == "bfloat16" and cl.statistics()

@@ -27,7 +27,8 @@ def gemma_2b_home(tmp_path_factory):
 
 def test_hierarchy_on_gemma_2b_from_the_hub_cache(gemma_2b_home, tmp_path):
     out = tmp_path / "h"
-    p = geomsteer(["hierarchy", "--model", "gemma-2b", "--null-draws", "2", "--out", str(out)], gemma_2b_home, tmp_path)
+    p = geomsteer(["hierarchy", "--model", "gemma-2b", "--null-draws", "2", "--min-tokens", "1500",
+                                 "--out", str(out)], gemma_2b_home, tmp_path)
     assert p.returncode == 0, p.stderr
     doc = json.loads((out / "result.json").read_text())
     prov = json.dumps(doc["provenance"])

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError
 from ..pipelines.concepts import DEFAULT_CONCEPTS, cluster, mapper
-from .common import concepts_list, null_line, option, output_args, positive_int, run_and_save
+from .common import concepts_list, null_line, option, output_args, positive_int, run_and_save, runtime_args
 
 
 def _concept_args(sp: argparse.ArgumentParser, fn: Any) -> None:
@@ -24,6 +24,7 @@ def _concept_args(sp: argparse.ArgumentParser, fn: Any) -> None:
            choices=["last", "mean"])
     sp.add_argument("--prefix", default="", help="text read before each word (default: none, just BOS)")
     output_args(sp, "seed for the word sample and the random parts (default: 0)")
+    runtime_args(sp, fn)
 
 
 def add_parsers(sub: Any) -> None:
@@ -88,7 +89,7 @@ def run_mapper(args: argparse.Namespace, argv: Sequence[str]) -> int:
         args.model, args.sae, concepts, hook=args.hook, max_words=args.words, lens=lens, features=features,
         n_components=args.components, n_cubes=args.cubes, overlap=args.overlap, min_samples=args.min_samples,
         eps_scale=args.eps_scale, n_bootstrap=args.bootstrap, n_null=args.null_draws, prefix=args.prefix,
-        rule=args.rule, seed=args.seed))
+        rule=args.rule, seed=args.seed, device=args.device, dtype=args.dtype))
     m = res.metrics
     kg, st = m["kmapper_graph"], m["stability"]
     print(f"Mapper graph: {kg['nodes']} nodes, {kg['edges']} edges, {kg['components']} component(s); nerve Betti "
@@ -105,7 +106,7 @@ def run_cluster(args: argparse.Namespace, argv: Sequence[str]) -> int:
     concepts = concepts_list(args.concepts)
     res = run_and_save(args, argv, lambda: cluster(
         args.model, args.sae, concepts, hook=args.hook, space=args.space, n_clusters=args.clusters,
-        max_words=args.words, min_fires=args.min_fires, prefix=args.prefix, rule=args.rule, seed=args.seed))
+        max_words=args.words, min_fires=args.min_fires, prefix=args.prefix, rule=args.rule, seed=args.seed, device=args.device, dtype=args.dtype))
     print(f"{res.provenance['rows']}:")
     for name, stat in res.analyzer.scores_.items():
         print(f"  {name.replace('_', ' ')}: {null_line(stat)}")

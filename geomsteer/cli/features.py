@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..pipelines import features as F
-from .common import Parser, null_line, option, output_args, positive_int, run_and_save
+from .common import Parser, null_line, option, output_args, positive_int, run_and_save, runtime_args
 
 
 def _common(sp: argparse.ArgumentParser, fn: Any, features: bool = True) -> None:
@@ -34,6 +34,7 @@ def _common(sp: argparse.ArgumentParser, fn: Any, features: bool = True) -> None
         option(sp, "--threshold", fn, "threshold", "a downstream feature changes when its mean |code change| exceeds this "
            "x its layer's mean active code", type=float)
     output_args(sp, "seed for the random feature sets and the neutral texts (default: 0)")
+    runtime_args(sp, fn)
 
 
 def add_parser(sub: Any) -> None:
@@ -101,21 +102,21 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                   n_null=getattr(args, "null_draws", None), seed=args.seed)
     if c == "intervene":
         res = run_and_save(args, argv, lambda: F.intervene(args.model, args.sae, args.features, vectors=args.vector,
-                                                           factors=args.factors, k=args.k, **common))
+                                                           factors=args.factors, k=args.k, **common, device=args.device, dtype=args.dtype))
         print(res.metrics["verdict"])
     elif c == "graph":
         res = run_and_save(args, argv, lambda: F.graph(args.model, args.sae, args.features, vectors=args.vector,
                                                        k=args.k, alpha=args.alpha,
-                                                       attribution=not args.no_attribution, **common))
+                                                       attribution=not args.no_attribution, **common, device=args.device, dtype=args.dtype))
         print(f"{res.metrics['n_edges']} edges kept from {len(res.metrics['features'])} upstream features; graph: "
               f"{Path(args.out) / 'graph.graphml'}")
     elif c == "relations":
         res = run_and_save(args, argv, lambda: F.relations(
             args.model, args.sae, args.vector, hook=args.hook, alpha=args.alpha, top=args.top,
-            n_clusters=args.clusters, eval=args.eval, n_neutral=args.neutral, seed=args.seed))
+            n_clusters=args.clusters, eval=args.eval, n_neutral=args.neutral, seed=args.seed, device=args.device, dtype=args.dtype))
     else:
         res = run_and_save(args, argv, lambda: F.compare(args.model, args.sae, args.vector, alpha=args.alpha, k=args.k,
-                                                         **common))
+                                                         **common, device=args.device, dtype=args.dtype))
         for r in res.result.tables["methods"]:
             print(f"{r['method']:>14}: multiplier {r['multiplier']:.3g}{'' if r['matched'] else ' (not matched)'}, "
                   f"shift {r['mean_shift']:+.3f}, KL {r['kl']:.4f}, off-target changed {r['off_target_changed']}")

@@ -77,6 +77,7 @@ def add_parser(sub: Any) -> None:
                          "labels; none: skip)")
     option(lb, "--k", S.label, "k", "features per decomposition", type=positive_int)
     output_args(lb, "seed for the word draw and the shuffles (default: 0)")
+    runtime_args(lb, S.label)
 
     sp = sae_sub.add_parser(
         "split",
@@ -101,6 +102,7 @@ def add_parser(sub: Any) -> None:
     option(sp, "--min-cos", S.split, "min_cos", "decoder cosine below which a wide feature has no parent", type=float)
     option(sp, "--null-draws", S.split, "n_null", "shuffles of the wide SAE's labels", type=int)
     output_args(sp, "seed for the word draw, training and the shuffles (default: 0)")
+    runtime_args(sp, S.split)
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.sae_command == "split":
         res = run_and_save(args, argv, lambda: S.split(
             args.sae, args.model, hook=args.hook, widths=args.widths, tokens=args.tokens, k=args.k, n_words=args.words,
-            template=args.template, min_cos=args.min_cos, n_null=args.null_draws, seed=args.seed))
+            template=args.template, min_cos=args.min_cos, n_null=args.null_draws, seed=args.seed, device=args.device, dtype=args.dtype))
         from .common import null_line
 
         for r in res.result.tables["links"]:
@@ -123,7 +125,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.sae_command == "label":
         res = run_and_save(args, argv, lambda: S.label(
             args.sae_dir, args.model, n_words=args.words, template=args.template, min_category=args.min_category,
-            alpha=args.alpha, n_null=args.null_draws, seed=args.seed, decompose=args.decompose, k=args.k))
+            alpha=args.alpha, n_null=args.null_draws, seed=args.seed, decompose=args.decompose, k=args.k, device=args.device, dtype=args.dtype))
         from .common import null_line
 
         st = res.metrics["statistics"]["labelled_fraction"]

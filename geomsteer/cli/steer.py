@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..pipelines import steer as S
-from .common import Parser, null_line, option, output_args, positive_int, run_and_save
+from .common import Parser, null_line, option, output_args, positive_int, run_and_save, runtime_args
 
 
 def _common(sp: argparse.ArgumentParser, vector: bool = True) -> None:
@@ -18,6 +18,7 @@ def _common(sp: argparse.ArgumentParser, vector: bool = True) -> None:
         sp.add_argument("--hook", default=None,
                         help="which of the file's vectors (e.g. blocks.6.hook_resid_post); needed when it holds several")
     output_args(sp, "seed for random directions and sampling (default: 0)")
+    runtime_args(sp, S.compute)
 
 
 def _null_arg(sp: argparse.ArgumentParser, fn: Any, where: str) -> None:
@@ -128,6 +129,7 @@ def add_parser(sub: Any) -> None:
                     "Writes result.json, report.md and figures/.")
     sh.add_argument("--model", required=True, help="model alias (see 'geomsteer models'), local directory or .gguf")
     output_args(sh, "seed for the pool, nested random sets and random directions (default: 0)")
+    runtime_args(sh, S.hierarchy)
     option(sh, "--pair", S.hierarchy, "pairs", "PARENT>CHILD synsets (quote them: the shell reads >)", nargs="+")
     option(sh, "--layer", S.hierarchy, "layer", "block whose residual output is steered", type=int)
     option(sh, "--template", S.hierarchy, "template", "text before each word when reading the words")
@@ -153,6 +155,7 @@ def add_parser(sub: Any) -> None:
                     "the same size. Writes result.json, report.md and figures/.")
     se.add_argument("--model", required=True, help="model alias (see 'geomsteer models'), local directory or .gguf")
     output_args(se, "seed for word samples, the held-out split and the null categories (default: 0)")
+    runtime_args(se, S.erase)
     option(se, "--concept", S.erase, "concept", "the WordNet synset to erase")
     option(se, "--layer", S.erase, "layer", "block whose residual output is erased", type=int)
     option(se, "--also", S.erase, "also", "more categories to measure (say its children)", nargs="*")
@@ -183,7 +186,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     c = args.steer_command
     if c == "compute":
         res = run_and_save(args, argv, lambda: S.compute(args.model, args.pairs, layers=args.layers,
-                                                         position=args.position, method=args.method))
+                                                         position=args.position, method=args.method, device=args.device, dtype=args.dtype))
         for h, s in res.metrics["per_hook"].items():
             print(f"{h}: norm {s['norm']:.2f} (random signs {s.get('random_sign_norm', float('nan')):.2f}), "
                   f"held-out pair accuracy {s.get('held_out_pair_accuracy', float('nan')):.2f}")
@@ -192,7 +195,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         prompts = _read_prompts(args)
         res = run_and_save(args, argv, lambda: S.apply(
             args.model, args.vector, prompts, hook=args.hook, alpha=args.alpha, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, seed=args.seed))
+            temperature=args.temperature, seed=args.seed, device=args.device, dtype=args.dtype))
         for g in res.result.tables["generations"]:
             print(f"{g['prompt']}\n  unsteered: {g['unsteered'].strip()}\n  steered:   {g['steered'].strip()}")
         print(f"Report: {Path(args.out) / 'report.md'}")
@@ -200,7 +203,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         res = run_and_save(args, argv, lambda: S.sweep(
             args.model, args.vector, args.eval, hooks=[args.hook] if args.hook else None, alphas=args.alphas,
             n_neutral=args.neutral, n_random=args.random, n_samples=args.samples, max_new_tokens=args.max_new_tokens,
-            seed=args.seed, n_null=args.null_draws))
+            seed=args.seed, n_null=args.null_draws, device=args.device, dtype=args.dtype))
         for h, s in res.metrics["per_hook"].items():
             print(f"{h}: log-odds shift at the largest multiplier {s['shift_at_max_alpha']:+.3f} (random direction "
                   f"{s['random_shift_at_max_alpha']:+.3f}), Spearman {s['spearman_alpha_shift']:.2f}, "
@@ -211,7 +214,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     elif c == "decompose":
         res = run_and_save(args, argv, lambda: S.decompose(
             args.model, args.vector, args.sae, args.eval, hook=args.hook, alpha=args.alpha, k=args.k,
-            nonneg=args.nonneg, top=args.top, n_contexts=args.contexts, seed=args.seed, n_null=args.null_draws))
+            nonneg=args.nonneg, top=args.top, n_contexts=args.contexts, seed=args.seed, n_null=args.null_draws, device=args.device, dtype=args.dtype))
         m = res.metrics
         e, eff = m["explained_fraction"], m["steering_effect"]
         print(f"Explained: sparse coding {e['sparse_coding']:.3f} (random direction "
@@ -226,7 +229,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         res = run_and_save(args, argv, lambda: S.hierarchy(
             args.model, args.pair, layer=args.layer, template=args.template, norms=args.norms, ref_norm=args.ref_norm,
             target_gain=args.target_gain, min_tokens=args.min_tokens, n_pool=args.pool, n_null=args.null_draws,
-            seed=args.seed))
+            seed=args.seed, device=args.device, dtype=args.dtype))
         for key, pm in res.metrics["pairs"].items():
             print(f"{key}:")
             for name, st in pm["statistics"].items():
@@ -239,14 +242,14 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         res = run_and_save(args, argv, lambda: S.erase(
             args.model, args.concept, layer=args.layer, also=args.also, read_layers=args.read_layers,
             n_siblings=args.siblings, n_null=args.null_draws, template=args.template, min_tokens=args.min_tokens,
-            n_pool=args.pool, max_per_category=args.max_per_category, n_fit=args.fit_words, seed=args.seed))
+            n_pool=args.pool, max_per_category=args.max_per_category, n_fit=args.fit_words, seed=args.seed, device=args.device, dtype=args.dtype))
         for name, st in res.metrics["statistics"].items():
             print(f"  {name.replace('_', ' ')}: clean {st['clean']:.3f}, erased {st['erased']:.3f}; {null_line(st)}")
         print(f"Report: {Path(args.out) / 'report.md'}")
     else:
         res = run_and_save(args, argv, lambda: S.propagate(
             args.model, args.vector, args.sae, args.eval, hook=args.hook, alphas=args.alphas,
-            threshold=args.threshold, top=args.top, seed=args.seed, n_null=args.null_draws))
+            threshold=args.threshold, top=args.top, seed=args.seed, n_null=args.null_draws, device=args.device, dtype=args.dtype))
         stats = res.metrics["statistics"]
         for h, s in res.metrics["per_layer"].items():
             st = stats.get(f"features_changed:{h}")

@@ -29,6 +29,7 @@ from .load import (
     load_tokenizer,
     rerandomize,
     resolved_of,
+    runtime_of,
     use_model,
 )
 from .registry import MODELS, ModelSpec, ResolvedModel, offline_aliases, resolve
@@ -47,6 +48,7 @@ __all__ = [
     "load_model",
     "use_model",
     "resolved_of",
+    "runtime_of",
     "unembedding_for",
     "rerandomize",
     "check_device",

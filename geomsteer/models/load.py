@@ -172,6 +172,14 @@ def resolved_of(model: Any) -> ResolvedModel | None:
         return None
 
 
+def runtime_of(model: Any) -> dict[str, str]:
+    """Where a loaded model runs: ``{"device": ..., "dtype": ...}`` of its weights, for provenance."""
+    p = next(iter(model.parameters()), None)
+    device = getattr(model.cfg, "device", None) or (p.device if p is not None else "cpu")
+    dtype = p.dtype if p is not None else getattr(model.cfg, "dtype", "float32")
+    return {"device": str(device), "dtype": str(dtype).replace("torch.", "")}
+
+
 def use_model(model: Any, device: str = "cpu", dtype: str = "float32") -> tuple[Any, ResolvedModel]:
     """A loaded model and what it was loaded from, given a name (loads it) or a model object.
 

@@ -19,7 +19,7 @@ DEFAULT_CONCEPTS = ("animal.n.01", "plant.n.02", "artifact.n.01")
 
 
 def concept_samples(model: Any, hook: str | None, sae: Any, concepts: Sequence[str], max_words: int, seed: int,
-                    prefix: str, rule: str, max_tokens: int) -> dict:
+                    prefix: str, rule: str, max_tokens: int, device: str = "cpu", dtype: str = "float32") -> dict:
     """Words under each concept through the model at ``hook`` and the SAE: activations and codes.
 
     ``hook`` defaults to the SAE's; ``sae`` is a directory or :func:`geomsteer.sae.load` result."""
@@ -45,7 +45,7 @@ def concept_samples(model: Any, hook: str | None, sae: Any, concepts: Sequence[s
         pick += sorted(rng.choice(idx, min(per, len(idx)), replace=False).tolist())
     words = [words[i] for i in pick]
     labels = [labels[i] for i in pick]
-    model, resolved = models.use_model(model)
+    model, resolved = models.use_model(model, device=device, dtype=dtype)
     model_name = resolved.name
     check_hooks(model, [hook])
     if sae.cfg.d_in != model.cfg.d_model:
@@ -59,7 +59,8 @@ def concept_samples(model: Any, hook: str | None, sae: Any, concepts: Sequence[s
     with step(f"Encoding {len(X):,} words with the SAE"):
         codes = saes.encode(sae, X)
     provenance = {
-        "model": model_name, "model_provenance": resolved.provenance, "hook": hook, "sae": str(sae_dir),
+        "model": model_name, "model_provenance": resolved.provenance, **models.runtime_of(model),
+        "hook": hook, "sae": str(sae_dir),
         "concepts": list(counts["per_concept"]), "words_per_concept_available": counts["per_concept"],
         "ambiguous_words_dropped": counts["ambiguous_dropped"], "words_asked": len(pick),
         "words_used": len(words), "words_dropped_multitoken": int((~kept).sum()), "rule": rule, "prefix": prefix,
@@ -74,7 +75,7 @@ def mapper(model: Any, sae: Any, concepts: Sequence[str] | str = DEFAULT_CONCEPT
            max_words: int = 3000, lens: str = "pca", features: Sequence[int] | None = None, n_components: int = 2,
            n_cubes: int = 10, overlap: float = 0.3, min_samples: int = 5, eps_scale: float = 1.0,
            n_bootstrap: int = 5, n_null: int = 20, prefix: str = "", rule: str = "last", max_tokens: int = 3,
-           seed: int = DEFAULT_SEED) -> MapperResult:
+           seed: int = DEFAULT_SEED, device: str = "cpu", dtype: str = "float32") -> MapperResult:
     """Mapper over the words of WordNet concepts, lens = the SAE feature space, clustering in activation space
     (what ``geomsteer mapper`` runs). ``model``: a name or loaded model; ``sae``: a directory or loaded SAE."""
     from ..analyzers.topology import MapperAnalyzer
@@ -85,7 +86,7 @@ def mapper(model: Any, sae: Any, concepts: Sequence[str] | str = DEFAULT_CONCEPT
     analyzer = MapperAnalyzer(lens=lens, features=features, n_components=n_components, n_cubes=n_cubes,
                               overlap=overlap, min_samples=min_samples, eps_scale=eps_scale, n_bootstrap=n_bootstrap,
                               n_null=n_null, seed=seed)
-    data = concept_samples(model, hook, sae, concepts, max_words, seed, prefix, rule, max_tokens)
+    data = concept_samples(model, hook, sae, concepts, max_words, seed, prefix, rule, max_tokens, device=device, dtype=dtype)
     with step(f"Mapper on {len(data['words']):,} words ({lens} lens of the SAE codes, {n_cubes} cubes per dimension, "
               f"{n_bootstrap} bootstrap refits, {n_null} Gaussian surrogates)"):
         analyzer.fit(data["X"], data["codes"], labels=data["labels"], names=data["words"])
@@ -103,7 +104,7 @@ def mapper(model: Any, sae: Any, concepts: Sequence[str] | str = DEFAULT_CONCEPT
 def cluster(model: Any, sae: Any, concepts: Sequence[str] | str = DEFAULT_CONCEPTS, *, hook: str | None = None,
             space: str = "codes", n_clusters: int = 8, max_words: int = 3000, min_fires: int = 5,
             n_shuffles: int = 200, prefix: str = "", rule: str = "last", max_tokens: int = 3,
-            seed: int = DEFAULT_SEED) -> ClusterResult:
+            seed: int = DEFAULT_SEED, device: str = "cpu", dtype: str = "float32") -> ClusterResult:
     """k-means over concept words (activations or SAE codes) or over the SAE features they use
     (what ``geomsteer cluster`` runs). ``model``: a name or loaded model; ``sae``: a directory or loaded SAE."""
     from .. import models
@@ -113,7 +114,7 @@ def cluster(model: Any, sae: Any, concepts: Sequence[str] | str = DEFAULT_CONCEP
     if space not in ("activations", "codes", "features"):
         raise ConfigError(f"unknown --space {space!r}: expected activations, codes or features")
     t0 = time.perf_counter()
-    data = concept_samples(model, hook, sae, concepts, max_words, seed, prefix, rule, max_tokens)
+    data = concept_samples(model, hook, sae, concepts, max_words, seed, prefix, rule, max_tokens, device=device, dtype=dtype)
     emb = models.unembedding_for(data["model"], data["resolved"])
     W_U = emb.gamma * (emb.final_norm_scale if emb.final_norm_scale is not None else 1.0)
     vocab = emb.id_to_token
@@ -152,7 +153,7 @@ def cluster(model: Any, sae: Any, concepts: Sequence[str] | str = DEFAULT_CONCEP
 
 
 def words_in_context(model: Any, words: Sequence[str], hook: str, templates: Sequence[str] = ("",), *,
-                     rule: str = "last", max_tokens: int = 3) -> tuple[np.ndarray, list[str], list[str]]:
+                     rule: str = "last", max_tokens: int = 3, device: str = "cpu", dtype: str = "float32") -> tuple[np.ndarray, list[str], list[str]]:
     """Each word read after each template (``"<template> <word>"``) at ``hook``: rows (n, d), the word of each
     row and a name ``"<template> [<word>]"`` per row. Words the tokenizer splits into more than
     ``max_tokens`` tokens are left out."""
@@ -161,7 +162,7 @@ def words_in_context(model: Any, words: Sequence[str], hook: str, templates: Seq
     if not list(words) or not list(templates):
         raise ConfigError(f"words_in_context needs words and templates, got {len(list(words))} word(s) and "
                           f"{len(list(templates))} template(s); a template may be '' (the word alone)")
-    tl, resolved = models.use_model(model)
+    tl, resolved = models.use_model(model, device=device, dtype=dtype)
     check_hooks(tl, [hook])
     X, labels, names = [], [], []
     for t in templates:

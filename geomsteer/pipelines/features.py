@@ -24,7 +24,7 @@ __all__ = ["intervene", "graph", "compare", "relations", "lab"]
 
 
 def lab(model: Any, saes: Any, hook: str | None = None, eval: Any = "sentiment_eval", *, n_neutral: int = 16,
-        max_tokens: int = 24, seed: int = DEFAULT_SEED, features: Sequence[int] | None = None) -> tuple[Any, dict]:
+        max_tokens: int = 24, seed: int = DEFAULT_SEED, features: Sequence[int] | None = None, device: str = "cpu", dtype: str = "float32") -> tuple[Any, dict]:
     """A :class:`~geomsteer.steering.features.FeatureLab` (the model, its SAEs, the evaluation prompts and
     neutral texts) and its provenance. ``hook``: where interventions happen (default: the earliest SAE's)."""
     from .. import models
@@ -51,7 +51,7 @@ def lab(model: Any, saes: Any, hook: str | None = None, eval: Any = "sentiment_e
 
         check_features(by_hook[hook].sae, features)
     items, eval_sha, eval_path = _eval_items(eval)
-    tl, resolved = models.use_model(model)
+    tl, resolved = models.use_model(model, device=device, dtype=dtype)
     for h, sd in by_hook.items():
         if sd.model and sd.model != resolved.name:
             raise DataError(f"the SAE at {str(sd.path)!r} was trained on {sd.model!r}, not {resolved.name!r}; use SAEs "
@@ -62,7 +62,7 @@ def lab(model: Any, saes: Any, hook: str | None = None, eval: Any = "sentiment_e
     texts = list(wordnet_glosses(examples=False).shuffled(seed))[:n_neutral]
     with step(f"Clean run: {len(items)} prompts, {len(texts)} neutral texts, SAEs at {len(by_hook)} layers"):
         fl = FeatureLab(tl, {h: sd.sae for h, sd in by_hook.items()}, hook, items, texts, max_tokens=max_tokens)
-    prov = {"model": resolved.name, "model_provenance": resolved.provenance,
+    prov = {"model": resolved.name, "model_provenance": resolved.provenance, **models.runtime_of(tl),
             "saes": {h: str(sd.path) for h, sd in sorted(by_hook.items(), key=lambda kv: layer_of(kv[0]))},
             "hook": hook, "later_hooks": list(fl.later), "eval": eval_path, "eval_sha256": eval_sha,
             "n_prompts": fl.n_prompts, "n_neutral": fl.n_texts, "n_tokens": fl.n_tokens,
@@ -119,7 +119,7 @@ def _name(model: Any) -> str:
 def intervene(model: Any, saes: Any, features: Sequence[int] | None = None, *, vectors: Any = None,
               hook: str | None = None, factors: Sequence[float] = (0.0, 0.5, 2.0), k: int = 8,
               eval: Any = "sentiment_eval", n_neutral: int = 16, threshold: float = 0.1, n_null: int = 20,
-              seed: int = DEFAULT_SEED) -> FeatureResult:
+              seed: int = DEFAULT_SEED, device: str = "cpu", dtype: str = "float32") -> FeatureResult:
     """Scale a set of SAE features by each factor (0 ablates, 0.5 dampens, 2 doubles) and measure what changes
     downstream, against frequency-matched random live feature sets (what ``geomsteer features intervene``
     runs). ``features``: indices at ``hook``, or the top ``k`` of ``vectors``' decomposition."""
@@ -130,7 +130,7 @@ def intervene(model: Any, saes: Any, features: Sequence[int] | None = None, *, v
     _check_common(n_null, threshold)
     t0 = time.perf_counter()
     fl, prov = lab(model, saes, hook or _vector_hook(vectors, model), eval, n_neutral=n_neutral, seed=seed,
-                   features=features)
+                   features=features, device=device, dtype=dtype)
     feats, fprov = _features(fl, features, vectors, k, _name(model))
     with counter(f"Scaling {len(feats)} feature(s) by {', '.join(f'x{a:g}' for a in factors)}, and {n_null} random sets",
                  (1 + n_null) * len(factors), unit="runs") as advance:
@@ -143,7 +143,7 @@ def intervene(model: Any, saes: Any, features: Sequence[int] | None = None, *, v
 def graph(model: Any, saes: Any, features: Sequence[int] | None = None, *, vectors: Any = None,
           hook: str | None = None, k: int = 32, eval: Any = "sentiment_eval", n_neutral: int = 16,
           alpha: float = 0.05, threshold: float = 0.1, attribution: bool = True, n_null: int = 50,
-          seed: int = DEFAULT_SEED) -> FeatureResult:
+          seed: int = DEFAULT_SEED, device: str = "cpu", dtype: str = "float32") -> FeatureResult:
     """The feature-to-feature graph: ablate each upstream feature, read every downstream feature at each later
     layer, keep the edges beyond random live features of matched frequency; with the attribution-patching
     estimate checked against the real ablations (what ``geomsteer features graph`` runs). ``.save(dir)``
@@ -160,7 +160,7 @@ def graph(model: Any, saes: Any, features: Sequence[int] | None = None, *, vecto
         raise ConfigError(f"--alpha must lie between 0 and 1, got {alpha!r}")
     t0 = time.perf_counter()
     fl, prov = lab(model, saes, hook or _vector_hook(vectors, model), eval, n_neutral=n_neutral, seed=seed,
-                   features=features)
+                   features=features, device=device, dtype=dtype)
     feats, fprov = _features(fl, features, vectors, k, _name(model))
     with step(f"Ablating {len(feats)} upstream feature(s) and {n_null} random ones at {fl.hook}; reading "
               f"{len(fl.later)} later layer(s)" + ("; attribution pass" if attribution else "")):
@@ -173,7 +173,7 @@ def graph(model: Any, saes: Any, features: Sequence[int] | None = None, *, vecto
 
 def compare(model: Any, saes: Any, vectors: Any, *, hook: str | None = None, alpha: float = 4.0, k: int = 8,
             eval: Any = "sentiment_eval", n_neutral: int = 16, threshold: float = 0.1, n_null: int = 20,
-            seed: int = DEFAULT_SEED) -> FeatureResult:
+            seed: int = DEFAULT_SEED, device: str = "cpu", dtype: str = "float32") -> FeatureResult:
     """Steer with the vector, with its top-``k`` feature reconstruction and by clamping those features, each at
     the multiplier that matches the vector's target shift; compare side effects against random feature sets
     (what ``geomsteer features compare`` runs)."""
@@ -187,7 +187,7 @@ def compare(model: Any, saes: Any, vectors: Any, *, hook: str | None = None, alp
         raise ConfigError(f"--k must be a positive number of features, got {k}")
     _check_common(n_null, threshold)
     t0 = time.perf_counter()
-    fl, prov = lab(model, saes, hook or _vector_hook(vectors, model), eval, n_neutral=n_neutral, seed=seed)
+    fl, prov = lab(model, saes, hook or _vector_hook(vectors, model), eval, n_neutral=n_neutral, seed=seed, device=device, dtype=dtype)
     found, vprov = _vectors(vectors, _name(model), [fl.hook])
     with counter(f"Steering by the vector, its {k}-feature reconstruction and clamped features; {n_null} random sets",
                  4 + 2 * len(SCAN) + 2 * n_null, unit="runs") as advance:
@@ -199,7 +199,7 @@ def compare(model: Any, saes: Any, vectors: Any, *, hook: str | None = None, alp
 
 def relations(model: Any, saes: Any, vectors: Any, *, hook: str | None = None, alpha: float = 4.0, top: int = 32,
               n_clusters: int | None = None, eval: Any = "sentiment_eval", n_neutral: int = 16,
-              n_perm: int = 1000, seed: int = DEFAULT_SEED) -> FeatureResult:
+              n_perm: int = 1000, seed: int = DEFAULT_SEED, device: str = "cpu", dtype: str = "float32") -> FeatureResult:
     """The features the vector changes most at its hook: clustered by decoder cosine and by co-activation, whether
     a cluster's features change together under steering more than random sets do, and whether decoder
     similarity predicts the similarity of two features' effects on the output (what ``geomsteer features
@@ -213,7 +213,7 @@ def relations(model: Any, saes: Any, vectors: Any, *, hook: str | None = None, a
     if top < 3:
         raise ConfigError(f"--top must be at least 3 features to cluster, got {top}")
     t0 = time.perf_counter()
-    fl, prov = lab(model, saes, hook or _vector_hook(vectors, model), eval, n_neutral=n_neutral, seed=seed)
+    fl, prov = lab(model, saes, hook or _vector_hook(vectors, model), eval, n_neutral=n_neutral, seed=seed, device=device, dtype=dtype)
     found, vprov = _vectors(vectors, _name(model), [fl.hook])
     with step(f"Steering at {fl.hook} (multiplier {alpha:g}); the {top} most changed features and each one's effect "
               "on the output"):

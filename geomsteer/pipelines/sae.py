@@ -196,7 +196,7 @@ def inspect(sae: str | Path | SaeDir, feature: int, n_contexts: int = 10, model:
 
 def label(sae: str | Path | SaeDir, model: Any = None, *, n_words: int = 4000, template: str = "",
           min_category: int = 10, max_fraction: float = 0.5, min_fires: int = 3, alpha: float = 0.05,
-          n_null: int = 100, seed: int = 0, decompose: Sequence[str] | None = None, k: int = 8) -> Any:
+          n_null: int = 100, seed: int = 0, decompose: Sequence[str] | None = None, k: int = 8, device: str = "cpu", dtype: str = "float32") -> Any:
     """WordNet labels for the SAE's features without a language-model judge (what ``geomsteer sae label`` runs).
 
     ``n_words`` plain WordNet nouns (drawn at random, seeded) are read at the SAE's hook, each after
@@ -237,7 +237,7 @@ def label(sae: str | Path | SaeDir, model: Any = None, *, n_words: int = 4000, t
     wn = load_wordnet()
     words = noun_sample(n_words, seed, wn)
     with step(f"Reading {len(words)} WordNet nouns at {sd.hook}"):
-        X, kept, _ = words_in_context(model, words, sd.hook, templates=(template,))
+        X, kept, _ = words_in_context(model, words, sd.hook, templates=(template,), device=device, dtype=dtype)
     from .. import saes
 
     codes = saes.encode(sd.sae, np.asarray(X, dtype=np.float32))
@@ -306,7 +306,7 @@ TOKENS_PER_FEATURE = 16
 def split(saes: Sequence[Any] | None = None, model: Any = None, *, hook: str | None = None,
           widths: Sequence[int] = (512, 2048, 8192), tokens: int = 150_000, k: int = 32, n_words: int = 4000,
           template: str = "", min_category: int = 10, max_fraction: float = 0.5, min_cos: float = 0.5,
-          n_null: int = 1000, seed: int = 0) -> Any:
+          n_null: int = 1000, seed: int = 0, device: str = "cpu", dtype: str = "float32") -> Any:
     """Feature splitting across SAE widths against WordNet (what ``geomsteer sae split`` runs).
 
     Either ``saes`` (two or more SAE directories trained at one hook of one model, any order) or ``model`` and
@@ -387,7 +387,7 @@ def split(saes: Sequence[Any] | None = None, model: Any = None, *, hook: str | N
     wn = load_wordnet()
     words = noun_sample(n_words, seed, wn)
     with step(f"Reading {len(words)} WordNet nouns at {hook}"):
-        X, kept, _ = words_in_context(model, words, hook, templates=(template,))
+        X, kept, _ = words_in_context(model, words, hook, templates=(template,), device=device, dtype=dtype)
     cats, M = category_memberships(kept, min_size=min_category, max_fraction=max_fraction, wordnet=wn)
     labels, codes, fractions = [], [], {}
     for w, sae in zip(widths, sae_objs):

@@ -19,9 +19,14 @@ from .common import DEFAULT_SEED, check_null_draws, sae_dirs, stamp, with_comman
 __all__ = ["compute", "apply", "sweep", "decompose", "propagate", "hierarchy", "erase"]
 
 
-def _result(kind: str, provenance: dict, res: AnalysisResult, t0: float, files: dict | None = None) -> SteeringResult:
+def _result(kind: str, provenance: dict, res: AnalysisResult, t0: float, files: dict | None = None,
+            model: Any = None) -> SteeringResult:
     from ..reports import write_steering_report
 
+    if model is not None:  # where it ran: the loaded model's device and dtype
+        from ..models.load import runtime_of
+
+        provenance = {**provenance, **runtime_of(model)}
     provenance = stamp(provenance, t0)
 
     def write(out, force, command):
@@ -74,7 +79,7 @@ def _one_hook(vectors: Any, model_name: str, hook: str | None) -> str:
     return next(iter(found))
 
 
-def _model_and_vectors(model: Any, vectors: Any, hooks: Sequence[str] | None) -> tuple[Any, Any, dict, dict]:
+def _model_and_vectors(model: Any, vectors: Any, hooks: Sequence[str] | None, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any, dict, dict]:
     """The loaded model, what it was loaded from, and its vectors (checked against its size and hooks).
 
     Vectors are read before the model loads, so a bad file fails fast."""
@@ -83,7 +88,7 @@ def _model_and_vectors(model: Any, vectors: Any, hooks: Sequence[str] | None) ->
     name = model if isinstance(model, str) else getattr(models.resolved_of(model), "name", "")
     if isinstance(model, str):
         _vectors(vectors, name, hooks)
-    tl, resolved = models.use_model(model)
+    tl, resolved = models.use_model(model, device=device, dtype=dtype)
     found, prov = _vectors(vectors, resolved.name, hooks)
     for h, v in found.items():
         if v.vector.shape != (int(tl.cfg.d_model),):
@@ -104,7 +109,7 @@ def _eval_items(eval: Any) -> tuple[list, str, str]:
 
 
 def compute(model: Any, pairs: Any = "sentiment", *, layers: Any = "every:3", position: str = DEFAULT_POSITION,
-            method: str = "mean_diff") -> VectorsResult:
+            method: str = "mean_diff", device: str = "cpu", dtype: str = "float32") -> VectorsResult:
     """Steering vectors at several residual layers from contrastive pairs, with how consistent the pairs are
     (what ``geomsteer steer compute`` runs).
 
@@ -122,7 +127,7 @@ def compute(model: Any, pairs: Any = "sentiment", *, layers: Any = "every:3", po
     t0 = time.perf_counter()
     pairs_path = steering_file(pairs)
     pair_list, sha = load_pairs(pairs_path)
-    tl, resolved = models.use_model(model)
+    tl, resolved = models.use_model(model, device=device, dtype=dtype)
     hooks = [resid_hook(layer) for layer in parse_layers(layers, int(tl.cfg.n_layers), resolved.name)]
     check_hooks(tl, hooks)
     with step(f"Reading {len(pair_list)} pairs at {len(hooks)} layers ({position} token rule, {method})"):
@@ -135,12 +140,12 @@ def compute(model: Any, pairs: Any = "sentiment", *, layers: Any = "every:3", po
                          provenance={}, metrics={"per_hook": per})
     prov = {"model": resolved.name, "model_provenance": resolved.provenance, "pairs": str(pairs_path),
             "pairs_sha256": sha, "n_pairs": len(pair_list), "hooks": hooks}
-    base = _result("steering_compute", prov, res, t0, {"vectors.safetensors": vectors_bytes(vectors)})
+    base = _result("steering_compute", prov, res, t0, {"vectors.safetensors": vectors_bytes(vectors)}, model=tl)
     return VectorsResult(res, base.provenance, base._writer, vectors)
 
 
 def apply(model: Any, vectors: Any, prompts: Sequence[str] | str = (), *, hook: str | None = None, alpha: float = 4.0,
-          max_new_tokens: int = 32, temperature: float = 0.0, seed: int = DEFAULT_SEED) -> SteeringResult:
+          max_new_tokens: int = 32, temperature: float = 0.0, seed: int = DEFAULT_SEED, device: str = "cpu", dtype: str = "float32") -> SteeringResult:
     """Generations with and without the vector (and with a random direction of its norm)
     (what ``geomsteer steer apply`` runs). ``prompts`` default to four of the sentiment evaluation prompts."""
     from ..steering import generate, random_direction
@@ -152,7 +157,7 @@ def apply(model: Any, vectors: Any, prompts: Sequence[str] | str = (), *, hook: 
     prompts = list(prompts) or [it.prompt for it in _eval_items("sentiment_eval")[0][:4]]
     t0 = time.perf_counter()
     name = model if isinstance(model, str) else ""
-    tl, resolved, found, vprov = _model_and_vectors(model, vectors, [_one_hook(vectors, name or _name(model), hook)])
+    tl, resolved, found, vprov = _model_and_vectors(model, vectors, [_one_hook(vectors, name or _name(model), hook)], device, dtype)
     h, sv = next(iter(found.items()))
     rnd = random_direction(sv.vector, seed + 1)
     with step(f"Generating {max_new_tokens} tokens for {len(prompts)} prompt(s), unsteered, steered and random"):
@@ -166,7 +171,7 @@ def apply(model: Any, vectors: Any, prompts: Sequence[str] | str = (), *, hook: 
                                  "temperature": temperature, "seed": seed},
                          provenance={}, metrics={"vector_norm": sv.norm}, tables={"generations": rows})
     prov = {"model": resolved.name, "model_provenance": resolved.provenance, **vprov}
-    return _result("steering_apply", prov, res, t0)
+    return _result("steering_apply", prov, res, t0, model=tl)
 
 
 def _name(model: Any) -> str:
@@ -178,7 +183,7 @@ def _name(model: Any) -> str:
 
 def sweep(model: Any, vectors: Any, eval: Any = "sentiment_eval", *, hooks: Sequence[str] | None = None,
           alphas: Sequence[float] = (-4, -2, -1, 0, 1, 2, 4), n_neutral: int = 16, n_random: int = 3,
-          n_samples: int = 2, max_new_tokens: int = 24, seed: int = DEFAULT_SEED, n_null: int = 20) -> SteeringResult:
+          n_samples: int = 2, max_new_tokens: int = 24, seed: int = DEFAULT_SEED, n_null: int = 20, device: str = "cpu", dtype: str = "float32") -> SteeringResult:
     """Multiplier x layer grid: target log-odds shift, KL on neutral text, samples, against shuffled-label and
     covariance nulls (what ``geomsteer steer sweep`` runs)."""
     from .._progress import counter
@@ -191,7 +196,7 @@ def sweep(model: Any, vectors: Any, eval: Any = "sentiment_eval", *, hooks: Sequ
     check_null_draws(n_null)
     t0 = time.perf_counter()
     items, eval_sha, eval_path = _eval_items(eval)
-    tl, resolved, found, vprov = _model_and_vectors(model, vectors, list(hooks) if hooks else None)
+    tl, resolved, found, vprov = _model_and_vectors(model, vectors, list(hooks) if hooks else None, device, dtype)
     target_ids(tl, items)  # bad targets fail before the long part
     neutral_texts = list(wordnet_glosses(examples=False).shuffled(seed))[:n_neutral] if n_neutral > 0 else []
     with step(f"Unsteered next-token distributions on {len(neutral_texts)} neutral texts (WordNet glosses)"):
@@ -206,7 +211,7 @@ def sweep(model: Any, vectors: Any, eval: Any = "sentiment_eval", *, hooks: Sequ
             "eval_sha256": eval_sha, "n_prompts": len(items),
             "neutral": {"source": "WordNet glosses (definitions), shuffled", "n_texts": len(neutral_texts),
                         "max_tokens": 24, "seed": seed}}
-    return _result("steering_sweep", prov, sw.result(), t0)
+    return _result("steering_sweep", prov, sw.result(), t0, model=tl)
 
 
 def _feature_contexts(sd: Any, features: Sequence[int], n: int) -> dict[int, list[str]]:
@@ -236,7 +241,7 @@ def _feature_contexts(sd: Any, features: Sequence[int], n: int) -> dict[int, lis
 
 def decompose(model: Any, vectors: Any, sae: Any, eval: Any = "sentiment_eval", *, hook: str | None = None,
               alpha: float = 4.0, k: int = 32, nonneg: bool = False, top: int = 12, n_contexts: int = 3,
-              seed: int = DEFAULT_SEED, n_null: int = 20) -> SteeringResult:
+              seed: int = DEFAULT_SEED, n_null: int = 20, device: str = "cpu", dtype: str = "float32") -> SteeringResult:
     """The vector in an SAE's feature space (sparse coding and code differences) and whether that steers, on
     held-out prompts against both nulls (what ``geomsteer steer decompose`` runs)."""
     from .. import models
@@ -254,7 +259,7 @@ def decompose(model: Any, vectors: Any, sae: Any, eval: Any = "sentiment_eval", 
     if sd.hook and sd.hook != hook:
         raise DataError(f"the SAE at {str(sd.path)!r} was trained at {sd.hook}, but the vector is at {hook}; "
                         "decompose with an SAE trained at the vector's hook")
-    tl, resolved, found, vprov = _model_and_vectors(model, vectors, [hook])
+    tl, resolved, found, vprov = _model_and_vectors(model, vectors, [hook], device, dtype)
     if sd.d_in != tl.cfg.d_model:
         raise DataError(f"the SAE at {str(sd.path)!r} reads vectors of size {sd.d_in}, but {resolved.name} has "
                         f"d_model {tl.cfg.d_model}; use an SAE trained on this model")
@@ -272,12 +277,12 @@ def decompose(model: Any, vectors: Any, sae: Any, eval: Any = "sentiment_eval", 
         r["top_contexts"] = ctx.get(r["feature"], [])
     prov = {"model": resolved.name, "model_provenance": resolved.provenance, **vprov, "sae": str(sd.path),
             "eval": eval_path, "eval_sha256": eval_sha, "n_prompts": len(items)}
-    return _result("steering_decomposition", prov, dec.result(), t0)
+    return _result("steering_decomposition", prov, dec.result(), t0, model=tl)
 
 
 def propagate(model: Any, vectors: Any, saes: Sequence[Any], eval: Any = "sentiment_eval", *,
               hook: str | None = None, alphas: Sequence[float] = (1, 2, 4), threshold: float = 0.1, top: int = 8,
-              seed: int = DEFAULT_SEED, n_null: int = 20) -> SteeringResult:
+              seed: int = DEFAULT_SEED, n_null: int = 20, device: str = "cpu", dtype: str = "float32") -> SteeringResult:
     """Steer at the vector's layer; count and name the SAE features that change at each later layer, against
     both nulls (what ``geomsteer steer propagate`` runs). ``saes``: one SAE (directory or loaded) per layer."""
     from .._progress import counter
@@ -292,7 +297,7 @@ def propagate(model: Any, vectors: Any, saes: Sequence[Any], eval: Any = "sentim
     items, eval_sha, eval_path = _eval_items(eval)
     by_hook = sae_dirs(saes)
     name = model if isinstance(model, str) else _name(model)
-    tl, resolved, found, vprov = _model_and_vectors(model, vectors, [_one_hook(vectors, name, hook)])
+    tl, resolved, found, vprov = _model_and_vectors(model, vectors, [_one_hook(vectors, name, hook)], device, dtype)
     h0, sv = next(iter(found.items()))
     check_hooks(tl, list(by_hook))
     n_passes = 2 * len([a for a in alphas if a != 0]) + n_null * (1 + (sv.pair_differences is not None))
@@ -304,10 +309,10 @@ def propagate(model: Any, vectors: Any, saes: Sequence[Any], eval: Any = "sentim
     prov = {"model": resolved.name, "model_provenance": resolved.provenance, **vprov,
             "saes": {h: str(sd.path) for h, sd in by_hook.items()}, "eval": eval_path, "eval_sha256": eval_sha,
             "n_prompts": len(items)}
-    return _result("steering_propagation", prov, prop.result(), t0)
+    return _result("steering_propagation", prov, prop.result(), t0, model=tl)
 
 
-def _model_and_tree(model: Any, layer: Any, min_tokens: int) -> tuple[Any, Any, str, dict, Any]:
+def _model_and_tree(model: Any, layer: Any, min_tokens: int, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any, str, dict, Any]:
     """The model, what it was loaded from, the residual hook after ``layer`` (checked against the model), its
     vocabulary and the WordNet noun tree for its tokenizer."""
     import numpy as np
@@ -315,7 +320,7 @@ def _model_and_tree(model: Any, layer: Any, min_tokens: int) -> tuple[Any, Any, 
     from .. import models
     from ..wordnet import build_hierarchy
 
-    tl, resolved = models.use_model(model)
+    tl, resolved = models.use_model(model, device=device, dtype=dtype)
     n_layers = int(tl.cfg.n_layers)
     if not (isinstance(layer, (int, np.integer)) and 0 <= layer < n_layers):
         raise ConfigError(f"--layer {layer!r}: {resolved.name} has layers 0..{n_layers - 1}; give a block number in "
@@ -357,7 +362,7 @@ def _parse_pair(text: str) -> tuple[str, str]:
 def hierarchy(model: Any, pairs: Sequence[str] = ("animal.n.01>mammal.n.01", "animal.n.01>bird.n.01"), *,
               layer: int = 6, template: str = "Look at the", norms: Sequence[float] = (0.125, 0.25, 0.5, 1.0),
               ref_norm: float = 0.5, target_gain: float = 1.0, min_tokens: int = 50, n_pool: int = 1000,
-              n_null: int = 20, seed: int = DEFAULT_SEED, prompts: Sequence[str] | None = None) -> SteeringResult:
+              n_null: int = 20, seed: int = DEFAULT_SEED, prompts: Sequence[str] | None = None, device: str = "cpu", dtype: str = "float32") -> SteeringResult:
     """Steering along the WordNet hierarchy (what ``geomsteer steer hierarchy`` runs).
 
     For each ``PARENT>CHILD`` pair, concept vectors at ``layer`` (LDA with the activation covariance, CAA
@@ -392,7 +397,7 @@ def hierarchy(model: Any, pairs: Sequence[str] = ("animal.n.01>mammal.n.01", "an
     if not (isinstance(n_pool, int) and n_pool >= 50):
         raise ConfigError(f"--pool must be at least 50 comparison tokens, got {n_pool!r}")
     t0 = time.perf_counter()
-    tl, resolved, hook, vocab, hier = _model_and_tree(model, layer, min_tokens)
+    tl, resolved, hook, vocab, hier = _model_and_tree(model, layer, min_tokens, device, dtype)
     n_layers = int(tl.cfg.n_layers)
     import networkx as nx
 
@@ -482,7 +487,7 @@ def hierarchy(model: Any, pairs: Sequence[str] = ("animal.n.01>mammal.n.01", "an
             "nulls": {"nested_random_sets": "the same construction on a random set of the parent's size from the "
                                             "tree's words and a random subset of it of the child's size",
                       "random_directions": "directions drawn from the covariance of the words' activations"}}
-    return _result("steering_hierarchy", prov, res, t0)
+    return _result("steering_hierarchy", prov, res, t0, model=tl)
 
 
 def _null_categories(hier: Any, concept: str, measured: Sequence[str], n: int, rng: Any) -> list[str]:
@@ -508,7 +513,7 @@ def _null_categories(hier: Any, concept: str, measured: Sequence[str], n: int, r
 def erase(model: Any, concept: str = "animal.n.01", *, layer: int = 6,
           also: Sequence[str] = ("mammal.n.01", "bird.n.01"), read_layers: Any = None, n_siblings: int = 2,
           n_null: int = 8, template: str = "Look at the", min_tokens: int = 50, n_pool: int = 1000,
-          max_per_category: int = 400, n_fit: int = 8000, seed: int = DEFAULT_SEED) -> SteeringResult:
+          max_per_category: int = 400, n_fit: int = 8000, seed: int = DEFAULT_SEED, device: str = "cpu", dtype: str = "float32") -> SteeringResult:
     """Erase a WordNet category at ``layer`` with LEACE and measure what it takes (``geomsteer steer erase``).
 
     The eraser is fit on ``n_fit`` of the tree's words and ``n_pool`` other words read at the layer, and applied
@@ -533,7 +538,7 @@ def erase(model: Any, concept: str = "animal.n.01", *, layer: int = 6,
         if not (isinstance(v, int) and v >= low):
             raise ConfigError(f"{name} must be an integer of at least {low}, got {v!r}")
     t0 = time.perf_counter()
-    tl, resolved, hook, vocab, hier = _model_and_tree(model, layer, min_tokens)
+    tl, resolved, hook, vocab, hier = _model_and_tree(model, layer, min_tokens, device, dtype)
     n_layers = int(tl.cfg.n_layers)
     if read_layers is None:
         reads = sorted(set(range(int(layer), n_layers, 3)) | {n_layers - 1})
@@ -620,4 +625,4 @@ def erase(model: Any, concept: str = "animal.n.01", *, layer: int = 6,
                      "pool words outside it; AUC of its held-out words (split by lemma) against the other half",
             "null": "the same eraser fit for an unrelated WordNet category (neither ancestor nor descendant of any "
                     "measured category) of about the same size"}
-    return _result("steering_erasure", prov, res, t0)
+    return _result("steering_erasure", prov, res, t0, model=tl)

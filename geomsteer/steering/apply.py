@@ -330,11 +330,12 @@ def log_normalizer(model: Any, resid: Any, p: Any = None, chunk: int = 8192) -> 
     import torch
 
     with torch.no_grad():
-        h = final_normed(model, resid)
+        h = final_normed(model, resid).float()
         Wt, b = model.W_U.T, model.b_U  # (vocab, d): contiguous rows once stored as read
         lse, cross = None, 0.0
         for i in range(0, Wt.shape[0], chunk):
-            z = _capped(model, torch.addmm(b[i : i + chunk, None], Wt[i : i + chunk], h.T))  # (chunk, n)
+            # in float32 whatever the model's dtype (CPUs without bfloat16 units multiply it slowly)
+            z = _capped(model, torch.addmm(b[i : i + chunk, None].float(), Wt[i : i + chunk].float(), h.T))
             part = torch.logsumexp(z, 0).double()
             lse = part if lse is None else torch.logaddexp(lse, part)
             if p is not None:
@@ -351,11 +352,20 @@ def logits_of(model: Any, resid: Any, ids: Any) -> Any:
     import torch
 
     m, n, d = resid.shape
-    h = final_normed(model, resid.reshape(m * n, d)).reshape(m, n, d)
-    z = torch.einsum("mnd,dnk->mnk", h, model.W_U[:, ids]) + model.b_U[ids]
-    return _capped(model, z).float()
+    h = final_normed(model, resid.reshape(m * n, d)).reshape(m, n, d).float()
+    z = torch.einsum("mnd,dnk->mnk", h, model.W_U[:, ids].float()) + model.b_U[ids].float()
+    return _capped(model, z)
 
 
 def unembed_rows(model: Any, resid: Any) -> Any:
     """Float32 logits of final-residual rows (n, d_model) of a HookedTransformer."""
-    return _capped(model, final_normed(model, resid) @ model.W_U + model.b_U).float()
+    import torch
+
+    h = final_normed(model, resid)
+    if h.dtype == torch.float32:
+        return _capped(model, h @ model.W_U + model.b_U)
+    h, W, b = h.float(), model.W_U, model.b_U  # bfloat16/float16: multiplied in float32, a chunk at a time
+    out = torch.empty(h.shape[0], W.shape[1], dtype=torch.float32, device=h.device)
+    for i in range(0, W.shape[1], 16384):
+        out[:, i : i + 16384] = _capped(model, h @ W[:, i : i + 16384].float() + b[i : i + 16384].float())
+    return out
