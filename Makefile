@@ -36,9 +36,7 @@ demo: $(VENV)/.installed-offline
 
 # Two workers (one per core, one BLAS/OpenMP thread each: oversubscribed threads spin and made
 # generation 5-9x slower), a test file to a worker (its module fixtures are built once); the
-# workers share the small trained SAE through a lock (tests/conftest.py). --no-loadscope-reorder keeps
-# the order tests/conftest.py gives the groups (longest first); by default xdist puts the groups with the
-# most tests first, which left the four notebooks (one test each, 1-2 min each) for the end.
+# workers share the small trained SAE through a lock (tests/conftest.py).
 # The browser tests open the HTML reports in Debian's chromium (headless, driven by Playwright; no
 # browser download): installed with apt when missing.
 chromium:
@@ -46,7 +44,7 @@ chromium:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
 
 test: $(VENV)/.installed-test chromium
-	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -ra -n 2 --dist loadgroup --no-loadscope-reorder tests
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -ra -n 2 --dist loadgroup tests
 
 $(VENV)/.installed-docs: pyproject.toml $(VENV)/.installed-offline
 	$(PIP) install --quiet -e '.[offline,docs]'
@@ -64,7 +62,7 @@ analyses: $(VENV)/.installed-test
 
 # The unit tests and tiny-model tests alone (no real-model test): for a quick check while editing.
 test-fast: $(VENV)/.installed-test chromium
-	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -ra -n 2 --dist loadgroup --no-loadscope-reorder -m "not real_model" tests
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -ra -n 2 --dist loadgroup -m "not real_model" tests
 
 benchmark: $(VENV)/.installed-test
 	$(PY) benchmarks/bench_hierarchy.py --e2e
