@@ -21,26 +21,9 @@ def steering(model: Any, vector: SteeringVector | np.ndarray, alpha: float, hook
     last real token: give ``lengths``, the rows' unpadded lengths). The hook is removed on exit,
     also when the block raises.
     """
-    import math
-
     import torch
 
-    from ..hooks import check_hooks
-
-    if isinstance(vector, SteeringVector):
-        hook = hook or vector.hook
-        v = vector.vector
-    else:
-        v = np.asarray(vector)
-    if hook is None:
-        raise ConfigError("no hook given for a plain array: pass hook='blocks.<layer>.hook_resid_post'")
-    check_hooks(model, [hook])
-    if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise ConfigError(f"the multiplier must be a finite number, got {alpha!r}")
-    d = int(model.cfg.d_model)
-    if v.shape != (d,):
-        raise DataError(f"the steering vector has shape {v.shape}, but {hook} of this model holds vectors of size {d}; "
-                        "use a vector computed on this model")
+    hook, v = _checked(model, vector, alpha, hook)
     if positions not in ("all", "last"):
         raise ConfigError(f"unknown positions {positions!r}: expected 'all' or 'last'")
     if positions == "last" and lengths is None:
@@ -277,12 +260,26 @@ def _generate_cached(model: Any, rows: list[list[int]], max_new_tokens: int, pic
 
 
 def _checked(model: Any, vector: SteeringVector | np.ndarray, alpha: float, hook: str | None) -> tuple[str, np.ndarray]:
-    """The hook and the plain vector, checked as :func:`steering` checks them."""
-    with steering(model, vector, alpha, hook):
-        pass
+    """The hook and the plain vector, checked against the model (what :func:`steering` adds)."""
+    import math
+
+    from ..hooks import check_hooks
+
     if isinstance(vector, SteeringVector):
-        return hook or vector.hook, np.asarray(vector.vector)
-    return str(hook), np.asarray(vector)
+        hook = hook or vector.hook
+        v = np.asarray(vector.vector)
+    else:
+        v = np.asarray(vector)
+    if hook is None:
+        raise ConfigError("no hook given for a plain array: pass hook='blocks.<layer>.hook_resid_post'")
+    check_hooks(model, [hook])
+    if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise ConfigError(f"the multiplier must be a finite number, got {alpha!r}")
+    d = int(model.cfg.d_model)
+    if v.shape != (d,):
+        raise DataError(f"the steering vector has shape {v.shape}, but {hook} of this model holds vectors of size {d}; "
+                        "use a vector computed on this model")
+    return hook, v
 
 
 @contextlib.contextmanager

@@ -11,7 +11,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import DataError
-from .apply import logits_at, logits_at_last, logits_of, log_normalizer, steering, unembeds_itself
+from .apply import (logits_at, logits_at_last, logits_of, log_normalizer, steering, unembed_rows,
+                    unembeds_itself)
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,13 +138,11 @@ class NeutralText:
             pos = torch.arange(ids.shape[1])[None, :]
             mask = pos < lengths[:, None]
             valid = mask & (pos >= self.start)
-            z = logits_at(model, ids, mask.long(), valid)
-            p_ref = torch.softmax(z, -1)
-            del z
-            # KL(p || q) = sum p log p - sum p log q: the first term is fixed, computed once, with the
-            # formula of the second (:meth:`_cross`), so that an unchanged model gives 0
-            self.batches.append([ids, mask, valid, p_ref, 0.0])
-            self.batches[-1][4] = self._cross(model, self.batches[-1])
+            # KL(p || q) = sum p log p - sum p log q: the first term is fixed, computed once (from the same
+            # forward pass as p), with the formula of the second (:meth:`_cross`), so that an unchanged model gives 0
+            final = self._final(model, ids, mask, valid)
+            p_ref = torch.softmax(unembed_rows(model, final) if unembeds_itself(model) else final, -1)
+            self.batches.append((ids, mask, valid, p_ref, self._cross_of(model, final, p_ref)))
             self.n_positions += int(valid.sum())
 
     def kl(self, model: Any) -> float:
@@ -154,18 +153,29 @@ class NeutralText:
         return total / max(self.n_positions, 1)
 
     @staticmethod
-    def _cross(model: Any, batch: Sequence[Any]) -> float:
-        """sum over the batch's positions of sum_v p_v log q_v under the model as it runs now."""
+    def _final(model: Any, ids: Any, mask: Any, valid: Any) -> Any:
+        """At the valid positions: final residual rows (a HookedTransformer) or float32 logits (other models)."""
         import torch
 
-        ids, mask, valid, p_ref = batch[:4]
+        if not unembeds_itself(model):
+            return logits_at(model, ids, mask.long(), valid)
+        with torch.no_grad():
+            return model(ids, attention_mask=mask.long(), stop_at_layer=model.cfg.n_layers)[valid]
+
+    @staticmethod
+    def _cross_of(model: Any, final: Any, p_ref: Any) -> float:
+        """sum over positions of sum_v p_v log q_v, q from :meth:`_final`'s rows."""
+        import torch
+
         if unembeds_itself(model):
-            with torch.no_grad():
-                res = model(ids, attention_mask=mask.long(), stop_at_layer=model.cfg.n_layers)
-            lse, pz = log_normalizer(model, res[valid], p_ref)
+            lse, pz = log_normalizer(model, final, p_ref)
             return pz - float(lse.sum())
-        logq = torch.log_softmax(logits_at(model, ids, mask.long(), valid), -1)
-        return float((p_ref * logq).sum(dtype=torch.float64))
+        return float((p_ref * torch.log_softmax(final, -1)).sum(dtype=torch.float64))
+
+    def _cross(self, model: Any, batch: Sequence[Any]) -> float:
+        """sum over the batch's positions of sum_v p_v log q_v under the model as it runs now."""
+        ids, mask, valid, p_ref = batch[:4]
+        return self._cross_of(model, self._final(model, ids, mask, valid), p_ref)
 
     def kl_steered(self, model: Any, vectors: np.ndarray, alpha: float, hook: str) -> list[float]:
         """:meth:`kl` under ``steering(model, v, alpha, hook, start=<after the start token>)`` for each
