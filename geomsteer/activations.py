@@ -97,7 +97,13 @@ def _rows(model: Any, docs: Sequence[list[int]], context_length: int, pack: bool
     return ids_arr, doc_arr, np.array([len(r) for r in rows], dtype=np.int64), used
 
 
-def _forward(model: Any, ids: np.ndarray, mask: np.ndarray, hooks: Sequence[str]) -> dict[str, Any]:
+def _forward(model: Any, ids: np.ndarray, mask: np.ndarray, hooks: Sequence[str], head: Any = None
+             ) -> dict[str, Any]:
+    """The activations at ``hooks`` for a batch of token ids, the pass stopped after the last hook.
+
+    ``head``: a :class:`_HeadCache` whose tokens every row continues (``ids`` then holds only
+    what follows them; the head's keys and values are read from the cache, not recomputed).
+    """
     import torch
 
     last = max(hooks, key=layer_of)
@@ -115,15 +121,110 @@ def _forward(model: Any, ids: np.ndarray, mask: np.ndarray, hooks: Sequence[str]
 
     tokens = torch.as_tensor(ids, device=getattr(model.cfg, "device", "cpu"))
     attn = torch.as_tensor(mask, device=tokens.device).long()
+    kwargs = {"attention_mask": attn} if head is None else head.inputs(attn)
     with torch.no_grad(), model.hooks(fwd_hooks=[(h, saver(h)) for h in hooks]):
         try:
-            model(tokens, attention_mask=attn, return_type=None)
+            model(tokens, return_type=None, **kwargs)
         except _StopForward:
             pass
     missing = [h for h in hooks if h not in captured]
     if missing:
         raise DataError(f"the forward pass never reached hook {missing[0]!r}; check the hook name")
     return captured
+
+
+class _HeadCache:
+    """The keys and values of a token prefix that every row of a batch begins with, computed once.
+
+    Word and token reads put the same context start (and template) before every unit; with a
+    key-value cache the prefix runs once and each batch continues it, which removes its share of
+    the work (a third of a word pass of two-token words after a BOS). A HookedTransformer takes
+    TransformerLens's cache, frozen so that a batch reads it without appending to it. A
+    TransformerBridge takes a Hugging Face ``DynamicCache`` per batch, given to its attention
+    layers as ``layer_past`` with explicit positions and a 4-D mask (the bridge's attention reads
+    no cache under the ``cache`` name that transformers 5 passes). :meth:`of` checks the cached
+    path against the plain pass on one row before using it, and falls back to the plain pass
+    when they differ.
+    """
+
+    def __init__(self, model: Any, head: Sequence[int]):
+        import torch
+        from transformer_lens import HookedTransformer
+
+        self.n = len(head)
+        self.hooked = isinstance(model, HookedTransformer)
+        # the head runs as 16 equal rows and row 0 is kept: a one-row product takes a kernel whose
+        # rounding depends on where the weights lie in memory (a deep copy of the model differed)
+        rows = 16
+        ids = torch.as_tensor([list(head)] * rows, device=model.cfg.device)
+        with torch.no_grad():
+            if self.hooked:
+                from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+                cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, rows)
+                model(ids, past_kv_cache=cache, stop_at_layer=model.cfg.n_layers)
+                self._kv = [(e.past_keys[:1], e.past_values[:1]) for e in cache.entries]
+                self._mask = cache.previous_attention_mask[:1]
+            else:
+                from transformers import DynamicCache
+
+                cache = DynamicCache(config=model.original_model.config)
+                model(ids, return_type=None, layer_past=cache, use_cache=False)
+                self._kv = [(layer.keys[:1], layer.values[:1]) for layer in cache.layers]
+                self._config = model.original_model.config
+
+    @classmethod
+    def of(cls, model: Any, head: Sequence[int], row: Sequence[int], hooks: Sequence[str]) -> "_HeadCache | None":
+        """A cache for ``head``, or None where the plain pass must run: no head, a model that is not
+        a HookedTransformer or TransformerBridge, rows that would pass a sliding attention window,
+        or a cached pass that differs from the plain one on ``row`` (one unit's tokens) at ``hooks``."""
+        from transformer_lens import HookedTransformer
+        from transformer_lens.model_bridge import TransformerBridge
+
+        window = getattr(model.cfg, "window_size", None)
+        if (not head or not isinstance(model, (HookedTransformer, TransformerBridge))
+                or (isinstance(window, int) and len(head) + len(row) > window)):
+            return None
+        try:
+            cache = cls(model, head)
+            ids = np.asarray([list(row)], dtype=np.int64)
+            got = _forward(model, ids, np.ones(ids.shape, bool), hooks, head=cache)
+            ids = np.asarray([list(head) + list(row)], dtype=np.int64)
+            want = _forward(model, ids, np.ones(ids.shape, bool), hooks)
+        except Exception:  # an interface this version does not have: the plain pass is always right
+            return None
+        for h in hooks:
+            w, g = want[h][:, len(head):].float(), got[h].float()
+            if g.shape != w.shape or not bool(((g - w).abs() <= 1e-3 + 1e-3 * w.abs().max()).all()):
+                return None
+        return cache
+
+    def inputs(self, mask: Any) -> dict[str, Any]:
+        """The forward pass's keyword arguments for a batch of rows that continue the head, given
+        their (rows, new tokens) attention mask."""
+        import torch
+
+        n, w = mask.shape
+        if self.hooked:
+            from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+            from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+            entries = [TransformerLensKeyValueCacheEntry(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1), frozen=True)
+                       for k, v in self._kv]
+            return {"attention_mask": mask,
+                    "past_kv_cache": TransformerLensKeyValueCache(entries, self._mask.expand(n, -1), frozen=True)}
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self._config)
+        for i, (k, v) in enumerate(self._kv):
+            cache.update(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1), i)
+        seen = torch.cat([torch.ones(n, self.n, dtype=torch.bool, device=mask.device), mask.bool()], 1)
+        causal = torch.ones(w, self.n + w, dtype=torch.bool, device=mask.device).tril(diagonal=self.n)
+        dtype = self._kv[0][0].dtype
+        full = torch.where(causal[None] & seen[:, None, :], torch.zeros((), dtype=dtype),
+                           torch.full((), torch.finfo(dtype).min, dtype=dtype))[:, None]
+        positions = torch.arange(self.n, self.n + w, device=mask.device)[None].expand(n, -1)
+        return {"attention_mask": full, "layer_past": cache, "position_ids": positions, "use_cache": False}
 
 
 def forward_rows(model: Any, rows: Sequence[Sequence[int]], hooks: Sequence[str]) -> dict[str, Any]:
@@ -302,7 +403,9 @@ def _unit_rows(model: Any, pieces: Sequence[Sequence[int]], hooks: Sequence[str]
     d = int(model.cfg.d_model)
     out = {h: np.empty((len(pieces), d), dtype=np.float32) for h in hooks}
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    start = len(head)
+    cached = _HeadCache.of(model, head, max(pieces, key=len), hooks) if len(pieces) else None
+    lead = [] if cached else head  # the tokens each row carries itself
+    start = len(lead)
     with counter(description, len(pieces), "units", enabled=progress) as advance:
         for b in range(0, len(pieces), batch_size):
             idx = np.arange(b, min(b + batch_size, len(pieces)))
@@ -310,9 +413,9 @@ def _unit_rows(model: Any, pieces: Sequence[Sequence[int]], hooks: Sequence[str]
             width = start + int(lengths.max())
             ids = np.full((len(idx), width), pad, dtype=np.int64)
             for r, i in enumerate(idx):
-                ids[r, : start + lengths[r]] = head + list(pieces[i])
+                ids[r, : start + lengths[r]] = lead + list(pieces[i])
             mask = np.arange(width)[None, :] < (start + lengths)[:, None]
-            acts = _forward(model, ids, mask, hooks)
+            acts = _forward(model, ids, mask, hooks, head=cached)
             for h in hooks:
                 a = acts[h].float().cpu().numpy()
                 if rule == "last":
@@ -344,13 +447,15 @@ def token_activations(model: Any, token_ids: Sequence[int], hooks: Sequence[str]
     head = bos_ids(model) + (tok(template, add_special_tokens=False)["input_ids"] if template else [])
     d = int(model.cfg.d_model)
     out = {h: np.empty((len(ids_in), d), dtype=np.float32) for h in hooks}
+    cached = _HeadCache.of(model, head, ids_in[:1].tolist(), hooks) if len(ids_in) else None
+    lead = [] if cached else head
     with counter(description, len(ids_in), "tokens", enabled=progress) as advance:
         for b in range(0, len(ids_in), batch_size):
             chunk = ids_in[b : b + batch_size]
-            ids = np.empty((len(chunk), len(head) + 1), dtype=np.int64)
-            ids[:, :-1] = head
+            ids = np.empty((len(chunk), len(lead) + 1), dtype=np.int64)
+            ids[:, :-1] = lead
             ids[:, -1] = chunk
-            acts = _forward(model, ids, np.ones(ids.shape, dtype=bool), hooks)
+            acts = _forward(model, ids, np.ones(ids.shape, dtype=bool), hooks, head=cached)
             for h in hooks:
                 out[h][b : b + len(chunk)] = acts[h][:, -1].float().cpu().numpy()
             advance(len(chunk))

@@ -43,6 +43,7 @@ class ModelRef:
     device: str = "cpu"
     dtype: str = "float32"
     rerandomize_seed: int | None = None
+    rerandomize_rows: tuple[int, ...] | None = None  # the embedding rows a re-randomized model reads
 
     def load(self) -> Any:
         from . import models
@@ -53,7 +54,7 @@ class ModelRef:
                 import copy
 
                 model = copy.deepcopy(model)
-            model = models.rerandomize(model, self.rerandomize_seed)
+            model = models.rerandomize(model, self.rerandomize_seed, embedding_rows=self.rerandomize_rows)
         return model
 
 

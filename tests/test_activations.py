@@ -176,3 +176,66 @@ def test_gemma_extraction_matches_a_plain_forward():
     ref = cache["blocks.6.hook_resid_post"][0, 1:].numpy()
     got = out["blocks.6.hook_resid_post"][out["doc_index"] == 1]
     assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-5
+
+
+# --------------------------------------------------------------------------------------------
+# The context start read once (a key-value cache) gives what the plain pass gives
+
+WORDS = ["cat", "dog", "elephant", "photosynthesis", "a", "run", "blue whale", "x", "sea"]
+
+
+def _rotary(tokenizer, prepend_bos):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    tok = models.load_tokenizer(tokenizer)
+    cfg = HookedTransformerConfig(n_layers=2, d_model=16, d_head=4, n_heads=4, n_ctx=64, d_vocab=len(tok),
+                                  act_fn="relu", default_prepend_bos=prepend_bos, seed=1,
+                                  positional_embedding_type="rotary", rotary_dim=4)
+    m = HookedTransformer(cfg)
+    m.set_tokenizer(tok, default_padding_side="right")
+    return m.eval()
+
+
+@pytest.mark.parametrize("which", ["hooked, Gemma tokenizer", "hooked rotary, Qwen tokenizer (newline start)",
+                                   "TransformerBridge (Gemma 3)"])
+def test_head_cache_gives_the_plain_pass(which, tiny_gemma, monkeypatch):
+    if which.startswith("TransformerBridge"):
+        model = models.load_model(models.resolve(tiny_gemma))
+        assert type(model).__name__ == "TransformerBridge"
+    elif "Qwen" in which:
+        model = _rotary("qwen2.5-0.5b", prepend_bos=False)
+    else:
+        model = _rotary("gemma-3-270m", prepend_bos=True)
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    head = A.bos_ids(model) + model.tokenizer(" The", add_special_tokens=False)["input_ids"]
+    assert A._HeadCache.of(model, head, [100, 200], hooks) is not None  # the cached path is the one taken
+    ids = [int(p[0]) for p in model.tokenizer([" " + w for w in WORDS], add_special_tokens=False)["input_ids"]]
+
+    def run():
+        return (A.unit_activations(model, WORDS, hooks, rule="mean", prefix=" The", max_tokens=4, batch_size=4,
+                                   progress=False),
+                A.unit_activations(model, WORDS, hooks, max_tokens=4, batch_size=4, progress=False),
+                A.token_activations(model, ids, hooks, template=" The", batch_size=4, progress=False))
+
+    cached = run()
+    monkeypatch.setattr(A._HeadCache, "of", classmethod(lambda cls, *a: None))
+    plain = run()
+    for (c_mean, kept, _), (p_mean, kept2, _) in [(cached[0], plain[0]), (cached[1], plain[1])]:
+        assert np.array_equal(kept, kept2) and kept.sum() >= 7
+        for h in hooks:
+            np.testing.assert_allclose(c_mean[h], p_mean[h], rtol=1e-4, atol=1e-5)
+    for h in hooks:
+        np.testing.assert_allclose(cached[2][h], plain[2][h], rtol=1e-4, atol=1e-5)
+
+
+def test_head_cache_that_disagrees_with_the_plain_pass_is_not_used(monkeypatch):
+    model = _rotary("gemma-3-270m", prepend_bos=True)
+    hooks = ["blocks.1.hook_resid_post"]
+    with monkeypatch.context() as plain:
+        plain.setattr(A._HeadCache, "of", classmethod(lambda cls, *a: None))
+        want = A.unit_activations(model, WORDS, hooks, batch_size=4, progress=False)[0]
+    # a cache whose rows forget the head (as a library version that ignores the cache would)
+    monkeypatch.setattr(A._HeadCache, "inputs", lambda self, mask: {"attention_mask": mask})
+    assert A._HeadCache.of(model, A.bos_ids(model), [100], hooks) is None
+    got = A.unit_activations(model, WORDS, hooks, batch_size=4, progress=False)[0]
+    np.testing.assert_array_equal(got[hooks[0]], want[hooks[0]])

@@ -108,6 +108,48 @@ def test_rerandomize_shuffles_each_tensor_reproducibly():
             assert not torch.equal(p, before[name])
 
 
+def test_rerandomize_draws_only_the_embedding_rows_read():
+    from geomsteer.pipelines.similarity import read_rows
+
+    m, full = tiny_model(n_layers=1, seed=0), tiny_model(n_layers=1, seed=0)
+    V, d = m.W_E.shape
+    with torch.no_grad():  # every entry of the embedding distinct, so a drawn value names its source
+        m.W_E.copy_(torch.arange(V * d, dtype=torch.float32).reshape(V, d))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    rows = read_rows(m.tokenizer, ["cat", "blue whale"], "")
+    assert {m.tokenizer.bos_token_id, m.tokenizer.pad_token_id} <= set(rows.tolist())
+    models.rerandomize(m, seed=3, embedding_rows=rows)
+    E = m.W_E.detach()
+    drawn = E[torch.as_tensor(rows)].flatten()
+    assert torch.isfinite(drawn).all() and len(torch.unique(drawn)) == len(drawn)  # distinct entries...
+    assert not torch.equal(drawn, before["embed.W_E"][torch.as_tensor(rows)].flatten())  # ...not the rows as they were
+    others = np.setdiff1d(np.arange(V), rows)
+    assert torch.isnan(E[torch.as_tensor(others)]).all() and torch.isnan(m.W_U).all()
+    # taken from the whole matrix: a full shuffle puts entries from everywhere at these positions
+    assert (drawn >= len(rows) * d * 50).float().mean() > 0.9
+    # every other tensor is shuffled as without rows (same per-tensor generators)
+    models.rerandomize(full, seed=3)
+    for name, p in m.named_parameters():
+        if name not in ("embed.W_E", "unembed.W_U", "unembed.b_U"):
+            assert torch.equal(p, dict(full.named_parameters())[name]), name
+    with pytest.raises(DataError, match=f"embedding_rows must lie in 0..{V - 1}"):
+        models.rerandomize(tiny_model(n_layers=1), embedding_rows=[V])
+
+
+def test_distinct_draws_are_uniform_ordered_samples():
+    from geomsteer.models.load import distinct_draws
+
+    rng = np.random.default_rng(0)
+    counts = np.zeros((5, 5))
+    for _ in range(10000):
+        a, b = distinct_draws(rng, 5, 2)
+        counts[a, b] += 1
+    assert np.all(np.diag(counts) == 0)
+    off = counts[~np.eye(5, dtype=bool)]  # 20 ordered pairs, 500 expected each
+    assert ((off - 500) ** 2 / 500).sum() < 45  # chi-square, 19 degrees of freedom: p < 0.001 beyond 43.8
+    assert sorted(distinct_draws(rng, 7, 7)) == list(range(7))
+
+
 # --------------------------------------------------------------------------------------------
 # The analyzer
 

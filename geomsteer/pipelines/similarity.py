@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._progress import step
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..hooks import check_hooks, parse_layers, resid_hook
 from ..reports.common import package_versions
 from ..results import SimilarityResult
@@ -120,7 +120,7 @@ def similarity(models: Sequence[Any], *, n_words: int = 4000, rule: str = "last"
     for idx, (name, r) in enumerate(zip(model_names, resolved)):
         t_model = time.perf_counter()
         if be.name != "local":
-            reps[name], fa = _read_on_backend(be, ModelRef(r, device, dtype), name, words, layers, rule, prefix,
+            reps[name], fa = _read_on_backend(be, ModelRef(r, device, dtype), toks[idx], name, words, layers, rule, prefix,
                                               max_tokens, sae_info[idx] if sae_info else None, texts,
                                               seed if random_baseline else None, batch_size)
             layer_lists.append([int(h.split(".")[1]) for h in reps[name]["hooks"]])
@@ -152,10 +152,11 @@ def similarity(models: Sequence[Any], *, n_words: int = 4000, rule: str = "last"
                     import copy
 
                     model = copy.deepcopy(model)  # the caller's model stays as it was
-                M.rerandomize(model, seed)
+                M.rerandomize(model, seed, embedding_rows=read_rows(model.tokenizer, words, prefix))
             racts, _, _ = activations.unit_activations(model, words, hooks, rule=rule, prefix=prefix,
                                                        max_tokens=max_tokens, batch_size=batch_size,
                                                        description=f"{name} (re-randomized): words")
+            _check_finite(racts, name)
             reps[name]["random"] = racts
         del model
         seconds[f"model {name}"] = round(time.perf_counter() - t_model, 1)
@@ -218,6 +219,19 @@ def similarity(models: Sequence[Any], *, n_words: int = 4000, rule: str = "last"
     return SimilarityResult(res, provenance, write, analyzer, matcher)
 
 
+def read_rows(tokenizer: Any, words: Sequence[str], prefix: str) -> np.ndarray:
+    """The token ids a word pass can read: every word's tokens, the prefix's, both context starts
+    (the BOS and a newline) and the padding (a padded slot's value is multiplied by an attention
+    weight of 0, which keeps a NaN); the re-randomized model draws only these embedding rows."""
+    ids = [p for w in tokenizer([" " + w for w in words], add_special_tokens=False)["input_ids"] for p in w]
+    ids += tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    ids += tokenizer("\n", add_special_tokens=False)["input_ids"]
+    if tokenizer.bos_token_id is not None:
+        ids.append(tokenizer.bos_token_id)
+    ids.append(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    return np.unique(np.asarray(ids, dtype=np.int64))
+
+
 def _check_sae(info: tuple, d_model: int, name: str) -> None:
     sd, sae, _ = info
     if sae.cfg.d_in != d_model:
@@ -225,7 +239,7 @@ def _check_sae(info: tuple, d_model: int, name: str) -> None:
                           f"d_model {d_model}; give the SAEs in the order of --models")
 
 
-def _read_on_backend(be: Any, ref: Any, name: str, words: list[str], layers: Any, rule: str, prefix: str,
+def _read_on_backend(be: Any, ref: Any, tokenizer: Any, name: str, words: list[str], layers: Any, rule: str, prefix: str,
                      max_tokens: int, sae_info: tuple | None, texts: list[str], random_seed: int | None,
                      batch_size: int):
     """One model's words (and its re-randomized copy's, and its SAE hook in text) on a backend's workers."""
@@ -245,8 +259,19 @@ def _read_on_backend(be: Any, ref: Any, name: str, words: list[str], layers: Any
                                                               batch_size, description=f"{name}: words ({be.name})")
     rep = {"hooks": hooks, "acts": acts, "kept": kept, "n_tokens": n_tok}
     if random_seed is not None:
-        with be.model_pool(replace(ref, rerandomize_seed=random_seed)) as pool:
+        rows = tuple(read_rows(tokenizer, words, prefix).tolist())
+        with be.model_pool(replace(ref, rerandomize_seed=random_seed, rerandomize_rows=rows)) as pool:
             rep["random"] = activations.unit_activations_pool(
                 pool, words, hooks, rule, prefix, max_tokens, batch_size,
                 description=f"{name} (re-randomized): words ({be.name})")[0]
+    if random_seed is not None:
+        _check_finite(rep["random"], name)
     return rep, fa
+
+
+def _check_finite(acts: dict[str, np.ndarray], name: str) -> None:
+    bad = [h for h, X in acts.items() if not np.isfinite(X).all()]
+    if bad:
+        raise DataError(f"the re-randomized {name} gave non-finite activations at {bad[0]} (and {len(bad) - 1} more "
+                        "hooks): a word pass read an embedding row that read_rows did not list; this is a bug in "
+                        "geomsteer, please report it with the command line")
