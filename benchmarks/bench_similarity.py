@@ -11,7 +11,9 @@ from one pair of Gram matrices, against calling the plain metric once per shuffl
 re-paired features from one rank matrix against calling rsa() per draw. Same values to 1e-6.
 
 Best-pair nulls (issue 17): RBF CKA, CKNNA and SVCCA re-pairings from kernels, masks and
-reductions computed once, against one plain call per draw, at n = 3,000.
+reductions computed once, against one plain call per draw, at n = 3,000. Analysis parts (issue
+17): the float32 Gram product, float32 k-NN sets and shared RSA ranks against the code they
+replaced, at n = 3,609.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import tracemalloc
 
 import numpy as np
 
-from geomsteer.metrics import linear_cka, linear_cka_permutations, rsa, rsa_permutations
+from geomsteer.metrics import linear_cka, linear_cka_permutations, rsa_permutations
 
 
 def gram_reference(X: np.ndarray, Y: np.ndarray) -> float:
@@ -103,10 +105,75 @@ def permutation_benchmark() -> None:
     t_fast = time.perf_counter() - t
     k = 10
     t = time.perf_counter()
-    ref = [rsa(A, Bm[p]) for p in perms[:k]]
+    ref = [rsa_reference(A, Bm[p]) for p in perms[:k]]
     t_ref = (time.perf_counter() - t) * B / k
-    print(f"{B} re-pairings of RSA, n={n}: rank-matrix path {t_fast:.1f} s, plain rsa() per draw {t_ref:.1f} s "
+    print(f"{B} re-pairings of RSA, n={n}: rank-matrix path {t_fast:.1f} s, scipy spearmanr per draw {t_ref:.1f} s "
           f"(scaled from {k}), ratio {t_ref / t_fast:.1f}x; max |difference| {np.abs(np.array(ref) - null[:k]).max():.1e}")
+
+
+def rsa_reference(X: np.ndarray, Y: np.ndarray) -> float:
+    """Spearman RSA as the formula reads: upper triangles of 1 - Pearson r, scipy's spearmanr."""
+    from scipy.stats import spearmanr
+
+    iu = np.triu_indices(len(X), 1)
+    return float(spearmanr((1 - np.corrcoef(X))[iu], (1 - np.corrcoef(Y))[iu])[0])
+
+
+def analysis_parts_benchmark() -> None:
+    """Three parts of the similarity analysis at the default run's size (n = 3,609; d = 640 and
+    896), each against the code it replaced (issue 17): the centred Gram product in float32
+    against float64 rounded to float32; cosine k-NN sets in float32 against float64; Spearman RSA
+    ranks from one sort against scipy's rankdata and spearmanr (the observed value and the
+    re-randomized model, which share A's ranks)."""
+    from geomsteer.metrics import GramSide, debiased_cka_scan, knn_indices, rank_dissimilarities, rsa_ranked
+    from geomsteer.metrics import cka as C
+    from geomsteer.metrics.common import self_gram
+
+    n = 3609
+    X, Y = make(n, 640, 896, seed=6)
+    _, R = make(n, 640, 896, seed=7)
+
+    def gram64(M):  # the previous code path
+        A = np.asarray(M, dtype=np.float64)
+        return self_gram(A - A.mean(0)).astype(np.float32)
+
+    GramSide([X[:100]])  # warm up the allocator and BLAS
+    t = time.perf_counter()
+    fast = debiased_cka_scan(GramSide([X]), GramSide([Y]))[0, 0]
+    t_fast = time.perf_counter() - t
+    keep = C._centred_gram
+    C._centred_gram = gram64
+    try:
+        t = time.perf_counter()
+        ref = debiased_cka_scan(GramSide([X]), GramSide([Y]))[0, 0]
+        t_ref = time.perf_counter() - t
+    finally:
+        C._centred_gram = keep
+    print(f"two Gram sides and a debiased CKA, n={n:,}: float32 product {t_fast:.2f} s, float64 product "
+          f"{t_ref:.2f} s, ratio {t_fast / t_ref:.2f}; |difference| {abs(fast - ref):.1e}")
+
+    t = time.perf_counter()
+    fast = knn_indices(X, 10)
+    t_fast = time.perf_counter() - t
+    t = time.perf_counter()
+    U = X / np.linalg.norm(X, axis=1, keepdims=True)
+    S = U @ U.T
+    np.fill_diagonal(S, -np.inf)
+    ref = np.argpartition(-S, 9, axis=1)[:, :10]
+    t_ref = time.perf_counter() - t
+    same = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(fast, ref)])
+    print(f"10-NN sets, n={n:,}: float32 {t_fast:.2f} s, float64 {t_ref:.2f} s, ratio {t_fast / t_ref:.2f}; "
+          f"{same:.5f} of the neighbours the same")
+
+    t = time.perf_counter()
+    Ra = rank_dissimilarities(X)
+    fast = [rsa_ranked(Ra, rank_dissimilarities(Y))[0], rsa_ranked(Ra, rank_dissimilarities(R))[0]]
+    t_fast = time.perf_counter() - t
+    t = time.perf_counter()
+    ref = [rsa_reference(X, Y), rsa_reference(X, R)]
+    t_ref = time.perf_counter() - t
+    print(f"Spearman RSA against two others, n={n:,}: shared ranks {t_fast:.1f} s, scipy {t_ref:.1f} s, ratio "
+          f"{t_fast / t_ref:.2f}; max |difference| {np.abs(np.array(fast) - ref).max():.1e}")
 
 
 def scan_benchmark() -> None:
@@ -170,3 +237,4 @@ if __name__ == "__main__":
     main()
     scan_benchmark()
     detail_benchmark()
+    analysis_parts_benchmark()

@@ -239,3 +239,4 @@ def test_head_cache_that_disagrees_with_the_plain_pass_is_not_used(monkeypatch):
     assert A._HeadCache.of(model, A.bos_ids(model), [100], hooks) is None
     got = A.unit_activations(model, WORDS, hooks, batch_size=4, progress=False)[0]
     np.testing.assert_array_equal(got[hooks[0]], want[hooks[0]])
+

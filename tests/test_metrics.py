@@ -402,3 +402,28 @@ def test_cknna_permutations_equal_the_plain_metric():
     assert np.isclose(obs, M.cknna(X, Y, k=5), atol=1e-12)
     assert np.allclose(null, [M.cknna(X, Y[p], k=5) for p in perms], atol=1e-10)
     assert obs > null.max()
+
+
+def test_rsa_from_shared_ranks_matches_scipy_with_ties_and_re_pairings():
+    from scipy.stats import rankdata, spearmanr
+
+    from geomsteer.metrics import average_ranks, rank_dissimilarities, rsa_permutations, rsa_ranked
+
+    rng = np.random.default_rng(0)
+    v = rng.integers(0, 30, 500).astype(float)  # many ties
+    np.testing.assert_allclose(average_ranks(v), rankdata(v))
+    n = 120
+    X = rng.normal(size=(n, 12))
+    Y = X @ rng.normal(size=(12, 20)) + 2 * rng.normal(size=(n, 20))
+    Z = rng.normal(size=(n, 20))
+    iu = np.triu_indices(n, 1)
+    plain = lambda P, Q: spearmanr((1 - np.corrcoef(P))[iu], (1 - np.corrcoef(Q))[iu])[0]  # noqa: E731
+    perms = [rng.permutation(n) for _ in range(3)]
+    obs, null = rsa_permutations(X, Y, perms)
+    assert obs == pytest.approx(plain(X, Y), abs=1e-12) and obs > 0.3  # a shared structure is found
+    np.testing.assert_allclose(null, [plain(X, Y[p]) for p in perms], atol=1e-12)
+    Ra = rank_dissimilarities(X)
+    assert rsa_ranked(Ra, rank_dissimilarities(Z))[0] == pytest.approx(plain(X, Z), abs=1e-12)
+    assert abs(rsa_ranked(Ra, rank_dissimilarities(Z))[0]) < 0.05  # independent data: nothing
+    with pytest.raises(DataError, match="two square rank matrices of one size"):
+        rsa_ranked(Ra, Ra[:5, :5])

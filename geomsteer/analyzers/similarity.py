@@ -247,6 +247,7 @@ class SimilarityAnalyzer(Analyzer):
             fast["mutual_knn_null"] = np.array([M.mutual_knn_matrix([na], [nb], permutation=pp)[0, 0]
                                                 for pp in sperms])
             fast["permutation_samples"] = m
+        random_model: dict[str, float] = {}
         for name in names:
             fn, higher = DETAIL_METRICS[name]
             cap = MAX_GRAM_SHUFFLES if name in GRAM_METRICS else MAX_OTHER_SHUFFLES
@@ -257,7 +258,10 @@ class SimilarityAnalyzer(Analyzer):
                     both = M.svcca_permutations(Xa, Xb, [None, *perms[:cap]])
                     obs, null = float(both[0]), both[1:]
                 elif name == "rsa":  # the ranks are taken once; every draw permutes the rank matrix
-                    obs, null = M.rsa_permutations(Xa, Xb, perms[:cap])
+                    ranks_a = M.rank_dissimilarities(Xa)
+                    obs, null = M.rsa_permutations(Xa, Xb, perms[:cap], ranks_x=ranks_a)
+                    if rb is not None:  # the re-randomized model against the same ranks of A
+                        random_model[name] = M.rsa_permutations(Xa, rb, [], ranks_x=ranks_a)[0]
                 elif name == "rbf_cka":  # both kernels once; every draw permutes L
                     obs, null = M.rbf_cka_permutations(Xa, Xb, perms[:cap])
                 elif name == "cknna":  # kernels and neighbour masks once; every draw permutes Y's
@@ -284,7 +288,7 @@ class SimilarityAnalyzer(Analyzer):
                 perm = _summary(obs, null, higher)
             entry = {"score": obs, "higher_is_more_similar": higher, "permutation": perm}
             if rb is not None:
-                entry["random_model"] = fn(Xa, rb, k)
+                entry["random_model"] = random_model[name] if name in random_model else fn(Xa, rb, k)
             entry["statistic"] = _stat(entry, n)
             out[name] = entry
         return out

@@ -25,7 +25,8 @@ from .cka import (
 from .common import check_k
 from .cyclic import cyclic_neighbours
 from .features import feature_correlation, match_features
-from .geometry import cosine, feature_jaccard, procrustes, rsa, rsa_permutations, svcca, svcca_permutations
+from .geometry import (average_ranks, cosine, feature_jaccard, procrustes, rank_dissimilarities, rsa, rsa_permutations,
+                       rsa_ranked, svcca, svcca_permutations)
 from .knn import cknna, cknna_permutations, knn_indices, knn_jaccard, knn_jaccard_permutations, mutual_knn, mutual_knn_matrix
 
 __all__ = [
@@ -54,6 +55,9 @@ __all__ = [
     "linear_cka_permutations",
     "cka_scan_max_null",
     "rsa_permutations",
+    "rsa_ranked",
+    "rank_dissimilarities",
+    "average_ranks",
     "check_k",
     "cyclic_neighbours",
 ]

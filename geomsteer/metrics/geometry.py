@@ -158,15 +158,17 @@ def rsa(X, Y, method: str = "spearman") -> float:
     affine change of a row (a correlation distance), hence to isotropic scaling; not to general
     rotations of the feature space when rows are not centred. Rows must not be constant.
     """
-    from scipy.stats import pearsonr, spearmanr
+    from scipy.stats import pearsonr
 
     A, B = paired(X, Y, 3, "RSA")
     if method not in ("spearman", "pearson"):
         raise DataError(f"unknown method {method!r}: expected 'spearman' or 'pearson'")
     _check_rows_vary(A, B)
+    if method == "spearman":
+        return rsa_ranked(rank_dissimilarities(A), rank_dissimilarities(B))[0]
     iu = np.triu_indices(len(A), 1)
     da, db = (1 - np.corrcoef(A.astype(np.float64)))[iu], (1 - np.corrcoef(B.astype(np.float64)))[iu]
-    return float((spearmanr if method == "spearman" else pearsonr)(da, db)[0])
+    return float(pearsonr(da, db)[0])
 
 
 def cosine(A, B) -> np.ndarray:
@@ -205,31 +207,64 @@ def feature_jaccard(A, B, threshold: float = 0.0) -> np.ndarray:
     return J[0, 0] if a1 and b1 else J
 
 
-def rsa_permutations(X, Y, permutations: Sequence[np.ndarray]) -> tuple[float, np.ndarray]:
+def rsa_permutations(X, Y, permutations: Sequence[np.ndarray], ranks_x: np.ndarray | None = None
+                     ) -> tuple[float, np.ndarray]:
     """Spearman RSA of X and Y (as :func:`rsa`) and of X against Y with its rows re-paired by each
     permutation. The ranks of Y's dissimilarities are taken once: re-pairing the samples permutes
-    the rank matrix, so each draw is one gather and one dot product."""
-    from scipy.stats import rankdata
-
+    the rank matrix, so each draw is one gather and one dot product. ``ranks_x``: X's
+    :func:`rank_dissimilarities`, when already computed (X against several Y)."""
     A, B = paired(X, Y, 3, "RSA")
     _check_rows_vary(A, B)
+    Ra = rank_dissimilarities(A) if ranks_x is None else np.asarray(ranks_x)
+    return rsa_ranked(Ra, rank_dissimilarities(B), permutations)
+
+
+def average_ranks(v: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``v``, ties given the mean of their ranks (``scipy.stats.rankdata``'s default),
+    from one sort."""
+    v = np.asarray(v).reshape(-1)
+    order = np.argsort(v)
+    s = v[order]
+    first = np.empty(len(s), dtype=bool)
+    first[:1] = True
+    first[1:] = s[1:] != s[:-1]
+    starts = np.flatnonzero(first)
+    sizes = np.diff(np.append(starts, len(s)))
+    ranks = np.empty(len(s))
+    ranks[order] = (starts + (sizes + 1) / 2.0)[np.cumsum(first) - 1]
+    return ranks
+
+
+def rank_dissimilarities(X) -> np.ndarray:
+    """The (n, n) symmetric matrix of the ranks of the samples' correlation distances 1 - r (the
+    n(n-1)/2 pairs ranked together, ties averaged; zero diagonal): what Spearman RSA compares.
+    Rows must not be constant."""
+    A = as_matrix(X, "X")
     n = len(A)
     iu = np.triu_indices(n, 1)
+    R = np.zeros((n, n))
+    R[iu] = average_ranks((1 - np.corrcoef(A.astype(np.float64)))[iu])
+    return R + R.T
 
-    def rank_matrix(M: np.ndarray) -> np.ndarray:
-        r = rankdata((1 - np.corrcoef(M.astype(np.float64)))[iu])
-        R = np.zeros((n, n))
-        R[iu] = r
-        return R + R.T
 
-    Ra, Rb = rank_matrix(A), rank_matrix(B)
-    ra = Ra[iu]
-    ra_c = ra - ra.mean()
-    rb = Rb[iu]
-    norm = np.sqrt((ra_c @ ra_c) * ((rb - rb.mean()) @ (rb - rb.mean())))
+def rsa_ranked(Ra: np.ndarray, Rb: np.ndarray, permutations: Sequence[np.ndarray] = ()) -> tuple[float, np.ndarray]:
+    """Spearman RSA from two :func:`rank_dissimilarities` matrices, and with B's samples re-paired
+    by each permutation: the Pearson correlation of the upper triangles, which for symmetric
+    matrices with zero diagonals is half a full-matrix dot product (re-pairing keeps B's mean and
+    spread over the pairs, so only that dot product changes)."""
+    n = len(Ra)
+    if Ra.shape != (n, n) or Rb.shape != (n, n):
+        raise DataError(f"expected two square rank matrices of one size, got {Ra.shape} and {Rb.shape}")
+    pairs = n * (n - 1) / 2
+    ma, mb = Ra.sum() / 2 / pairs, Rb.sum() / 2 / pairs
+    Ac = Ra - ma
+    np.fill_diagonal(Ac, 0.0)
+    va = float(np.einsum("ij,ij->", Ac, Ac)) / 2
+    vb = float(np.einsum("ij,ij->", Rb, Rb)) / 2 - pairs * mb * mb
+    norm = np.sqrt(va * vb)
+    flat = Ac.ravel()
 
-    def score(R: np.ndarray) -> float:
-        v = R[iu]
-        return float(ra_c @ (v - v.mean()) / norm) if norm > 0 else float("nan")
+    def score(R: np.ndarray) -> float:  # sum over pairs of (a - ma)(b - mb) = sum of (a - ma) b
+        return float(np.dot(flat, R.ravel()) / 2 / norm) if norm > 0 else float("nan")
 
     return score(Rb), np.array([score(repair(Rb, np.asarray(p))) for p in permutations])

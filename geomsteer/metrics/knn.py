@@ -11,14 +11,18 @@ from .common import as_matrix, check_k, hsic_unbiased_gram, paired, self_gram, u
 
 
 def _knn(M: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
-    """Indices (n, k) of each row's k nearest neighbours by cosine similarity, self excluded."""
-    U = unit_rows(M)
-    out = np.empty((len(M), k), dtype=np.int64)
-    for i in range(0, len(M), block):
+    """Indices (n, k) of each row's k nearest neighbours by cosine similarity, self excluded (in
+    no particular order).
+
+    Rows are normalised in float64 and compared in float32 (cosines to about 1e-7: only
+    neighbours tied that closely can swap; 3x faster than float64 at n = 3,609)."""
+    U = np.ascontiguousarray(unit_rows(M).astype(np.float32))
+    n = len(M)
+    out = np.empty((n, k), dtype=np.int64)
+    for i in range(0, n, block):
         S = U[i : i + block] @ U.T
         S[np.arange(len(S)), np.arange(i, i + len(S))] = -np.inf
-        part = np.argpartition(-S, k - 1, axis=1)[:, :k]
-        out[i : i + block] = part
+        out[i : i + block] = np.argpartition(S, n - k, axis=1)[:, n - k :]
     return out
 
 
