@@ -43,7 +43,10 @@ chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
 
+# MALLOC_*: each test process (and notebook kernel) keeps freed memory for reuse instead of returning
+# it to the OS; on this VM returned memory is slow to touch again (a gigabyte took 5-10 s to fill).
 test: $(VENV)/.installed-test chromium
+	MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 \
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -ra -n 2 --dist loadgroup tests
 
 $(VENV)/.installed-docs: pyproject.toml $(VENV)/.installed-offline
