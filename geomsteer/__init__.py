@@ -25,6 +25,7 @@ from .errors import (
     NotFittedError,
     OutputExistsError,
 )
+from . import transfer
 from .pipelines import cluster, features, hierarchy, mapper, mapper_of, sae, similarity, steer, words_in_context
 from .types import Activations, AnalysisResult, ConceptHierarchy, Directions
 
@@ -49,6 +50,7 @@ __all__ = [
     "steer",
     "sae",
     "features",
+    "transfer",
     "load_model",
     "Activations",
     "AnalysisResult",

@@ -138,7 +138,8 @@ class TransferMeasurements:
         own = self.shifts["own"]
         base = float(own.mean())
         if base == 0:
-            raise DataError("B's own vector does not move the target log-odds at this multiplier; raise --alpha")
+            raise DataError("B's own vector does not move the target log-odds at this multiplier (mean shift 0), so "
+                            "no fraction of it can be taken; steer with a larger alpha")
         out = {}
         for name, s in self.shifts.items():
             if name == "own":
@@ -167,13 +168,15 @@ def measure_transfer(model_b: Any, own: np.ndarray, transferred: dict[str, np.nd
     own = np.asarray(own, dtype=np.float64)
     norm = float(np.linalg.norm(own))
     if norm == 0:
-        raise DataError("B's own steering vector is zero")
+        raise DataError("B's own steering vector is zero: expected the vector computed on model B (gs.steer.compute) "
+                        "at the same hook")
     d = len(own)
 
     def at_norm(v: np.ndarray) -> np.ndarray:
         v = np.asarray(v, dtype=np.float64)
         if v.shape != (d,):
-            raise DataError(f"a transferred vector must have B's d_model ({d}), got shape {v.shape}")
+            raise DataError(f"a transferred vector must have B's d_model ({d}), got shape {v.shape}; carry A's vector "
+                            "into B with a map fitted from A to B (fit_linear_map(A_acts, B_acts).vector(v))")
         n = np.linalg.norm(v)
         return v * (norm / n) if n > 0 else v
 

@@ -94,3 +94,11 @@ def test_a_vector_carried_by_the_true_map_steers_the_second_model_and_a_shuffled
                                {"shuffled:shuffled_map": [x.vector(own_a) for x in nulls[1:]]},
                                SENT_ITEMS, "blocks.1.hook_resid_post", alpha=1.0, n_random=8).statistics()
     assert bad_map["shuffled"]["observed"] < 0.5 and bad_map["shuffled"]["p_value"] > 0.05
+
+
+def test_transfer_is_reached_from_the_notebook_api_and_checks_its_vectors():
+    import geomsteer as gs
+
+    assert gs.transfer.fit_linear_map is fit_linear_map
+    with pytest.raises(DataError, match=r"B's own steering vector is zero: expected the vector computed on model B"):
+        gs.transfer.measure_transfer(None, np.zeros(4), {}, {}, [], "blocks.0.hook_resid_post", 1.0)

@@ -236,7 +236,8 @@ def rerandomize(model: Any, seed: int = 0, embedding_rows: Sequence[int] | None 
                           f"{type(model).__name__}; call rerandomize(model, seed) without it")
     rows = np.unique(np.asarray([] if embedding_rows is None else embedding_rows, dtype=np.int64).reshape(-1))
     if embedding_rows is not None and (rows.min(initial=0) < 0 or rows.max(initial=0) >= embed.shape[0]):
-        raise DataError(f"embedding_rows must lie in 0..{embed.shape[0] - 1}, got {rows.min()}..{rows.max()}")
+        raise DataError(f"embedding_rows must lie in 0..{embed.shape[0] - 1}, got {rows.min()}..{rows.max()}; take "
+                        "them from this model's tokenizer")
     params = list(model.named_parameters())  # lists a shared tensor once
 
     def shuffle(i: int, p: Any) -> None:

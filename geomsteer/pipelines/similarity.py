@@ -152,7 +152,7 @@ def similarity(models: Sequence[Any], *, n_words: int = 4000, rule: str = "last"
                     import copy
 
                     model = copy.deepcopy(model)  # the caller's model stays as it was
-                M.rerandomize(model, seed, embedding_rows=read_rows(model.tokenizer, words, prefix))
+                M.rerandomize(model, seed, embedding_rows=read_rows(toks[idx], words, prefix))
             racts, _, _ = activations.unit_activations(model, words, hooks, rule=rule, prefix=prefix,
                                                        max_tokens=max_tokens, batch_size=batch_size,
                                                        description=f"{name} (re-randomized): words")
@@ -223,7 +223,12 @@ def read_rows(tokenizer: Any, words: Sequence[str], prefix: str) -> np.ndarray:
     """The token ids a word pass can read: every word's tokens, the prefix's, both context starts
     (the BOS and a newline) and the padding (a padded slot's value is multiplied by an attention
     weight of 0, which keeps a NaN); the re-randomized model draws only these embedding rows."""
-    ids = [p for w in tokenizer([" " + w for w in words], add_special_tokens=False)["input_ids"] for p in w]
+    from types import SimpleNamespace
+
+    from ..activations import unit_plan
+
+    pieces = unit_plan(SimpleNamespace(tokenizer=tokenizer), list(words), "last", prefix, 1)[0]
+    ids = [t for p in pieces for t in p]
     ids += tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
     ids += tokenizer("\n", add_special_tokens=False)["input_ids"]
     if tokenizer.bos_token_id is not None:
@@ -264,7 +269,6 @@ def _read_on_backend(be: Any, ref: Any, tokenizer: Any, name: str, words: list[s
             rep["random"] = activations.unit_activations_pool(
                 pool, words, hooks, rule, prefix, max_tokens, batch_size,
                 description=f"{name} (re-randomized): words ({be.name})")[0]
-    if random_seed is not None:
         _check_finite(rep["random"], name)
     return rep, fa
 
