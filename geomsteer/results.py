@@ -376,6 +376,29 @@ class SimilarityResult(Result):
         return fig
 
 
+class TransferResult(Result):
+    """A steering vector carried from model A into model B, and matched SAE features intervened on in both
+    (``gs.transfer.run``)."""
+
+    kind = "transfer"
+    default_table = "vectors"
+
+    def __init__(self, result: AnalysisResult, provenance: Mapping[str, Any], writer: Writer, analyzer: Any = None):
+        super().__init__(result, provenance, writer)
+        self.analyzer = analyzer
+
+    def figures(self) -> dict[str, Any]:
+        """The figures the saved report holds (name -> matplotlib Figure)."""
+        from .reports.transfer import transfer_figures
+
+        return transfer_figures(self.result, None)
+
+    def summary_lines(self) -> list[str]:
+        p, lay = self.provenance, self.result.metrics.get("layers", {})
+        return [f"{p.get('model_a')} {lay.get('a')} -> {p.get('model_b')} {lay.get('b')} "
+                f"(B's best layer by debiased CKA: {lay.get('best_b_by_debiased_cka')})"]
+
+
 class AnalyzerResult(Result):
     """A result that keeps the fitted analyzer it came from (``.analyzer``), for its report and plots."""
 

@@ -20,13 +20,14 @@ Vectors (differences of activations) are mapped without the means: ``map.vector(
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from .errors import ConfigError, DataError
 
-__all__ = ["LinearMap", "fit_linear_map", "shuffled_maps", "measure_transfer", "TransferMeasurements", "METHODS"]
+__all__ = ["LinearMap", "fit_linear_map", "shuffled_maps", "measure_transfer", "TransferMeasurements", "METHODS",
+           "feature_route", "WordEffects", "effect_similarity", "shuffled_word_similarity", "run"]
 
 METHODS = ("procrustes", "ridge")
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # fractions of the mean eigenvalue of A_c^T A_c / n
@@ -87,9 +88,11 @@ def fit_linear_map(A: Any, B: Any, method: str = "procrustes", *, heldout: float
     test, train = order[:n_test], order[n_test:]
     lam = None
     if method == "ridge":
-        scores = {c: _fit(A[train], B[train], "ridge", c).heldout_r2(A[test], B[test]) for c in RIDGE_GRID}
+        scores = _ridge_scores(A[train], B[train], A[test], B[test])
         lam = max(scores, key=scores.get)
-    r2 = _fit(A[train], B[train], method, lam).heldout_r2(A[test], B[test])
+        r2 = scores[lam]
+    else:
+        r2 = _fit(A[train], B[train], method, lam).heldout_r2(A[test], B[test])
     m = _fit(A, B, method, lam)
     m.info.update({"n_words": len(A), "heldout_words": int(n_test), "heldout_r2": r2, "seed": seed})
     if lam is not None:
@@ -108,6 +111,25 @@ def _fit(A: np.ndarray, B: np.ndarray, method: str, lam: float | None) -> Linear
     penalty = float(lam) * np.trace(G) / G.shape[0]
     W = np.linalg.solve(G + penalty * np.eye(G.shape[0]), Ac.T @ Bc)
     return LinearMap(W, ma, mb, method, {"penalty": penalty})
+
+
+def _ridge_scores(A: np.ndarray, B: np.ndarray, At: np.ndarray, Bt: np.ndarray) -> dict[float, float]:
+    """Held-out R^2 of the ridge map at every penalty of the grid, from one eigendecomposition of A_c^T A_c:
+    W(lam) = V diag(1 / (e + lam)) V^T A_c^T B_c, the same maps :func:`_fit` solves for one at a time."""
+    ma, mb = A.mean(0), B.mean(0)
+    Ac = A - ma
+    G = Ac.T @ Ac
+    e, V = np.linalg.eigh(G)
+    Z = V.T @ (Ac.T @ (B - mb))
+    P = (At - ma) @ V
+    R = Bt - mb
+    total = float(np.sum((Bt - Bt.mean(0)) ** 2))
+    out = {}
+    for c in RIDGE_GRID:
+        pen = float(c) * np.trace(G) / G.shape[0]
+        resid = R - P @ (Z / (e + pen)[:, None])
+        out[c] = float(1.0 - np.sum(resid * resid) / total)
+    return out
 
 
 def shuffled_maps(A: Any, B: Any, method: str = "procrustes", n: int = 20, seed: int = 0) -> list[LinearMap]:
@@ -208,3 +230,258 @@ def _ratio_ci(num: np.ndarray, den: np.ndarray, n_boot: int = 1000, seed: int = 
     r = np.where(d != 0, num[idx].mean(1) / np.where(d != 0, d, 1), np.nan)
     r = r[np.isfinite(r)]
     return [float(np.percentile(r, 2.5)), float(np.percentile(r, 97.5))] if len(r) > 1 else None
+
+
+# --------------------------------------------------------------------------------------------
+# The feature route: decompose in A's SAE, recompose with B's matched decoder rows
+
+
+def feature_route(v: Any, decoder_a: Any, decoder_b: Any, match_a: Any, match_b: Any, *, k: int = 32,
+                  n_null: int = 20, seed: int = 0) -> dict[str, Any]:
+    """Carry A's vector into B through matched SAE features.
+
+    ``v`` is sparse-coded over A's decoder rows (orthogonal matching pursuit, ``k`` unit atoms); each
+    atom that has a partner in the matching (``match_a[i]`` pairs with ``match_b[i]``) is replaced by
+    its partner's unit decoder row in B with the same coefficient, the rest are dropped. The null,
+    ``n_null`` shuffled matchings: the same atoms and coefficients recomposed with the matched B
+    features dealt out at random among A's matched features.
+    Returns {"vector", "null_vectors", "atoms", "coefficients", "partners", "explained", "kept_fraction"}.
+    """
+    from .sparse import omp
+
+    v = np.asarray(v, dtype=np.float64)
+    Da, Db = np.asarray(decoder_a, dtype=np.float64), np.asarray(decoder_b, dtype=np.float64)
+    if Da.shape[1] != v.shape[0]:
+        raise DataError(f"A's SAE reads vectors of size {Da.shape[1]}, the vector has size {v.shape[0]}; use the "
+                        "SAE trained on model A at the vector's hook")
+    match_a, match_b = np.asarray(match_a, dtype=np.int64), np.asarray(match_b, dtype=np.int64)
+    if len(match_a) != len(match_b) or not len(match_a):
+        raise DataError(f"the matching must pair features one to one, got {len(match_a)} features of A and "
+                        f"{len(match_b)} of B; match them first (geomsteer.metrics.match_features)")
+    Ub = Db / np.maximum(np.linalg.norm(Db, axis=1, keepdims=True), 1e-12)
+    code = omp(Da, v, k)
+    atoms, coefs = np.asarray(code["atoms"], dtype=np.int64), np.asarray(code["coefficients"], dtype=np.float64)
+    where = {int(a): i for i, a in enumerate(match_a)}
+    slot = np.array([where.get(int(a), -1) for a in atoms], dtype=np.int64)
+    kept = slot >= 0
+    partners = np.where(kept, match_b[np.maximum(slot, 0)], -1)
+
+    def recompose(b_of_slot: np.ndarray) -> np.ndarray:
+        return (coefs[kept, None] * Ub[b_of_slot[slot[kept]]]).sum(0) if kept.any() else np.zeros(Db.shape[1])
+
+    rng = np.random.default_rng(seed)
+    nulls = [recompose(match_b[rng.permutation(len(match_b))]) for _ in range(int(n_null))]
+    mass = float(np.abs(coefs).sum())
+    return {"vector": recompose(match_b), "null_vectors": nulls, "atoms": atoms, "coefficients": coefs,
+            "partners": partners, "explained": float(code["explained"][-1]) if code["explained"] else 0.0,
+            "kept_fraction": float(np.abs(coefs[kept]).sum() / mass) if mass > 0 else 0.0}
+
+
+# --------------------------------------------------------------------------------------------
+# Matched features, intervened on in both models: word-level effects on shared text
+
+
+class WordEffects:
+    """How intervening on SAE features at ``hook`` changes one model's log-probability of each word of
+    shared texts.
+
+    Words are the runs of letters and digits of each text (:func:`geomsteer.activations.text_words`),
+    numbered over all texts as in :func:`~geomsteer.activations.word_activations_in_text`, so two
+    models with different tokenizers number the same words alike. A word's log-probability is the
+    sum of the log-probabilities of its segment's tokens: those after the token that ends the
+    previous word, up to the token that ends this one (the text between two words, then the word).
+    A word is measured (:attr:`ok`) when its end and the previous word's end fall at token ends of
+    their own. Interventions act on every position after the start token:
+
+    - ``"ablate"``: the feature's contribution is removed, x - f_j(x) d_j (the SAE's error kept);
+    - ``"add"``: ``alpha`` times the feature's typical activation (``scale``) along its decoder row.
+    """
+
+    def __init__(self, model: Any, sae: Any, hook: str, texts: Sequence[str], *, context_length: int = 64,
+                 batch_size: int = 8, progress: bool = True, description: str = "Clean pass over the texts") -> None:
+        import torch
+
+        from ._progress import counter
+        from .activations import bos_ids, text_words
+        from .hooks import check_hooks
+
+        check_hooks(model, [hook])
+        if int(sae.cfg.d_in) != int(model.cfg.d_model):
+            raise DataError(f"the SAE reads vectors of size {sae.cfg.d_in}, but this model's residual stream has size "
+                            f"{model.cfg.d_model}; use an SAE trained on this model")
+        if not texts:
+            raise DataError("no texts to measure effects on: give at least one text with words")
+        self.model, self.sae, self.hook = model, sae, hook
+        self.batch_size, self.progress = int(batch_size), progress
+        tok = model.tokenizer
+        head = list(bos_ids(model))
+        self.start = len(head)
+        self.pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        spans = [text_words(t) for t in texts]
+        self.n_words = sum(len(s) for s in spans)
+        self.text_of_word = np.repeat(np.arange(len(texts)), [len(s) for s in spans])
+        self.rows: list[list[int]] = []
+        self.ok = np.zeros(self.n_words, dtype=bool)
+        self.seg = np.zeros((self.n_words, 2), dtype=np.int64)  # first and last position of each word's segment
+        enc = tok(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+        w0 = 0
+        for ids, offs, sp in zip(enc["input_ids"], enc["offset_mapping"], spans):
+            ids = head + list(ids)[: context_length - len(head)]
+            offs = np.asarray(offs[: len(ids) - len(head)], dtype=np.int64).reshape(-1, 2)
+            self.rows.append(ids)
+            last = np.full(len(sp), -1, dtype=np.int64)  # the token holding each word's last character
+            for w, (_, e) in enumerate(sp):
+                t = int(np.searchsorted(offs[:, 1], e, side="left"))
+                if t < len(offs) and offs[t, 0] <= e - 1 < offs[t, 1]:
+                    last[w] = t
+            for w in range(len(sp)):
+                prev = last[w - 1] if w else -1
+                clean = last[w] >= 0 and (w == 0 or prev >= 0) and last[w] != prev
+                clean = clean and (w + 1 == len(sp) or last[w + 1] != last[w])
+                first = self.start + prev + 1
+                if clean and first >= 1:
+                    self.ok[w0 + w] = True
+                    self.seg[w0 + w] = (first, self.start + last[w])
+            w0 += len(sp)
+        W = self.sae.W_dec.detach()
+        self._W = W
+        with torch.no_grad(), counter(description, len(self.rows), "texts", enabled=progress) as advance:
+            self.base, fired = self._word_logp([(r, -1) for r in range(len(self.rows))], None, advance=advance)
+        # fired[r, j]: feature j is active somewhere after the start token of text r (clean run)
+        self.fires = fired
+
+    # ------------------------------------------------------------------ passes
+    def _word_logp(self, jobs: Sequence[tuple[int, int]], mode: str | None, feats: Sequence[int] = (),
+                   D: Any = None, amount: Any = None, advance: Any = None) -> tuple[np.ndarray, Any]:
+        """Per job (text row, i): every word's log-probability under intervention i, NaN for words of other
+        texts. Intervention i ablates feature ``feats[i]``'s activation along ``D[i]`` (``"ablate"``) or adds
+        ``amount[i] * D[i]`` (``"add"``). The clean pass (``mode`` None) also returns which features fire
+        per text."""
+        import torch
+
+        sae, W, start = self.sae, self._W, self.start
+        out = np.full((len(jobs), self.n_words), np.nan)
+        fired = np.zeros((len(self.rows), W.shape[0]), dtype=bool) if mode is None else None
+        for b in range(0, len(jobs), self.batch_size):
+            chunk = jobs[b : b + self.batch_size]
+            rows = [self.rows[r] for r, _ in chunk]
+            L = max(len(r) for r in rows)
+            ids = torch.full((len(rows), L), self.pad, dtype=torch.long)
+            for i, r in enumerate(rows):
+                ids[i, : len(r)] = torch.as_tensor(r)
+            lengths = torch.as_tensor([len(r) for r in rows])
+            mask = (torch.arange(L)[None, :] < lengths[:, None]).long()
+            which = [i for _, i in chunk]
+            seen: dict[str, Any] = {}
+
+            def hook_fn(x: Any, hook: Any = None) -> Any:
+                tail = x[:, start:]
+                if mode is None:
+                    codes = sae.encode(tail.to(W.dtype))
+                    seen["fired"] = ((codes > 0) & mask[:, start:, None].bool()).any(1)
+                    return x
+                Dc = D[which].to(x.dtype)  # (B, d)
+                if mode == "ablate":
+                    f = torch.as_tensor([feats[i] for i in which])
+                    codes = sae.encode(tail.to(W.dtype))
+                    a = codes.gather(-1, f[:, None, None].expand(-1, tail.shape[1], 1)).to(x.dtype)
+                    x[:, start:] = tail - a * Dc[:, None, :]
+                else:
+                    x[:, start:] = tail + amount[which].to(x.dtype)[:, None, None] * Dc[:, None, :]
+                return x
+
+            with self.model.hooks(fwd_hooks=[(self.hook, hook_fn)]):
+                logits = self.model(ids, attention_mask=mask)
+            logits = logits[:, :-1].float()
+            lp = (logits.gather(-1, ids[:, 1:, None])[..., 0] - torch.logsumexp(logits, -1)).double().numpy()
+            del logits
+            for i, (r, _) in enumerate(chunk):
+                words = np.flatnonzero((self.text_of_word == r) & self.ok)
+                cum = np.concatenate([[0.0], np.cumsum(lp[i])])  # cum[p]: the sum of lp over positions 1..p
+                out[b + i, words] = cum[self.seg[words, 1]] - cum[self.seg[words, 0] - 1]
+                if fired is not None:
+                    fired[r] = seen["fired"][i].numpy()
+            if advance is not None:
+                advance(len(chunk))
+        if mode is None:
+            return np.where(self.ok, np.nansum(out, 0), np.nan), fired
+        return out, None
+
+    def effects(self, features: Sequence[int], mode: str, *, alpha: float = 1.0, scale: Any = None,
+                directions: Any = None, description: str | None = None) -> np.ndarray:
+        """(len(features), n_words): the change of every measured word's log-probability when each feature
+        is intervened on alone (NaN where a word is not measured). Ablating a feature changes nothing in a
+        text where it never fires, so only the texts where it fires are run (elsewhere the change is 0).
+
+        ``scale`` (one per SAE feature): a feature's typical activation, what ``"add"`` multiplies by
+        ``alpha``. ``directions`` (len(features), d_model), when given, replace the features' decoder rows
+        (the same positions and amounts, another direction: a control)."""
+        import torch
+
+        from ._progress import counter
+
+        if mode not in ("ablate", "add"):
+            raise ConfigError(f"unknown intervention {mode!r}: expected 'ablate' or 'add'")
+        feats = [int(f) for f in features]
+        n = int(self._W.shape[0])
+        bad = [f for f in feats if not 0 <= f < n]
+        if bad:
+            raise DataError(f"feature {bad[0]} is not in this SAE (it has {n} features, 0 to {n - 1})")
+        amount = None
+        if mode == "add":
+            if scale is None:
+                raise ConfigError("adding a feature needs its typical activation (scale), one per SAE feature")
+            if not np.isfinite(alpha):
+                raise ConfigError(f"alpha must be finite, got {alpha!r}")
+            amount = torch.as_tensor(alpha * np.asarray(scale, dtype=np.float64)[feats])
+        D = self._W[feats] if directions is None else torch.as_tensor(np.asarray(directions, dtype=np.float32))
+        if D.shape != (len(feats), self._W.shape[1]):
+            raise DataError(f"expected one direction of size {self._W.shape[1]} per feature ({len(feats)}), got "
+                            f"{tuple(D.shape)}")
+        jobs = [(r, i) for i, f in enumerate(feats) for r in range(len(self.rows)) if mode == "add" or self.fires[r, f]]
+        out = np.where(self.ok, 0.0, np.nan)[None].repeat(len(feats), 0)
+        with torch.no_grad(), counter(description or f"{mode} {len(feats)} features", len(jobs), "texts",
+                                      enabled=self.progress) as advance:
+            got, _ = self._word_logp(jobs, mode, feats, D, amount, advance)
+        for (r, i), row in zip(jobs, got):
+            words = np.flatnonzero((self.text_of_word == r) & self.ok)
+            out[i, words] = row[words] - self.base[words]
+        return out
+
+
+def effect_similarity(effects_a: np.ndarray, effects_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson correlation of every feature of A's word effects with every feature of B's, over the words
+    both models measure: an (n_a, n_b) matrix (NaN where an effect is constant), and the column mask used."""
+    Ea, Eb = np.asarray(effects_a, dtype=np.float64), np.asarray(effects_b, dtype=np.float64)
+    if Ea.shape[1] != Eb.shape[1]:
+        raise DataError(f"the two models' effects must be on the same words, got {Ea.shape[1]} and {Eb.shape[1]}")
+    cols = np.isfinite(Ea).all(0) & np.isfinite(Eb).all(0)
+    if cols.sum() < 3:
+        raise DataError(f"only {int(cols.sum())} words are measured in both models; use more or longer texts")
+    return _row_corr(Ea[:, cols], Eb[:, cols]), cols
+
+
+def _row_corr(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    Xc, Yc = X - X.mean(1, keepdims=True), Y - Y.mean(1, keepdims=True)
+    nx, ny = np.linalg.norm(Xc, axis=1), np.linalg.norm(Yc, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (Xc @ Yc.T) / np.outer(np.where(nx > 0, nx, np.nan), np.where(ny > 0, ny, np.nan))
+
+
+def shuffled_word_similarity(Ea: np.ndarray, Eb: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Mean diagonal effect similarity with B's words shuffled against A's (``n`` draws): (n,)."""
+    rng = np.random.default_rng(seed)
+    out = np.empty(n)
+    for i in range(n):
+        d = np.diagonal(_row_corr(Ea, Eb[:, rng.permutation(Eb.shape[1])]))
+        out[i] = np.nanmean(d) if np.isfinite(d).any() else np.nan
+    return out
+
+
+def run(models: Sequence[Any], **kwargs: Any) -> Any:
+    """The whole cross-model experiment, what ``geomsteer transfer`` runs: see
+    :func:`geomsteer.pipelines.transfer.transfer` for the arguments. Returns a result object
+    (``.statistics()``, ``.table()``, ``.figures()``, ``.save(dir)``)."""
+    from .pipelines.transfer import transfer
+
+    return transfer(models, **kwargs)

@@ -102,3 +102,13 @@ def test_transfer_is_reached_from_the_notebook_api_and_checks_its_vectors():
     assert gs.transfer.fit_linear_map is fit_linear_map
     with pytest.raises(DataError, match=r"B's own steering vector is zero: expected the vector computed on model B"):
         gs.transfer.measure_transfer(None, np.zeros(4), {}, {}, [], "blocks.0.hook_resid_post", 1.0)
+
+
+def test_the_ridge_penalty_scan_agrees_with_one_plain_fit_per_penalty():
+    from geomsteer.transfer import RIDGE_GRID, _fit, _ridge_scores
+
+    A, B, _, _ = _two_models(n=400, noise=2.0)
+    got = _ridge_scores(A[:300], B[:300], A[300:], B[300:])
+    for c in RIDGE_GRID:  # the plain form: solve (A_c^T A_c + lam I) W = A_c^T B_c for each penalty
+        assert got[c] == pytest.approx(_fit(A[:300], B[:300], "ridge", c).heldout_r2(A[300:], B[300:]), abs=1e-10)
+    assert len(set(np.round(list(got.values()), 6))) > 1  # the penalty matters on these data

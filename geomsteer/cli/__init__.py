@@ -11,7 +11,7 @@ import sys
 from typing import Sequence
 
 from ..errors import GeomsteerError
-from . import concepts, features, hierarchy, models, sae, similarity, steer
+from . import concepts, features, hierarchy, models, sae, similarity, steer, transfer
 from .common import EXIT_INTERRUPT, EXIT_USAGE, Parser, stat_line
 
 __all__ = ["main", "build_parser", "stat_line"]
@@ -30,12 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_parser(sub)
     sae.add_parser(sub)
     features.add_parser(sub)
+    transfer.add_parser(sub)
     return p
 
 
 COMMANDS = {"hierarchy": hierarchy.run, "models": models.run, "sae": sae.run, "similarity": similarity.run,
             "mapper": concepts.run_mapper, "cluster": concepts.run_cluster, "steer": steer.run,
-            "features": features.run}
+            "features": features.run, "transfer": transfer.run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
