@@ -27,7 +27,8 @@ import numpy as np
 from .errors import ConfigError, DataError
 
 __all__ = ["LinearMap", "fit_linear_map", "shuffled_maps", "measure_transfer", "TransferMeasurements", "METHODS",
-           "feature_route", "WordEffects", "effect_similarity", "shuffled_word_similarity", "run"]
+           "feature_route", "WordEffects", "effect_similarity", "shuffled_word_similarity", "downstream_similarity",
+           "run"]
 
 METHODS = ("procrustes", "ridge")
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # fractions of the mean eigenvalue of A_c^T A_c / n
@@ -298,7 +299,8 @@ class WordEffects:
     """
 
     def __init__(self, model: Any, sae: Any, hook: str, texts: Sequence[str], *, context_length: int = 64,
-                 batch_size: int = 8, progress: bool = True, description: str = "Clean pass over the texts") -> None:
+                 batch_size: int = 8, progress: bool = True, description: str = "Clean pass over the texts",
+                 downstream: tuple[Any, str, Sequence[int]] | None = None) -> None:
         import torch
 
         from ._progress import counter
@@ -306,9 +308,20 @@ class WordEffects:
         from .hooks import check_hooks
 
         check_hooks(model, [hook])
-        if int(sae.cfg.d_in) != int(model.cfg.d_model):
-            raise DataError(f"the SAE reads vectors of size {sae.cfg.d_in}, but this model's residual stream has size "
-                            f"{model.cfg.d_model}; use an SAE trained on this model")
+        for s_ in [sae] + ([downstream[0]] if downstream else []):
+            if int(s_.cfg.d_in) != int(model.cfg.d_model):
+                raise DataError(f"the SAE reads vectors of size {s_.cfg.d_in}, but this model's residual stream has "
+                                f"size {model.cfg.d_model}; use an SAE trained on this model")
+        self.downstream = None
+        if downstream is not None:
+            from .hooks import layer_of
+
+            d_sae, d_hook, d_feats = downstream
+            check_hooks(model, [d_hook])
+            if layer_of(d_hook) <= layer_of(hook):
+                raise ConfigError(f"the downstream SAE's hook {d_hook} is not after the intervention hook {hook}; "
+                                  "give an SAE at a later layer")
+            self.downstream = (d_sae, d_hook, [int(f) for f in d_feats])
         if not texts:
             raise DataError("no texts to measure effects on: give at least one text with words")
         self.model, self.sae, self.hook = model, sae, hook
@@ -346,9 +359,14 @@ class WordEffects:
         W = self.sae.W_dec.detach()
         self._W = W
         with torch.no_grad(), counter(description, len(self.rows), "texts", enabled=progress) as advance:
-            self.base, fired = self._word_logp([(r, -1) for r in range(len(self.rows))], None, advance=advance)
+            self.base, fired, self.base_down = self._word_logp([(r, -1) for r in range(len(self.rows))], None,
+                                                               advance=advance)
         # fired[r, j]: feature j is active somewhere after the start token of text r (clean run)
         self.fires = fired
+        if self.downstream is not None:  # each downstream feature's typical activation on these words
+            B = self.base_down[self.ok]
+            on = (B > 0).sum(0)
+            self.down_scale = np.where(on > 0, B.sum(0) / np.maximum(on, 1), 1.0)
 
     # ------------------------------------------------------------------ passes
     def _word_logp(self, jobs: Sequence[tuple[int, int]], mode: str | None, feats: Sequence[int] = (),
@@ -362,6 +380,10 @@ class WordEffects:
         sae, W, start = self.sae, self._W, self.start
         out = np.full((len(jobs), self.n_words), np.nan)
         fired = np.zeros((len(self.rows), W.shape[0]), dtype=bool) if mode is None else None
+        down = None
+        if self.downstream is not None:
+            d_sae, d_hook, d_feats = self.downstream
+            down = np.full((len(jobs), self.n_words, len(d_feats)), np.nan)
         for b in range(0, len(jobs), self.batch_size):
             chunk = jobs[b : b + self.batch_size]
             rows = [self.rows[r] for r, _ in chunk]
@@ -390,7 +412,14 @@ class WordEffects:
                     x[:, start:] = tail + amount[which].to(x.dtype)[:, None, None] * Dc[:, None, :]
                 return x
 
-            with self.model.hooks(fwd_hooks=[(self.hook, hook_fn)]):
+            hooks = [(self.hook, hook_fn)]
+            if down is not None:
+                def read_down(x: Any, hook: Any = None) -> Any:
+                    seen["down"] = d_sae.encode(x.to(d_sae.W_dec.dtype))[..., d_feats].detach()
+                    return x
+
+                hooks.append((d_hook, read_down))
+            with self.model.hooks(fwd_hooks=hooks):
                 logits = self.model(ids, attention_mask=mask)
             logits = logits[:, :-1].float()
             lp = (logits.gather(-1, ids[:, 1:, None])[..., 0] - torch.logsumexp(logits, -1)).double().numpy()
@@ -399,23 +428,37 @@ class WordEffects:
                 words = np.flatnonzero((self.text_of_word == r) & self.ok)
                 cum = np.concatenate([[0.0], np.cumsum(lp[i])])  # cum[p]: the sum of lp over positions 1..p
                 out[b + i, words] = cum[self.seg[words, 1]] - cum[self.seg[words, 0] - 1]
+                if down is not None:  # the downstream codes at each word's last token
+                    down[b + i, words] = seen["down"][i, self.seg[words, 1]].double().numpy()
                 if fired is not None:
                     fired[r] = seen["fired"][i].numpy()
             if advance is not None:
                 advance(len(chunk))
         if mode is None:
-            return np.where(self.ok, np.nansum(out, 0), np.nan), fired
-        return out, None
+            base_down = np.nansum(down, 0) if down is not None else None
+            return np.where(self.ok, np.nansum(out, 0), np.nan), fired, base_down
+        return out, None, down
 
     def effects(self, features: Sequence[int], mode: str, *, alpha: float = 1.0, scale: Any = None,
                 directions: Any = None, description: str | None = None) -> np.ndarray:
+        """See :meth:`effects_downstream`; this returns only the word log-probability changes."""
+        return self.effects_downstream(features, mode, alpha=alpha, scale=scale, directions=directions,
+                                       description=description)[0]
+
+    def effects_downstream(self, features: Sequence[int], mode: str, *, alpha: float = 1.0, scale: Any = None,
+                           directions: Any = None, description: str | None = None
+                           ) -> tuple[np.ndarray, np.ndarray | None]:
         """(len(features), n_words): the change of every measured word's log-probability when each feature
         is intervened on alone (NaN where a word is not measured). Ablating a feature changes nothing in a
         text where it never fires, so only the texts where it fires are run (elsewhere the change is 0).
 
         ``scale`` (one per SAE feature): a feature's typical activation, what ``"add"`` multiplies by
         ``alpha``. ``directions`` (len(features), d_model), when given, replace the features' decoder rows
-        (the same positions and amounts, another direction: a control)."""
+        (the same positions and amounts, another direction: a control).
+
+        With a ``downstream`` SAE, also returns (len(features), n_words, len(downstream features)): the change
+        of each listed downstream feature at each word's last token, in units of that feature's typical
+        activation on these words (0 where the intervention cannot reach, NaN for unmeasured words)."""
         import torch
 
         from ._progress import counter
@@ -442,11 +485,16 @@ class WordEffects:
         out = np.where(self.ok, 0.0, np.nan)[None].repeat(len(feats), 0)
         with torch.no_grad(), counter(description or f"{mode} {len(feats)} features", len(jobs), "texts",
                                       enabled=self.progress) as advance:
-            got, _ = self._word_logp(jobs, mode, feats, D, amount, advance)
-        for (r, i), row in zip(jobs, got):
+            got, _, down = self._word_logp(jobs, mode, feats, D, amount, advance)
+        dout = None
+        if down is not None:
+            dout = np.where(self.ok[:, None], 0.0, np.nan)[None].repeat(len(feats), 0).repeat(down.shape[2], 2)
+        for j, ((r, i), row) in enumerate(zip(jobs, got)):
             words = np.flatnonzero((self.text_of_word == r) & self.ok)
             out[i, words] = row[words] - self.base[words]
-        return out
+            if dout is not None:
+                dout[i, words] = (down[j, words] - self.base_down[words]) / self.down_scale
+        return out, dout
 
 
 def effect_similarity(effects_a: np.ndarray, effects_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -466,6 +514,22 @@ def _row_corr(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     nx, ny = np.linalg.norm(Xc, axis=1), np.linalg.norm(Yc, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (Xc @ Yc.T) / np.outer(np.where(nx > 0, nx, np.nan), np.where(ny > 0, ny, np.nan))
+
+
+def downstream_similarity(down_a: np.ndarray, down_b: np.ndarray, order_b: np.ndarray | None = None) -> np.ndarray:
+    """Pearson r of every intervention of A against every intervention of B over what they change
+    downstream: (n_a, n_words, K) and (n_b, n_words, K) code changes of K matched downstream feature
+    pairs (column k of A's partner is column k of B's), flattened over the words both measure and the
+    K features. ``order_b`` re-pairs B's downstream features (the shuffled-matching null)."""
+    Da, Db = np.asarray(down_a, dtype=np.float64), np.asarray(down_b, dtype=np.float64)
+    if order_b is not None:
+        Db = Db[:, :, order_b]
+    if Da.shape[1:] != Db.shape[1:]:
+        raise DataError(f"the downstream changes must be on the same words and matched features, got {Da.shape[1:]} "
+                        f"and {Db.shape[1:]}")
+    X, Y = Da.reshape(len(Da), -1), Db.reshape(len(Db), -1)
+    cols = np.isfinite(X).all(0) & np.isfinite(Y).all(0)
+    return _row_corr(X[:, cols], Y[:, cols])
 
 
 def shuffled_word_similarity(Ea: np.ndarray, Eb: np.ndarray, n: int, seed: int = 0) -> np.ndarray:

@@ -212,6 +212,18 @@ def test_analyzer_input_errors():
         SimilarityAnalyzer(k=3).fit(a, b, groups=["x"])
 
 
+def test_matching_unrelated_features_finds_no_more_than_matching_shuffled_samples():
+    rng = np.random.default_rng(6)
+    n, f = 1500, 40
+    codes_a = np.maximum(rng.normal(size=(n, f)) - 1, 0)
+    codes_b = np.maximum(rng.normal(size=(n, f)) - 1, 0)  # another model's features, unrelated to A's
+    fm = FeatureMatcher(n_random=50, n_random_svcca=5).fit(codes_a, codes_b, rng.normal(size=(f, 8)),
+                                                            rng.normal(size=(f, 8)))
+    for method in ("greedy", "hungarian"):
+        st = fm.matching_[method]["mean_correlation_vs_shuffled_samples"]
+        assert st["p_value"] > 0.05 and abs(st["effect_size"]) < 3, (method, st)
+
+
 def test_feature_matcher_recovers_planted_features_and_beats_random_pairing():
     rng = np.random.default_rng(5)
     n, f, d1, d2 = 3000, 60, 20, 24
@@ -225,6 +237,8 @@ def test_feature_matcher_recovers_planted_features_and_beats_random_pairing():
     h = fm.matching_["hungarian"]
     assert fm.alive_ == (f, f - 1) and h["n_pairs"] == f - 1
     assert h["mean_correlation"] > 0.95 > 0.2 > h["shuffled_samples_mean_correlation"]
+    st = h["mean_correlation_vs_shuffled_samples"]  # a distribution of chance matchings, not one draw
+    assert st["null"]["shuffled_samples"]["n_draws"] == 20 and st["p_value"] < 1e-3 and st["effect_size"] > 10
     top = fm.top_pairs_[0]
     assert perm[top["feature_b"]] == top["feature_a"]
     row = fm.decoder_similarity_[0]

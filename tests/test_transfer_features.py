@@ -14,19 +14,20 @@ from geomsteer.saes import SaeDir
 from geomsteer.transfer import WordEffects, effect_similarity, feature_route
 
 HOOK = "blocks.0.hook_resid_post"
+DOWN = "blocks.1.hook_resid_post"
 TEXTS = ["The cat sat on the mat and looked at the dog.", "A small house stood by the river, near old trees.",
          "She wrote a letter to her friend about the long summer.", "Rain fell on the quiet town all night long."]
 
 
 def _embedding_model(d, seed, tokenizer="gemma-3-270m"):
-    """One block that writes nothing, no positional embedding, no normalization: the residual at every
-    position is its token's embedding, and the logits are that embedding times the unembedding."""
+    """Two blocks that write nothing, no positional embedding, no normalization: the residual at every
+    position and layer is its token's embedding, and the logits are that embedding times the unembedding."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     from geomsteer import models
 
     tok = models.load_tokenizer(tokenizer)
-    cfg = HookedTransformerConfig(n_layers=1, d_model=d, d_head=4, n_heads=d // 4, n_ctx=64, d_vocab=len(tok),
+    cfg = HookedTransformerConfig(n_layers=2, d_model=d, d_head=4, n_heads=d // 4, n_ctx=64, d_vocab=len(tok),
                                   act_fn="relu", normalization_type=None, seed=seed,
                                   default_prepend_bos=tokenizer != "qwen2.5-0.5b")
     m = HookedTransformer(cfg)
@@ -42,11 +43,11 @@ def _embedding_model(d, seed, tokenizer="gemma-3-270m"):
     return m
 
 
-def _sae(W, k=4):
+def _sae(W, k=4, hook=HOOK):
     from sae_lens import TopKSAE, TopKSAEConfig
 
     cfg = TopKSAEConfig(d_in=W.shape[1], d_sae=W.shape[0], k=k)
-    cfg.metadata.hook_name = HOOK
+    cfg.metadata.hook_name = hook
     s = TopKSAE(cfg)
     with torch.no_grad():
         s.W_dec.copy_(W)
@@ -75,7 +76,10 @@ def pair():
     Wa = _unit_rows(rng, f, d_a)
     perm = rng.permutation(f)
     sae_a, sae_b, sae_c = _sae(Wa), _sae((Wa @ Q)[perm]), _sae(_unit_rows(rng, f, d_b))
-    return {"A": A, "B": B, "C": C, "Q": Q.numpy(), "sae_a": sae_a, "sae_b": sae_b, "sae_c": sae_c,
+    Wd = _unit_rows(rng, 24, d_a)  # features of a later layer, also turned by Q in B
+    down = {"A": _sae(Wd, hook=DOWN), "B": _sae((Wd @ Q)[rng.permutation(24)], hook=DOWN),
+            "C": _sae(_unit_rows(rng, 24, d_b), hook=DOWN)}
+    return {"A": A, "B": B, "C": C, "Q": Q.numpy(), "sae_a": sae_a, "sae_b": sae_b, "sae_c": sae_c, "down": down,
             "partner": np.argsort(perm)}  # feature i of A is feature partner[i] of B
 
 
@@ -159,7 +163,8 @@ def _run(pair, b, sae_b, tmp_path, **kw):
     import geomsteer as gs
 
     return gs.transfer.run([pair["A"], pair[b]], sae=[SaeDir(None, pair["sae_a"], HOOK), SaeDir(None, sae_b, HOOK)],
-                           texts=40, scan_texts=10, effect_texts=4, n_pairs=8, n_null=4, direction_draws=5,
+                           downstream_sae=[SaeDir(None, pair["down"]["A"], DOWN), SaeDir(None, pair["down"][b], DOWN)],
+                           downstream_pairs=12, texts=40, scan_texts=10, effect_texts=4, n_pairs=8, n_null=4, direction_draws=5,
                            n_permutations=100, **kw)
 
 
@@ -171,12 +176,16 @@ def test_a_rotated_copy_is_found_functionally_equivalent_end_to_end(pair, tmp_pa
     for name in ("linear_procrustes", "linear_ridge", "features"):
         assert m["transfer"][name]["observed"] == pytest.approx(1.0, abs=0.02)
     for mode in ("ablate", "add"):
-        st = m["effects"][mode]["effect_similarity"]
-        assert st["observed"] > 0.99 and st["p_value"] < 0.01, (mode, st)
+        for key in ("effect_similarity", "downstream_similarity"):
+            st = m["effects"][mode][key]
+            assert st["observed"] > 0.99 and st["p_value"] < 0.01, (mode, key, st)
+    assert m["downstream"]["pairs"] == 12 and m["downstream"]["min_correlation"] > 0.99
+    assert set(m["effects"]["add"]["downstream_similarity"]["null"]) == {"re_paired", "shuffled_downstream_matching"}
     assert set(m["effects"]["ablate"]["effect_similarity"]["null"]) == {"re_paired", "shuffled_words",
                                                                          "random_direction_same_positions"}
     assert "correlation_predicts_effect" not in m["effects"]["ablate"]
     assert m["effects"]["add"]["correlation_predicts_effect"]["observed"] > 0.3
+    assert m["matching"]["top_mean_correlation"]["observed"] > 0.99 and m["matching"]["mean_correlation"]["p_value"] < 0.01
     for st in res.statistics().values():  # the shared shape
         assert {"observed", "ci95", "null", "effect_size", "p_value", "n"} <= set(st)
         for null in st["null"].values():
@@ -193,8 +202,9 @@ def test_an_unrelated_model_is_not_found_functionally_equivalent(pair, tmp_path)
     m = _run(pair, "C", pair["sae_c"], tmp_path).result.metrics
     assert m["maps"]["ridge"]["heldout_r2"]["observed"] < 0.1
     for mode in ("ablate", "add"):
-        st = m["effects"][mode]["effect_similarity"]
-        assert st["p_value"] > 0.05, (mode, st)
+        for key in ("effect_similarity", "downstream_similarity"):
+            st = m["effects"][mode][key]
+            assert st["p_value"] > 0.05, (mode, key, st)
     st = m["transfer"]["features"]
     assert st["p_value"] > 0.05
 

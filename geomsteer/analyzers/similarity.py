@@ -378,15 +378,17 @@ class FeatureMatcher(Analyzer):
     and for those whose correlation reaches ``threshold``, SVCCA and RSA of the paired decoder
     rows are compared with the same features re-paired at random among themselves (``n_random``
     draws for RSA, from one rank matrix; ``n_random_svcca`` for SVCCA, re-paired within its halves);
-    the matched correlations are compared with the matching redone on shuffled samples.
+    the matched correlations are compared with the matching redone on shuffled samples
+    (``n_shuffles`` draws: ``<method>.mean_correlation_vs_shuffled_samples``).
     """
 
     _fit_call = "fit(codes_a, codes_b, decoder_a, decoder_b)"
     _fitted = "matching_"
 
     def __init__(self, threshold: float = 0.5, n_random: int = 1000, max_pairs: int = 2000, seed: int = 0,
-                 n_random_svcca: int = 100):
+                 n_random_svcca: int = 100, n_shuffles: int = 20):
         self.threshold = threshold
+        self.n_shuffles = n_shuffles
         self.n_random = n_random
         self.n_random_svcca = n_random_svcca
         self.max_pairs = max_pairs
@@ -417,13 +419,18 @@ class FeatureMatcher(Analyzer):
                            "median_correlation": float(np.median(corr)),
                            "fraction_above_threshold": float((corr >= self.threshold).mean()),
                            "distinct_b": int(len(np.unique(ib)))}
-        # the same matching on shuffled samples: what correlation does matching find by chance?
-        Cs = M.feature_correlation(A, B[rng.permutation(len(B))])
+        from ..stats import null_summary, statistic
+
+        # the same matching on shuffled samples (n_shuffles draws): what correlation does matching find by chance?
+        chance = M.matching_null(A, B, self.n_shuffles, seed=self.seed + 1, methods=("greedy", "hungarian"))
         self.shuffled_correlations_ = {}
         for method in ("greedy", "hungarian"):
-            _, _, corr = M.match_features(Cs, method)
-            out[method]["shuffled_samples_mean_correlation"] = float(corr.mean())
-            self.shuffled_correlations_[method] = corr
+            obs = out[method]["mean_correlation"]
+            out[method]["shuffled_samples_mean_correlation"] = float(chance[method].mean())
+            out[method]["mean_correlation_vs_shuffled_samples"] = statistic(
+                obs, out[method]["n_pairs"], nulls={"shuffled_samples": null_summary(obs, chance[method])},
+                ci95_reason="pairs come from one matching of all features; not resampled")
+            self.shuffled_correlations_[method] = chance[method]
         ia, ib, corr = pairs["hungarian"]
         self.decoder_similarity_ = []
         for label, sel in (("all one-to-one pairs", np.ones(len(ia), bool)),

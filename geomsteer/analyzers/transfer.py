@@ -38,6 +38,10 @@ class TransferAnalyzer(Analyzer):
       feature fires, and matched features fire together, so re-pairing also breaks co-firing; the
       ablation's own control keeps it: B's feature activations removed at the same positions along
       random directions (``effects["ablate_random_directions"]``);
+    - ``effects.<ablate|add>.downstream_similarity`` (with downstream SAEs): the same comparison of what
+      each intervention changes in the matched features of a later layer (at every word), against
+      re-paired interventions, the downstream features re-paired, and for ablation random directions
+      removed at the same positions;
     - ``effects.add.correlation_predicts_effect``: Spearman's rho between activation correlation and
       effect similarity over every (A feature, B feature) pair of the chosen features, against A's
       features re-paired (asked of the added features only: for ablation, co-firing would answer it).
@@ -89,9 +93,22 @@ class TransferAnalyzer(Analyzer):
                 tables["route_atoms"] = [{"feature_a": int(a), "coefficient": float(c), "feature_b": int(b),
                                           "match_correlation": corr_of.get(int(a))}
                                          for a, c, b in zip(route["atoms"], route["coefficients"], route["partners"])]
+        if matching is not None and "downstream" in matching:
+            dm = matching["downstream"]
+            m["downstream"] = {"hooks": list(dm["hooks"]), "pairs": int(len(dm["correlation"])),
+                               "mean_correlation": float(np.mean(dm["correlation"])),
+                               "min_correlation": float(np.min(dm["correlation"]))}
         if matching is not None:
-            m["matching"] = {"n_pairs": int(len(matching["ia"])), "mean_correlation": float(np.mean(matching["corr"])),
-                             "pairs_above_0.5": int((matching["corr"] >= 0.5).sum())}
+            corr, top = np.asarray(matching["corr"]), int(matching["top"])
+            obs, obs_top = float(corr.mean()), float(corr[:top].mean())
+            m["matching"] = {
+                "n_pairs": int(len(corr)), "pairs_above_0.5": int((corr >= 0.5).sum()),
+                "mean_correlation": statistic(obs, len(corr), nulls={"shuffled_words": null_summary(
+                    obs, matching["chance"])}, ci95_reason="pairs come from one matching of all features",
+                    unit="mean activation correlation of the Hungarian pairs"),
+                "top_mean_correlation": statistic(obs_top, min(top, len(corr)), nulls={"shuffled_words": null_summary(
+                    obs_top, matching["chance_top"])}, ci95_reason="pairs come from one matching of all features",
+                    unit=f"mean activation correlation of the {top} best pairs")}
         if effects is not None:
             m["effects"] = {}
             Cact = np.asarray(effects["activation_correlation"], dtype=np.float64)
@@ -122,6 +139,9 @@ class TransferAnalyzer(Analyzer):
                 artifacts[f"effect_similarity_{mode}"] = S
                 artifacts[f"shuffled_words_{mode}"] = words
                 artifacts[f"re_paired_{mode}"] = repaired
+                if f"{mode}_downstream" in effects:
+                    m["effects"][mode]["downstream_similarity"] = self._downstream(
+                        effects, mode, perms, rng, rows, artifacts)
                 if mode == "ablate":
                     # ablation acts where a feature fires, so activation correlation (co-firing) predicts
                     # ablation effects by construction: only the added features are asked this
@@ -142,6 +162,33 @@ class TransferAnalyzer(Analyzer):
             tables["pairs"] = rows
         self.metrics_, self.tables_, self.artifacts_ = m, tables, artifacts
         return self
+
+    def _downstream(self, effects: Mapping[str, Any], mode: str, perms: Sequence[np.ndarray],
+                    rng: np.random.Generator, rows: list[dict], artifacts: dict) -> dict[str, Any]:
+        """Mean over the matched pairs of the Pearson r of what they change downstream (the K matched downstream
+        features at every word), against re-paired interventions, the downstream features re-paired, and
+        (ablation) random directions removed at the same positions."""
+        from ..transfer import downstream_similarity
+
+        Da, Db = effects[f"{mode}_downstream"]
+        n, K = len(Da), Da.shape[2]
+        S = downstream_similarity(Da, Db)
+        diag = np.diagonal(S).copy()
+        obs = float(np.nanmean(diag))
+        nulls = {"re_paired": null_summary(obs, [np.nanmean(S[np.arange(n), p]) for p in perms])}
+        draws = [np.nanmean(np.diagonal(downstream_similarity(Da, Db, rng.permutation(K))))
+                 for _ in range(min(self.n_permutations, 200))]
+        nulls["shuffled_downstream_matching"] = null_summary(obs, draws)
+        if mode == "ablate" and effects.get("ablate_downstream_random_directions"):
+            nulls["random_direction_same_positions"] = null_summary(obs, [
+                np.nanmean(np.diagonal(downstream_similarity(Da, Dr)))
+                for Dr in effects["ablate_downstream_random_directions"]])
+        for r, sv in zip(rows, diag):
+            r[f"downstream_similarity_{mode}"] = None if not np.isfinite(sv) else float(sv)
+        artifacts[f"downstream_similarity_{mode}"] = S
+        return statistic(obs, int(np.isfinite(diag).sum()), ci95=bootstrap_ci(diag, seed=self.seed), nulls=nulls,
+                         unit=f"mean Pearson r of the changes of {K} matched downstream features (every word)",
+                         downstream_pairs=K)
 
     def result(self) -> AnalysisResult:
         self.check_fitted()

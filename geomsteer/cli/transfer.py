@@ -36,7 +36,9 @@ def add_parser(sub: Any) -> None:
             "and the target log-odds shift is reported as a fraction of B's own, beside random directions and "
             "vectors carried by shuffled maps or shuffled matchings. With --sae, the best-matched feature pairs "
             "are ablated and added in their own models and the change of every shared word's log-probability "
-            "compared across the models, beside re-paired features and shuffled words. Writes result.json, "
+            "(and, with --downstream-sae, of matched features at a later layer) compared across the models, "
+            "beside re-paired features, shuffled words and, for ablation, random directions removed at the same "
+            "positions. Writes result.json, "
             "report.md, figures/ and arrays.npz into --out."
         ),
     )
@@ -44,6 +46,11 @@ def add_parser(sub: Any) -> None:
                     help="two model aliases, A (the vector's source) then B, e.g. gemma-3-270m qwen2.5-0.5b")
     tp.add_argument("--sae", nargs="+", default=None, metavar="DIR",
                     help="one SAE directory per model (A's, then B's); their hooks fix the layers")
+    tp.add_argument("--downstream-sae", nargs="+", default=None, metavar="DIR",
+                    help="with --sae: one SAE per model at a later layer (A's, then B's); the best-matched pairs of "
+                         "their features are read under every intervention and the two models' changes compared")
+    option(tp, "--downstream-pairs", transfer, "downstream_pairs", "best-matched downstream feature pairs read",
+           type=positive_int)
     tp.add_argument("--layer-a", type=int, default=None,
                     help="A's layer without --sae (default: a third of A's depth)")
     tp.add_argument("--layer-b", type=_layer_b, default=default(transfer, "layer_b"),
@@ -79,6 +86,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         args.models, sae=args.sae, layer_a=args.layer_a, layer_b=args.layer_b, pairs=args.pairs, eval=args.eval,
         alpha=args.alpha, texts=args.texts, scan_texts=args.scan_texts, effect_texts=args.effect_texts,
         n_pairs=args.pairs_tested, effect_alpha=args.effect_alpha, k=args.k, n_null=args.null_draws, direction_draws=args.direction_draws,
+        downstream_sae=args.downstream_sae, downstream_pairs=args.downstream_pairs,
         n_permutations=args.permutations, seed=args.seed, device=args.device, dtype=args.dtype))
     m = res.result.metrics
     print(f"{res.provenance['model_a']} {m['layers']['a']} -> {res.provenance['model_b']} {m['layers']['b']} "
@@ -89,6 +97,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(f"  {name}: fraction of B's own shift {null_line(st)}")
     for mode, e in m.get("effects", {}).items():
         print(f"  {mode}, matched-pair effect similarity {null_line(e['effect_similarity'])}")
+        if "downstream_similarity" in e:
+            print(f"  {mode}, matched-pair downstream similarity {null_line(e['downstream_similarity'])}")
         print(f"  {mode}, activation correlation predicts it (Spearman) {null_line(e['correlation_predicts_effect'])}")
     print(f"Report: {Path(args.out) / 'report.md'}")
     return 0

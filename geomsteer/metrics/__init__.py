@@ -24,7 +24,7 @@ from .cka import (
 )
 from .common import check_k
 from .cyclic import cyclic_neighbours
-from .features import feature_correlation, match_features
+from .features import feature_correlation, match_features, matching_null
 from .geometry import (average_ranks, cosine, feature_jaccard, procrustes, rank_dissimilarities, rsa, rsa_permutations,
                        rsa_ranked, svcca, svcca_permutations)
 from .knn import cknna, cknna_permutations, knn_indices, knn_jaccard, knn_jaccard_permutations, mutual_knn, mutual_knn_matrix
@@ -52,6 +52,7 @@ __all__ = [
     "mutual_knn_matrix",
     "feature_correlation",
     "match_features",
+    "matching_null",
     "linear_cka_permutations",
     "cka_scan_max_null",
     "rsa_permutations",

@@ -69,3 +69,24 @@ def match_features(C, method: str = "hungarian") -> tuple[np.ndarray, np.ndarray
     corr = M[ia, ib]
     order = np.argsort(-corr, kind="stable")
     return ia[order], ib[order], corr[order]
+
+
+def matching_null(A, B, n: int, seed: int = 0, top: int | None = None,
+                  methods: tuple[str, ...] = ("hungarian",)) -> dict[str, np.ndarray]:
+    """What matching finds by chance: the mean correlation of the matched pairs when B's samples are
+    shuffled against A's (``n`` seeded draws), per method; with ``top``, also the mean of the ``top``
+    best pairs (key ``"<method>_top"``). Each draw shuffles the rows, so every feature keeps its own
+    values and only which sample is which is lost."""
+    if n < 1:
+        raise DataError(f"expected at least one shuffled draw, got {n}")
+    P, Q = as_matrix(A, "A"), as_matrix(B, "B")
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[float]] = {}
+    for _ in range(int(n)):
+        C = feature_correlation(P, Q[rng.permutation(len(Q))])
+        for method in methods:
+            _, _, corr = match_features(C, method)
+            out.setdefault(method, []).append(float(corr.mean()))
+            if top:
+                out.setdefault(f"{method}_top", []).append(float(corr[:top].mean()))
+    return {k: np.asarray(v) for k, v in out.items()}

@@ -45,7 +45,8 @@ def _layer(value: Any, n_layers: int, name: str, what: str) -> int:
 def transfer(models: Sequence[Any], *, sae: Sequence[Any] | None = None, layer_a: int | None = None,
              layer_b: int | str | None = "best", pairs: Any = "sentiment", eval: Any = "sentiment_eval",
              alpha: float = 4.0, texts: int = 1000, scan_texts: int = 200, effect_texts: int = 24, n_pairs: int = 24,
-             effect_alpha: float = 4.0, k: int = 32, n_null: int = 20, direction_draws: int = 5, n_permutations: int = 1000,
+             effect_alpha: float = 4.0, k: int = 32, n_null: int = 20, direction_draws: int = 5,
+             downstream_sae: Sequence[Any] | None = None, downstream_pairs: int = 64, n_permutations: int = 1000,
              seed: int = DEFAULT_SEED, device: str = "cpu", dtype: str = "float32") -> Any:
     """Carry A's steering vector into B and test whether matched SAE features act alike (what
     ``geomsteer transfer`` runs).
@@ -62,7 +63,9 @@ def transfer(models: Sequence[Any], *, sae: Sequence[Any] | None = None, layer_a
     activation. ``k`` atoms code A's vector in A's SAE; ``n_null`` draws of the random-direction,
     shuffled-map and shuffled-matching nulls; ``n_permutations`` re-pairings and word shuffles;
     ``direction_draws`` draws of the ablation control (B's features' amounts removed at the same
-    positions along random directions).
+    positions along random directions). ``downstream_sae``: one SAE per model at a later layer; the
+    ``downstream_pairs`` best-matched pairs of its features are read under every intervention, and the
+    two models' changes compared as the word effects are.
     """
     from .. import corpus, saes
     from .. import models as M
@@ -82,6 +85,9 @@ def transfer(models: Sequence[Any], *, sae: Sequence[Any] | None = None, layer_a
                           "; pass --models A B, e.g. --models gemma-3-270m qwen2.5-0.5b")
     if sae is not None and len(sae) != 2:
         raise ConfigError(f"--sae needs one SAE directory per model (2: A's then B's), got {len(sae)}")
+    if downstream_sae is not None and (sae is None or len(downstream_sae) != 2):
+        raise ConfigError("--downstream-sae needs --sae, and one SAE directory per model (2: A's then B's), got "
+                          f"{len(downstream_sae)}")
     if not math.isfinite(alpha) or alpha == 0:
         raise ConfigError(f"--alpha must be a finite non-zero number, got {alpha!r}")
     if not math.isfinite(effect_alpha) or effect_alpha == 0:
@@ -89,8 +95,8 @@ def transfer(models: Sequence[Any], *, sae: Sequence[Any] | None = None, layer_a
     check_null_draws(n_null, allow_zero=False)
     for name, v, low in (("--texts", texts, 20), ("--scan-texts", scan_texts, 10), ("--effect-texts", effect_texts, 2),
                          ("--pairs-tested", n_pairs, 4), ("--k", k, 1), ("--permutations", n_permutations, 20),
-                         ("--direction-draws", direction_draws, 2)):
-        if not isinstance(v, int) or v < low:
+                         ("--direction-draws", direction_draws, 2), ("--downstream-pairs", downstream_pairs, 4)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
             raise ConfigError(f"{name} must be an integer of at least {low}, got {v!r}")
     t0 = time.perf_counter()
     resolved = [M.resolve(m) if isinstance(m, str) else M.use_model(m)[1] for m in given]
@@ -98,6 +104,7 @@ def transfer(models: Sequence[Any], *, sae: Sequence[Any] | None = None, layer_a
     if names[0] == names[1]:
         names = [f"{n} ({i})" for i, n in enumerate(names, 1)]
     sds = [saes.read_sae_dir(d) for d in sae] if sae is not None else None
+    downs = [saes.read_sae_dir(d) for d in downstream_sae] if downstream_sae is not None else None
     if sds:
         for sd in sds:
             if not sd.hook:
@@ -126,7 +133,11 @@ def transfer(models: Sequence[Any], *, sae: Sequence[Any] | None = None, layer_a
     check_hooks(A, [hook_a])
     with step(f"{names[0]}: the {_set_name(pairs)} vector at {hook_a} ({len(pair_list)} pairs)"):
         v_a = compute_vectors(A, pair_list, [hook_a], model_name=names[0], data_sha256=pairs_sha)[hook_a].vector
-    Xa, ok_a = word_activations_in_text(A, map_texts, [hook_a], description=f"{names[0]}: words in {len(map_texts)} glosses")
+    if downs:
+        _check_sae(downs[0], A, names[0])
+    hooks_a = [hook_a] + ([downs[0].hook] if downs else [])
+    Xa, ok_a = word_activations_in_text(A, map_texts, hooks_a, description=f"{names[0]}: words in {len(map_texts)} glosses")
+    down_a = Xa.get(downs[0].hook) if downs else None
     Xa = Xa[hook_a]
     seconds[f"model {names[0]}"] = round(time.perf_counter() - t, 1)
 
@@ -150,7 +161,11 @@ def transfer(models: Sequence[Any], *, sae: Sequence[Any] | None = None, layer_a
     else:
         hook_b = resid_hook(_layer(layer_b, n_b, names[1], "--layer-b"))
     check_hooks(B, [hook_b])
-    Xb, ok_b = word_activations_in_text(B, map_texts, [hook_b], description=f"{names[1]}: words in {len(map_texts)} glosses")
+    if downs:
+        _check_sae(downs[1], B, names[1])
+    hooks_b = [hook_b] + ([downs[1].hook] if downs else [])
+    Xb, ok_b = word_activations_in_text(B, map_texts, hooks_b, description=f"{names[1]}: words in {len(map_texts)} glosses")
+    down_b = Xb.get(downs[1].hook) if downs else None
     Xb = Xb[hook_b]
     with step(f"{names[1]}: its own {_set_name(pairs)} vector at {hook_b}"):
         v_b = compute_vectors(B, pair_list, [hook_b], model_name=names[1], data_sha256=pairs_sha)[hook_b].vector
@@ -183,6 +198,10 @@ def transfer(models: Sequence[Any], *, sae: Sequence[Any] | None = None, layer_a
             cb = saes.encode(sds[1].sae, Xb[aligned])
             C = feature_correlation(ca, cb)
             ia, ib, corr = match_features(C, "hungarian")
+        with step(f"The same matching on shuffled words ({n_null} draws)"):
+            from ..metrics import matching_null
+
+            chance = matching_null(ca, cb, n_null, seed=seed, top=n_pairs)
             scale_a = _typical(ca)
             scale_b = _typical(cb)
         Da = sds[0].sae.W_dec.detach().float().numpy()
@@ -190,7 +209,8 @@ def transfer(models: Sequence[Any], *, sae: Sequence[Any] | None = None, layer_a
         route = feature_route(v_a, Da, Db, ia, ib, k=k, n_null=n_null, seed=seed)
         transferred["features"] = route["vector"]
         null_vectors["features:shuffled_matching"] = route["null_vectors"]
-        matching = {"C": C, "ia": ia, "ib": ib, "corr": corr}
+        matching = {"C": C, "ia": ia, "ib": ib, "corr": corr, "chance": chance["hungarian"],
+                    "chance_top": chance["hungarian_top"], "top": n_pairs}
         seconds["matching"] = round(time.perf_counter() - t, 1)
 
     t = time.perf_counter()
@@ -204,8 +224,18 @@ def transfer(models: Sequence[Any], *, sae: Sequence[Any] | None = None, layer_a
     effects = None
     if sds:
         t = time.perf_counter()
-        wa = WordEffects(A, sds[0].sae, hook_a, eff_texts, description=f"{names[0]}: clean pass")
-        wb = WordEffects(B, sds[1].sae, hook_b, eff_texts, description=f"{names[1]}: clean pass")
+        dsa = dsb = None
+        if downs:
+            with step(f"Matching the downstream SAEs' features ({downs[0].hook}, {downs[1].hook})"):
+                C_down = feature_correlation(saes.encode(downs[0].sae, down_a[aligned]),
+                                             saes.encode(downs[1].sae, down_b[aligned]))
+                da_, db_, dcorr = match_features(C_down, "hungarian")
+                da_, db_, dcorr = da_[:downstream_pairs], db_[:downstream_pairs], dcorr[:downstream_pairs]
+            dsa, dsb = (downs[0].sae, downs[0].hook, da_), (downs[1].sae, downs[1].hook, db_)
+            matching["downstream"] = {"hooks": [downs[0].hook, downs[1].hook], "features_a": da_,
+                                      "features_b": db_, "correlation": dcorr}
+        wa = WordEffects(A, sds[0].sae, hook_a, eff_texts, description=f"{names[0]}: clean pass", downstream=dsa)
+        wb = WordEffects(B, sds[1].sae, hook_b, eff_texts, description=f"{names[1]}: clean pass", downstream=dsb)
         ia, ib, corr = matching["ia"], matching["ib"], matching["corr"]
         fires = (wa.fires[:, ia].sum(0) >= 2) & (wb.fires[:, ib].sum(0) >= 2)
         chosen = np.flatnonzero(fires)[:n_pairs]
@@ -216,10 +246,13 @@ def transfer(models: Sequence[Any], *, sae: Sequence[Any] | None = None, layer_a
         effects = {"features_a": fa, "features_b": fb, "correlation": corr[chosen],
                    "activation_correlation": matching["C"][np.ix_(fa, fb)]}
         for mode in ("ablate", "add"):
-            effects[mode] = (wa.effects(fa, mode, alpha=effect_alpha, scale=scale_a,
-                                        description=f"{names[0]}: {mode} {len(fa)} features"),
-                             wb.effects(fb, mode, alpha=effect_alpha, scale=scale_b,
-                                        description=f"{names[1]}: {mode} {len(fb)} features"))
+            ea, da = wa.effects_downstream(fa, mode, alpha=effect_alpha, scale=scale_a,
+                                           description=f"{names[0]}: {mode} {len(fa)} features")
+            eb, db = wb.effects_downstream(fb, mode, alpha=effect_alpha, scale=scale_b,
+                                           description=f"{names[1]}: {mode} {len(fb)} features")
+            effects[mode] = (ea, eb)
+            if downs:
+                effects[f"{mode}_downstream"] = (da, db)
         # ablation acts only where a feature fires, and matched features fire together: the control removes
         # the same amounts at the same positions of B along random directions of the decoder rows' norms
         rng = np.random.default_rng([seed, 0xAB1A7E])
@@ -228,9 +261,11 @@ def transfer(models: Sequence[Any], *, sae: Sequence[Any] | None = None, layer_a
         for d in range(direction_draws):
             R = rng.normal(size=(len(fb), Db.shape[1]))
             R *= (norms / np.linalg.norm(R, axis=1))[:, None]
-            effects["ablate_random_directions"].append(wb.effects(
-                fb, "ablate", directions=R, description=f"{names[1]}: random directions at the same positions "
-                f"({d + 1}/{direction_draws})"))
+            er, dr = wb.effects_downstream(fb, "ablate", directions=R, description=f"{names[1]}: random directions "
+                                           f"at the same positions ({d + 1}/{direction_draws})")
+            effects["ablate_random_directions"].append(er)
+            if downs:
+                effects.setdefault("ablate_downstream_random_directions", []).append(dr)
         seconds["feature effects"] = round(time.perf_counter() - t, 1)
 
     an = TransferAnalyzer(n_permutations=n_permutations, seed=seed).fit(
@@ -239,6 +274,7 @@ def transfer(models: Sequence[Any], *, sae: Sequence[Any] | None = None, layer_a
     provenance = {
         "models": {n: r.provenance for n, r in zip(names, resolved)}, "model_a": names[0], "model_b": names[1],
         "hooks": {"a": hook_a, "b": hook_b}, "saes": [str(sd.path) for sd in sds] if sds else None,
+        "downstream_saes": [str(sd.path) for sd in downs] if downs else None,
         "pairs": str(_pairs_path(pairs)), "pairs_sha256": pairs_sha, "n_pairs": len(pair_list),
         "eval": eval_path, "eval_sha256": eval_sha, "n_prompts": len(items),
         "texts": {"corpus": "WordNet glosses (held-out split), shuffled by the seed", "maps": len(map_texts),
@@ -246,6 +282,7 @@ def transfer(models: Sequence[Any], *, sae: Sequence[Any] | None = None, layer_a
                   "words_aligned": int(aligned.sum()), "words_read": int(len(aligned))},
         "vector_norms": {"a": float(np.linalg.norm(v_a)), "b": float(np.linalg.norm(v_b))},
         "settings": {"alpha": alpha, "effect_alpha": effect_alpha, "k": k, "n_null": n_null, "direction_draws": direction_draws,
+                     "downstream_pairs": downstream_pairs if downs else None,
                      "pairs_tested": n_pairs, "layer_b": "SAE hook" if sds else layer_b},
         "seed": seed, "device": device, "dtype": dtype, "seconds": seconds,
     }

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .. import _atomic
-from .common import as_result, pyplot, category_label, check_output_dir, fmt, save_figure, short_hook
+from .common import as_result, pyplot, category_label, check_output_dir, fmt, fmt_p, save_figure, short_hook
 
 
 def write_similarity_report(result: Any, matching: Any, provenance: Mapping[str, Any], out: Path,
@@ -100,7 +100,10 @@ def _similarity_figures(res: Any, fm: Any, models: Sequence[str], fig_dir: Path)
         fig, ax = plt.subplots(figsize=(6, 3.5))
         bins = np.linspace(-0.2, 1, 49)
         ax.hist(fm.artifacts["correlations"], bins=bins, alpha=0.7, label="Hungarian pairs")
-        ax.hist(fm.artifacts["shuffled_correlations"]["hungarian"], bins=bins, alpha=0.7, label="same, samples shuffled")
+        chance = np.asarray(fm.artifacts["shuffled_correlations"]["hungarian"])  # one mean per shuffled draw
+        ax.axvspan(chance.mean() - 2 * chance.std(), chance.mean() + 2 * chance.std(), color="C1", alpha=0.3)
+        ax.axvline(chance.mean(), color="C1", label=f"mean of the same matching, samples shuffled ({len(chance)} draws, "
+                   "± 2 sd)")
         ax.set_xlabel("activation correlation of matched features")
         ax.set_ylabel("pairs")
         ax.legend(fontsize=8)
@@ -190,12 +193,16 @@ def _similarity_markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str
               f"{p['words_aligned']:,} words of {p['texts']:,} held-out WordNet glosses (last token of each word; "
               f"{p['words_dropped']:,} words dropped). Live features: {fm['live_features'][0]:,} and "
               f"{fm['live_features'][1]:,}.", "",
-              "| matching | pairs | mean correlation | same matching, samples shuffled | share >= threshold |",
-              "|---|---|---|---|---|"]
+              "| matching | pairs | mean correlation | same matching, samples shuffled: mean ± sd (draws) | p | "
+              "share >= threshold |",
+              "|---|---|---|---|---|---|"]
         for m in ("greedy", "hungarian"):
             e = fm[m]
+            st = e.get("mean_correlation_vs_shuffled_samples") or {}
+            nl = (st.get("null") or {}).get("shuffled_samples") or {}
             L.append(f"| {m} | {e['n_pairs']:,} | {fmt(e['mean_correlation'])} | "
-                     f"{fmt(e['shuffled_samples_mean_correlation'])} | {fmt(e['fraction_above_threshold'])} |")
+                     f"{fmt(e['shuffled_samples_mean_correlation'])} ± {fmt(nl.get('sd'))} ({nl.get('n_draws', '–')}) | "
+                     f"{fmt_p(st.get('p_value'))} | {fmt(e['fraction_above_threshold'])} |")
         L += ["", "Paired decoder directions, beside random pairings of live features:", "",
               "| pairs | n | SVCCA | random pairing | RSA | random pairing |", "|---|---|---|---|---|---|"]
         for r in fm["decoder_similarity"]:

@@ -136,6 +136,15 @@ def _markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
         out += [f"The feature route codes A's vector with {fr['atoms']} atoms of A's SAE (explaining "
                 f"{fmt(fr['explained_by_atoms'])} of its squared norm); {fmt(fr['coefficient_mass_matched'])} of the "
                 "coefficient mass falls on features with a partner in B.", ""]
+    if "matching" in m:
+        mt = m["matching"]
+        out += ["## Matching the SAE features", "",
+                f"Hungarian matching of the two SAEs' features on their activations over the aligned words: "
+                f"{mt['n_pairs']:,} pairs, {mt['pairs_above_0.5']:,} with correlation of at least 0.5; beside the "
+                "same matching with the words shuffled:", "",
+                *statistic_rows({"all pairs, mean correlation": mt["mean_correlation"],
+                                 "best pairs, mean correlation": mt["top_mean_correlation"]},
+                                ["all pairs, mean correlation", "best pairs, mean correlation"]), ""]
     if "effects" in m:
         e = m["effects"]
         out += ["## Matched features, intervened on in both models", "",
