@@ -216,6 +216,9 @@ def test_an_unrelated_model_is_not_found_functionally_equivalent(pair, tmp_path)
      "--sae needs one SAE directory per model (2: A's then B's), got 1"),
     (["--models", "gemma-3-270m", "qwen2.5-0.5b", "--alpha", "0"], "--alpha must be a finite non-zero number, got 0.0"),
     (["--models", "gemma-3-270m", "qwen2.5-0.5b", "--null-draws", "1"], "--null-draws must be at least 2 draws"),
+    (["--models", "gemma-3-270m", "qwen2.5-0.5b", "--sae", "a", "b", "--layer-a", "3"],
+     "--layer-a and --layer-b choose the layers without --sae"),
+    (["--models", "gemma-3-270m", "qwen2.5-0.5b", "--downstream-sae", "a", "b"], "--downstream-sae needs --sae"),
     (["--models", "gemma-3-270m", "qwen2.5-0.5b", "--sae", "nowhere-a", "nowhere-b"],
      "'nowhere-a' is not an SAE directory: expected SAELens's cfg.json in it"),
 ])

@@ -93,6 +93,9 @@ def transfer(models: Sequence[Any], *, sae: Sequence[Any] | None = None, layer_a
     if not math.isfinite(effect_alpha) or effect_alpha == 0:
         raise ConfigError(f"--effect-alpha must be a finite non-zero number, got {effect_alpha!r}")
     check_null_draws(n_null, allow_zero=False)
+    if sae is not None and (layer_a is not None or layer_b not in (None, "best")):
+        raise ConfigError("--layer-a and --layer-b choose the layers without --sae; with --sae each SAE's hook is its "
+                          "model's layer: drop --layer-a/--layer-b, or give SAEs trained at the layers you want")
     for name, v, low in (("--texts", texts, 20), ("--scan-texts", scan_texts, 10), ("--effect-texts", effect_texts, 2),
                          ("--pairs-tested", n_pairs, 4), ("--k", k, 1), ("--permutations", n_permutations, 20),
                          ("--direction-draws", direction_draws, 2), ("--downstream-pairs", downstream_pairs, 4)):
@@ -106,7 +109,7 @@ def transfer(models: Sequence[Any], *, sae: Sequence[Any] | None = None, layer_a
     sds = [saes.read_sae_dir(d) for d in sae] if sae is not None else None
     downs = [saes.read_sae_dir(d) for d in downstream_sae] if downstream_sae is not None else None
     if sds:
-        for sd in sds:
+        for sd in sds + (downs or []):
             if not sd.hook:
                 raise ConfigError(f"the SAE at {str(sd.path)!r} does not record its hook; expected an SAE written by "
                                   "'geomsteer sae train'")
@@ -273,8 +276,8 @@ def transfer(models: Sequence[Any], *, sae: Sequence[Any] | None = None, layer_a
         route=route, effects=effects, matching=matching)
     provenance = {
         "models": {n: r.provenance for n, r in zip(names, resolved)}, "model_a": names[0], "model_b": names[1],
-        "hooks": {"a": hook_a, "b": hook_b}, "saes": [str(sd.path) for sd in sds] if sds else None,
-        "downstream_saes": [str(sd.path) for sd in downs] if downs else None,
+        "hooks": {"a": hook_a, "b": hook_b}, "saes": [_where(sd) for sd in sds] if sds else None,
+        "downstream_saes": [_where(sd) for sd in downs] if downs else None,
         "pairs": str(_pairs_path(pairs)), "pairs_sha256": pairs_sha, "n_pairs": len(pair_list),
         "eval": eval_path, "eval_sha256": eval_sha, "n_prompts": len(items),
         "texts": {"corpus": "WordNet glosses (held-out split), shuffled by the seed", "maps": len(map_texts),
@@ -308,6 +311,10 @@ def _pairs_path(pairs: Any) -> Any:
     from ..resources import steering_file
 
     return steering_file(pairs)
+
+
+def _where(sd: Any) -> str:
+    return str(sd.path) if sd.path is not None else f"(an SAE in memory at {sd.hook})"
 
 
 def _check_sae(sd: Any, model: Any, name: str) -> None:
