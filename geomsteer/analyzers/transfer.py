@@ -139,6 +139,21 @@ class TransferAnalyzer(Analyzer):
                 artifacts[f"effect_similarity_{mode}"] = S
                 artifacts[f"shuffled_words_{mode}"] = words
                 artifacts[f"re_paired_{mode}"] = repaired
+                # per-pair scores of the three groups: matched, unmatched (every other pairing of the same
+                # features), and matched with B's words shuffled (20 shuffles pooled)
+                from ..transfer import _row_corr
+
+                wrng = np.random.default_rng([self.seed, 0x5EED])
+                shuffled_pairs = np.concatenate([np.diagonal(_row_corr(
+                    Ea[:, cols], Eb[:, cols][:, wrng.permutation(int(cols.sum()))])) for _ in range(20)])
+                artifacts[f"shuffled_word_pairs_{mode}"] = shuffled_pairs
+                for group, vals in (("matched", diag), ("unmatched", S[~np.eye(n, dtype=bool)]),
+                                    ("shuffled words", shuffled_pairs)):
+                    v = vals[np.isfinite(vals)]
+                    tables.setdefault("effect_distributions", []).append(
+                        {"intervention": mode, "pairs": group, "n": int(len(v)),
+                         "mean": float(v.mean()) if len(v) else None,
+                         **{f"q{q}": (float(np.percentile(v, q)) if len(v) else None) for q in (10, 50, 90)}})
                 if f"{mode}_downstream" in effects:
                     m["effects"][mode]["downstream_similarity"] = self._downstream(
                         effects, mode, perms, rng, rows, artifacts)

@@ -79,8 +79,13 @@ def transfer_figures(res: Any, fig_dir: Path | None) -> dict[str, Any]:
             ax.hist(off[np.isfinite(off)], bins=bins, density=True, color="0.7", label="unmatched (re-paired) pairs")
             d = np.diagonal(S)
             ax.hist(d[np.isfinite(d)], bins=bins, density=True, alpha=0.6, color="C0", label="matched pairs")
-            w = np.asarray(art[f"shuffled_words_{mode}"])
-            ax.axvline(float(np.nanmean(w)), color="C1", ls="--", label="shuffled words (mean)")
+            if f"shuffled_word_pairs_{mode}" in art:
+                w = np.asarray(art[f"shuffled_word_pairs_{mode}"])
+                ax.hist(w[np.isfinite(w)], bins=bins, density=True, histtype="step", color="C1", lw=1.5,
+                        label="matched pairs, words shuffled")
+            else:  # results written before the per-pair shuffles were kept
+                ax.axvline(float(np.nanmean(art[f"shuffled_words_{mode}"])), color="C1", ls="--",
+                           label="shuffled words (mean)")
             st = m["effects"][mode]["effect_similarity"]
             ax.axvline(st["observed"], color="C0", lw=2)
             ax.set_xlabel("effect similarity (Pearson r over words)")
@@ -157,6 +162,13 @@ def _markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
             for k, st in e[mode].items():
                 out.append(f"- **{mode}, {k.replace('_', ' ')}**: {fmt(st['observed'])}, {verdict(st)}.")
         out.append("")
+        dist = doc["tables"].get("effect_distributions", [])
+        if dist:
+            out += ["Per-pair effect similarity by group (quantiles over pairs):", "",
+                    "| intervention | pairs | n | mean | 10% | median | 90% |", "|---|---|---|---|---|---|---|"]
+            out += [f"| {r['intervention']} | {r['pairs']} | {r['n']} | {fmt(r['mean'])} | {fmt(r['q10'])} | "
+                    f"{fmt(r['q50'])} | {fmt(r['q90'])} |" for r in dist]
+            out.append("")
         for key in ("effects", "correlation_vs_effect"):
             if key in figs:
                 out += [f"![{key}](figures/{figs[key]})", ""]
