@@ -299,7 +299,7 @@ class WordEffects:
     """
 
     def __init__(self, model: Any, sae: Any, hook: str, texts: Sequence[str], *, context_length: int = 64,
-                 batch_size: int = 8, progress: bool = True, description: str = "Clean pass over the texts",
+                 batch_size: int = 16, progress: bool = True, description: str = "Clean pass over the texts",
                  downstream: tuple[Any, str, Sequence[int]] | None = None) -> None:
         import torch
 
