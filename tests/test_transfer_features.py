@@ -168,7 +168,7 @@ def _run(pair, b, sae_b, tmp_path, **kw):
                            n_permutations=100, **kw)
 
 
-def test_a_rotated_copy_is_found_functionally_equivalent_end_to_end(pair, tmp_path):
+def test_a_rotated_copy_is_found_functionally_equivalent_end_to_end(pair, tmp_path, capsys):
     res = _run(pair, "B", pair["sae_b"], tmp_path)
     m = res.result.metrics
     assert m["maps"]["procrustes"]["heldout_r2"]["observed"] > 0.999
@@ -191,6 +191,13 @@ def test_a_rotated_copy_is_found_functionally_equivalent_end_to_end(pair, tmp_pa
         for null in st["null"].values():
             assert {"mean", "sd", "n_draws"} <= set(null)
     out = res.save(tmp_path / "run")
+    from geomsteer.cli.transfer import print_summary
+
+    capsys.readouterr()
+    print_summary(res, out)  # what 'geomsteer transfer' prints after writing the report
+    printed = capsys.readouterr().out
+    assert "ablate, matched-pair downstream similarity" in printed and "add, activation correlation predicts" in printed
+    assert "ablate, activation correlation" not in printed and printed.endswith(f"Report: {out / 'report.md'}\n")
     doc = json.loads((out / "result.json").read_text())
     assert doc["geomsteer_result"] == "transfer" and doc["provenance"]["hooks"] == {"a": HOOK, "b": HOOK}
     assert {"transfer.png", "scan.png", "effects.png", "correlation_vs_effect.png"} <= {

@@ -88,6 +88,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         n_pairs=args.pairs_tested, effect_alpha=args.effect_alpha, k=args.k, n_null=args.null_draws, direction_draws=args.direction_draws,
         downstream_sae=args.downstream_sae, downstream_pairs=args.downstream_pairs,
         n_permutations=args.permutations, seed=args.seed, device=args.device, dtype=args.dtype))
+    print_summary(res, Path(args.out))
+    return 0
+
+
+def print_summary(res: Any, out: Path) -> None:
+    """The lines the command prints after writing its report."""
     m = res.result.metrics
     print(f"{res.provenance['model_a']} {m['layers']['a']} -> {res.provenance['model_b']} {m['layers']['b']} "
           f"(best layer of B by debiased CKA: {m['layers']['best_b_by_debiased_cka']})")
@@ -99,6 +105,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(f"  {mode}, matched-pair effect similarity {null_line(e['effect_similarity'])}")
         if "downstream_similarity" in e:
             print(f"  {mode}, matched-pair downstream similarity {null_line(e['downstream_similarity'])}")
-        print(f"  {mode}, activation correlation predicts it (Spearman) {null_line(e['correlation_predicts_effect'])}")
-    print(f"Report: {Path(args.out) / 'report.md'}")
-    return 0
+        if "correlation_predicts_effect" in e:
+            print(f"  {mode}, activation correlation predicts it (Spearman) "
+                  f"{null_line(e['correlation_predicts_effect'])}")
+    print(f"Report: {out / 'report.md'}")
