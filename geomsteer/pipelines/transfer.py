@@ -45,7 +45,7 @@ def _layer(value: Any, n_layers: int, name: str, what: str) -> int:
 def transfer(models: Sequence[Any], *, sae: Sequence[Any] | None = None, layer_a: int | None = None,
              layer_b: int | str | None = "best", pairs: Any = "sentiment", eval: Any = "sentiment_eval",
              alpha: float = 4.0, texts: int = 1000, scan_texts: int = 200, effect_texts: int = 16, n_pairs: int = 16,
-             effect_alpha: float = 4.0, k: int = 32, n_null: int = 20, direction_draws: int = 5,
+             effect_alpha: float = 4.0, k: int = 32, n_null: int = 20, direction_draws: int = 10,
              downstream_sae: Sequence[Any] | None = None, downstream_pairs: int = 64, n_permutations: int = 1000,
              seed: int = DEFAULT_SEED, device: str = "cpu", dtype: str = "float32") -> Any:
     """Carry A's steering vector into B and test whether matched SAE features act alike (what
