@@ -151,6 +151,7 @@ class TransferMeasurements:
     null_shifts: dict[str, np.ndarray]  # null name -> mean shift per draw
     mapped_norms: dict[str, float]  # each transferred vector's norm before rescaling
     kl: dict[str, float] = field(default_factory=dict)  # name -> neutral-text KL, when texts were given
+    null_kl: dict[str, np.ndarray] = field(default_factory=dict)  # null name -> KL of (up to n_kl of) its vectors
 
     def statistics(self) -> dict[str, Any]:
         """Per transferred vector: its mean shift as a fraction of B's own vector's, in the shared
@@ -180,12 +181,13 @@ class TransferMeasurements:
 
 def measure_transfer(model_b: Any, own: np.ndarray, transferred: dict[str, np.ndarray],
                      null_vectors: dict[str, list[np.ndarray]], items: Any, hook: str, alpha: float,
-                     n_random: int = 20, seed: int = 0, neutral: Any = None) -> TransferMeasurements:
+                     n_random: int = 20, seed: int = 0, neutral: Any = None, n_kl: int = 5) -> TransferMeasurements:
     """Steer model B at ``hook`` with its own vector, each transferred vector and each null vector
     (``null_vectors["<name>:shuffled_map"]``: a transferred vector's shuffled-map draws), every one
     rescaled to the norm of B's own vector, plus ``n_random`` random directions; measure the shift of
     the target log-odds on ``items`` (evaluation prompts) against the unsteered model, and the
-    neutral-text KL (a :class:`~geomsteer.steering.evaluate.NeutralText`) when given."""
+    neutral-text KL (a :class:`~geomsteer.steering.evaluate.NeutralText`) when given, also of the first
+    ``n_kl`` random directions and of each null's first ``n_kl`` vectors."""
     from .steering.evaluate import SteeredTargets
 
     own = np.asarray(own, dtype=np.float64)
@@ -214,11 +216,16 @@ def measure_transfer(model_b: Any, own: np.ndarray, transferred: dict[str, np.nd
     null_shifts = {"random": (st(np.stack(randoms), alpha)[:, :, 0] - base).mean(1)}
     for k, vs in null_vectors.items():
         null_shifts[k] = (st(np.stack([at_norm(v) for v in vs]), alpha)[:, :, 0] - base).mean(1)
-    kl = {}
-    if neutral is not None:
+    kl, null_kl = {}, {}
+    if neutral is not None:  # the side effect, of the vectors and of (up to n_kl of) each null's
         kl = dict(zip(named, neutral.kl_steered(model_b, V.astype(np.float32), alpha, hook)))
+        null_kl["random"] = np.asarray(neutral.kl_steered(model_b, np.stack(randoms[:n_kl]).astype(np.float32),
+                                                          alpha, hook))
+        for k_, vs in null_vectors.items():
+            null_kl[k_] = np.asarray(neutral.kl_steered(
+                model_b, np.stack([at_norm(v) for v in vs[:n_kl]]).astype(np.float32), alpha, hook))
     return TransferMeasurements(float(alpha), norm, shifts, null_shifts,
-                                {k: float(np.linalg.norm(v)) for k, v in transferred.items()}, kl)
+                                {k: float(np.linalg.norm(v)) for k, v in transferred.items()}, kl, null_kl)
 
 
 def _ratio_ci(num: np.ndarray, den: np.ndarray, n_boot: int = 1000, seed: int = 0) -> list[float] | None:

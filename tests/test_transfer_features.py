@@ -185,6 +185,9 @@ def test_a_rotated_copy_is_found_functionally_equivalent_end_to_end(pair, tmp_pa
                                                                          "random_direction_same_positions"}
     assert "correlation_predicts_effect" not in m["effects"]["ablate"]
     assert m["effects"]["add"]["correlation_predicts_effect"]["observed"] > 0.3
+    kl = {r["vector"]: r for r in res.result.tables["vectors"]}  # the side effect of the vectors and the nulls
+    assert kl["null: random"]["n_vectors"] == 4 and kl["null: features, shuffled matching"]["kl"] > 0
+    assert kl["features"]["kl"] == pytest.approx(kl["own"]["kl"], rel=1e-3)  # the same vector, the same KL
     assert m["matching"]["top_mean_correlation"]["observed"] > 0.99 and m["matching"]["mean_correlation"]["p_value"] < 0.01
     for st in res.statistics().values():  # the shared shape
         assert {"observed", "ci95", "null", "effect_size", "p_value", "n"} <= set(st)

@@ -81,7 +81,10 @@ class TransferAnalyzer(Analyzer):
                        + [{"vector": name, "mean_shift": st["mean_shift"], "fraction": st["observed"],
                            "ci95": st["ci95"], "p_value": st["p_value"], "kl": measured.kl.get(name),
                            "norm_before_rescaling": st.get("mapped_norm")}
-                          for name, st in m["transfer"].items()],
+                          for name, st in m["transfer"].items()]
+                       + [{"vector": f"null: {name.replace('_', ' ').replace(':', ', ')}", "kl": float(np.mean(v)),
+                           "kl_sd": float(np.std(v, ddof=1)) if len(v) > 1 else None, "n_vectors": int(len(v))}
+                          for name, v in getattr(measured, "null_kl", {}).items()],
         }
         artifacts: dict[str, Any] = {"null_shifts": dict(measured.null_shifts),
                                      "shifts": dict(measured.shifts), "base_shift": float(measured.shifts["own"].mean())}

@@ -132,10 +132,13 @@ def _markdown(doc: Mapping[str, Any], figs: Mapping[str, str]) -> str:
     out.append("")
     if "transfer" in figs:
         out += [f"![transfer](figures/{figs['transfer']})", ""]
-    kl = {r["vector"]: r.get("kl") for r in doc["tables"]["vectors"]}
-    if any(v is not None for v in kl.values()):
-        out += ["Side effect on neutral text (mean KL from the unsteered B, nats per token): "
-                + ", ".join(f"{k.replace('_', ' ')} {fmt(v, 4)}" for k, v in kl.items()) + ".", ""]
+    kl = [r for r in doc["tables"]["vectors"] if r.get("kl") is not None]
+    if kl:
+        out += ["Side effect on neutral text (mean KL from the unsteered B, nats per token; for a null, the mean "
+                "± sd over its first vectors): "
+                + ", ".join(f"{r['vector'].replace('_', ' ')} {fmt(r['kl'], 4)}"
+                            + (f" ± {fmt(r['kl_sd'], 4)} ({r['n_vectors']})" if r.get("kl_sd") is not None else "")
+                            for r in kl) + ".", ""]
     if "feature_route" in m:
         fr = m["feature_route"]
         out += [f"The feature route codes A's vector with {fr['atoms']} atoms of A's SAE (explaining "
