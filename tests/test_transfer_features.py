@@ -224,6 +224,8 @@ def test_an_unrelated_model_is_not_found_functionally_equivalent(pair, tmp_path)
                                    "--models A B, e.g. --models gemma-3-270m qwen2.5-0.5b"),
     (["--models", "gemma-3-270m", "qwen2.5-0.5b", "--sae", "x"],
      "--sae needs one SAE directory per model (2: A's then B's), got 1"),
+    (["--models", "gemma-3-270m", "qwen2.5-0.5b", "--texts", "100", "--scan-texts", "200"],
+     "--scan-texts (200) are the first of the --texts (100): give at most as many"),
     (["--models", "gemma-3-270m", "qwen2.5-0.5b", "--alpha", "0"], "--alpha must be a finite non-zero number, got 0.0"),
     (["--models", "gemma-3-270m", "qwen2.5-0.5b", "--null-draws", "1"], "--null-draws must be at least 2 draws"),
     (["--models", "gemma-3-270m", "qwen2.5-0.5b", "--sae", "a", "b", "--layer-a", "3"],

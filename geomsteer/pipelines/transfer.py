@@ -101,6 +101,8 @@ def transfer(models: Sequence[Any], *, sae: Sequence[Any] | None = None, layer_a
                          ("--direction-draws", direction_draws, 2), ("--downstream-pairs", downstream_pairs, 4)):
         if not isinstance(v, int) or isinstance(v, bool) or v < low:
             raise ConfigError(f"{name} must be an integer of at least {low}, got {v!r}")
+    if scan_texts > texts:
+        raise ConfigError(f"--scan-texts ({scan_texts}) are the first of the --texts ({texts}): give at most as many")
     t0 = time.perf_counter()
     resolved = [M.resolve(m) if isinstance(m, str) else M.use_model(m)[1] for m in given]
     names = [r.name for r in resolved]
@@ -136,12 +138,7 @@ def transfer(models: Sequence[Any], *, sae: Sequence[Any] | None = None, layer_a
     check_hooks(A, [hook_a])
     with step(f"{names[0]}: the {_set_name(pairs)} vector at {hook_a} ({len(pair_list)} pairs)"):
         v_a = compute_vectors(A, pair_list, [hook_a], model_name=names[0], data_sha256=pairs_sha)[hook_a].vector
-    if downs:
-        _check_sae(downs[0], A, names[0])
-    hooks_a = [hook_a] + ([downs[0].hook] if downs else [])
-    Xa, ok_a = word_activations_in_text(A, map_texts, hooks_a, description=f"{names[0]}: words in {len(map_texts)} glosses")
-    down_a = Xa.get(downs[0].hook) if downs else None
-    Xa = Xa[hook_a]
+    Xa, down_a, ok_a = _words(A, names[0], map_texts, hook_a, downs[0] if downs else None)
     seconds[f"model {names[0]}"] = round(time.perf_counter() - t, 1)
 
     # ---- model B: the layer scan, its words and its own vector
@@ -164,12 +161,12 @@ def transfer(models: Sequence[Any], *, sae: Sequence[Any] | None = None, layer_a
     else:
         hook_b = resid_hook(_layer(layer_b, n_b, names[1], "--layer-b"))
     check_hooks(B, [hook_b])
-    if downs:
-        _check_sae(downs[1], B, names[1])
-    hooks_b = [hook_b] + ([downs[1].hook] if downs else [])
-    Xb, ok_b = word_activations_in_text(B, map_texts, hooks_b, description=f"{names[1]}: words in {len(map_texts)} glosses")
-    down_b = Xb.get(downs[1].hook) if downs else None
-    Xb = Xb[hook_b]
+    # the scan texts were read at every layer already: only the rest are read again
+    Xb, down_b, ok_b = _words(B, names[1], map_texts[scan_texts:], hook_b, downs[1] if downs else None)
+    Xb = np.concatenate([Sb[hook_b], Xb])
+    if down_b is not None:
+        down_b = np.concatenate([Sb[downs[1].hook], down_b])
+    ok_b = np.concatenate([ok_s, ok_b])
     with step(f"{names[1]}: its own {_set_name(pairs)} vector at {hook_b}"):
         v_b = compute_vectors(B, pair_list, [hook_b], model_name=names[1], data_sha256=pairs_sha)[hook_b].vector
     seconds[f"model {names[1]}"] = round(time.perf_counter() - t, 1)
@@ -311,6 +308,17 @@ def _pairs_path(pairs: Any) -> Any:
     from ..resources import steering_file
 
     return steering_file(pairs)
+
+
+def _words(model: Any, name: str, texts: Sequence[str], hook: str, down: Any) -> tuple[Any, Any, Any]:
+    """Every word of ``texts`` at ``hook`` and at the downstream SAE's hook (``down``, or None)."""
+    from ..activations import word_activations_in_text
+
+    if down is not None:
+        _check_sae(down, model, name)
+    hooks = [hook] + ([down.hook] if down is not None else [])
+    X, ok = word_activations_in_text(model, texts, hooks, description=f"{name}: words in {len(texts)} glosses")
+    return X[hook], (X[down.hook] if down is not None else None), ok
 
 
 def _where(sd: Any) -> str:
