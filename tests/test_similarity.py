@@ -199,6 +199,34 @@ def test_analyzer_finds_the_planted_layer_pair_above_its_baselines():
     json.dumps(res.to_dict())
 
 
+def test_analyzer_results_do_not_depend_on_the_number_of_threads():
+    """The pieces run side by side on threads; every draw is taken in a fixed order before they run,
+    so one thread and three give the same numbers, bit for bit (BLAS on one thread in both)."""
+    from threadpoolctl import threadpool_limits
+
+    a, b, rb, groups = _planted()
+    kw = dict(k=5, n_permutations=10, top_pairs=2, min_group=100, seed=4)
+    with threadpool_limits(1):
+        one, three = (SimilarityAnalyzer(**kw, n_jobs=j).fit(a, b, random_b=rb, groups=groups).result().to_dict()
+                      for j in (1, 3))
+    one["params"].pop("n_jobs"), three["params"].pop("n_jobs")
+    assert json.dumps(one, sort_keys=True) == json.dumps(three, sort_keys=True)
+    assert one["tables"]["groups"] and one["tables"]["best_pairs"][1]["rsa"]["permutation"]["n"] == 10
+
+
+def test_scan_max_null_in_chunks_equals_one_run():
+    from geomsteer import metrics as M
+    from geomsteer._threads import thread_map
+
+    rng = np.random.default_rng(5)
+    A, B = [rng.normal(size=(40, 5)) for _ in range(2)], [rng.normal(size=(40, 7)) for _ in range(3)]
+    perms = [rng.permutation(40) for _ in range(7)]
+    obs, maxima = M.cka_scan_max_null(A, B, perms)
+    with thread_map(2) as tmap:
+        obs2, maxima2 = M.cka_scan_max_null(A, B, perms, map=tmap, chunks=3)
+    assert np.array_equal(obs, obs2) and np.array_equal(maxima, maxima2) and len(maxima) == 7
+
+
 def test_analyzer_input_errors():
     a, b, _, _ = _planted(n=40)
     with pytest.raises(NotFittedError, match="not fitted yet"):

@@ -21,6 +21,7 @@ returns ``self``, ``result()`` returns an :class:`~geomsteer.types.AnalysisResul
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -108,7 +109,9 @@ class SimilarityAnalyzer(Analyzer):
     pairing per cell); ``scan_permutations`` shuffled pairings for the max-statistic null of the
     best pair (on at most ``scan_max_samples`` samples); ``top_pairs`` how many best-aligned cross-model layer pairs get every metric;
     ``min_group`` the smallest semantic group compared on its own; ``detail_max_samples`` caps
-    the samples given to the metrics that build n x n matrices (a seeded subsample, recorded).
+    the samples given to the metrics that build n x n matrices (a seeded subsample, recorded);
+    ``n_jobs`` threads run the independent pieces side by side (default: every core; the results
+    do not depend on it).
     """
 
     _fit_call = "fit(a, b, ...)"
@@ -116,7 +119,7 @@ class SimilarityAnalyzer(Analyzer):
 
     def __init__(self, k: int = 10, n_permutations: int = 1000, top_pairs: int = 3, min_group: int = 50,
                  detail_max_samples: int = 3000, scan_permutations: int = 200, scan_max_samples: int = 1000,
-                 seed: int = 0):
+                 seed: int = 0, n_jobs: int | None = None):
         self.k = k
         self.n_permutations = n_permutations
         self.scan_permutations = scan_permutations
@@ -125,6 +128,7 @@ class SimilarityAnalyzer(Analyzer):
         self.min_group = min_group
         self.detail_max_samples = detail_max_samples
         self.seed = seed
+        self.n_jobs = n_jobs
 
     # ----------------------------------------------------------------------------------------
 
@@ -166,35 +170,66 @@ class SimilarityAnalyzer(Analyzer):
         self.layers_ = {name: [x.hook for x in acts] for name, acts in sides.items()}
         self.models_ = {name: acts[0].model for name, acts in sides.items()}
         X = {name: [np.asarray(x.X) for x in acts] for name, acts in sides.items()}
-        knn = {name: [M.knn_indices(x, self.k) for x in Xs] for name, Xs in X.items()}
-        # every layer's centred Gram matrix once: each scan is then one product of the stacked Grams
-        # (n^2 per layer pair instead of n x d_a x d_b), a shuffled scan one gather of the smaller side
-        grams = {name: M.GramSide(Xs) for name, Xs in X.items()}
-        perm = rng.permutation(n)
+        from .._threads import thread_map
 
-        pairs = [("a", "a")] + ([("a", "b"), ("b", "b")] if "b" in X else [])
-        self.scans_: dict[str, dict[str, Any]] = {}
-        for p, q in pairs:
-            key = "cross" if p != q else f"within_{p}"
-            scan: dict[str, Any] = {"rows": self.layers_[p], "cols": self.layers_[q]}
-            rq = "random_" + q
-            for metric in SCAN_METRICS:
+        # independent pieces (a layer's neighbours or Gram, a scan, a metric's null) run side by side on
+        # threads; each computes what it would alone, and every draw comes from rng in a fixed order
+        with thread_map(self.n_jobs) as tmap:
+            reps = [(name, i) for name, Xs in X.items() for i in range(len(Xs))]
+            found = tmap(lambda r: M.knn_indices(X[r[0]][r[1]], self.k), reps)
+            knn = {name: [found[reps.index((name, i))] for i in range(len(Xs))] for name, Xs in X.items()}
+            # every layer's centred Gram matrix once: each scan is then one product of the stacked Grams
+            # (n^2 per layer pair instead of n x d_a x d_b), a shuffled scan one gather of the smaller side
+            grams = {name: M.GramSide(Xs, tmap) for name, Xs in X.items()}
+            perm = rng.permutation(n)
+
+            def scan_of(job: tuple[str, str, str, bool]) -> np.ndarray:
+                metric, P, Q, shuffled = job
+                pp = perm if shuffled else None
                 if metric == "linear_cka_debiased":
-                    f = lambda P, Q, perm=None: M.debiased_cka_scan(grams[P], grams[Q], perm)
-                else:
-                    f = lambda P, Q, perm=None: M.mutual_knn_matrix(knn[P], knn[Q], permutation=perm)
-                entry = {"score": f(p, q), "permutation": f(p, q, perm)}
-                if rq in X:
-                    entry["random_model"] = f(p, rq)
-                scan[metric] = entry
-            self.scans_[key] = scan
+                    return M.debiased_cka_scan(grams[P], grams[Q], pp)
+                return M.mutual_knn_matrix(knn[P], knn[Q], permutation=pp)
 
-        self.scan_max_statistic_ = self._scan_max_statistic(X, rng) if "b" in X else None
-        self.best_pairs_ = self._best_pairs(X, rng)
-        self.groups_ = self._groups(X, groups, rng) if groups is not None and "b" in X else []
+            pairs = [("a", "a")] + ([("a", "b"), ("b", "b")] if "b" in X else [])
+            jobs = [(metric, p, q, False) for p, q in pairs for metric in SCAN_METRICS]
+            jobs += [(metric, p, q, True) for p, q in pairs for metric in SCAN_METRICS]
+            jobs += [(metric, p, "random_" + q, False) for p, q in pairs for metric in SCAN_METRICS
+                     if "random_" + q in X]
+            done = dict(zip(jobs, tmap(scan_of, jobs)))
+            self.scans_: dict[str, dict[str, Any]] = {}
+            for p, q in pairs:
+                key = "cross" if p != q else f"within_{p}"
+                scan: dict[str, Any] = {"rows": self.layers_[p], "cols": self.layers_[q]}
+                for metric in SCAN_METRICS:
+                    entry = {"score": done[(metric, p, q, False)], "permutation": done[(metric, p, q, True)]}
+                    if "random_" + q in X:
+                        entry["random_model"] = done[(metric, p, "random_" + q, False)]
+                    scan[metric] = entry
+                self.scans_[key] = scan
+            grams.clear()  # 4 bytes x n^2 per layer: not needed beyond the scans
+
+            self.scan_max_statistic_ = self._scan_max_statistic(X, rng, tmap) if "b" in X else None
+            # the draws of every best pair and group first (in this order), then all their metrics at once
+            plans = self._best_pair_plans(X, rng)
+            group_plans = self._group_plans(X, groups, rng, plans) if groups is not None and "b" in X else []
+            tasks = [t for plan in plans + group_plans for t in plan["tasks"]]
+            tasks.sort(key=lambda t: -t[2])  # the longest first: the threads finish together
+            from .._progress import track
+
+            label = (f"All metrics at the {len(plans)} best layer pair(s) and {len(group_plans)} group(s) "
+                     f"({self.n_permutations} shuffled pairings each)")
+            results = {}
+            if tasks:
+                it = _ordered(tmap, tasks)
+                for key, value in track(it, label, total=len(tasks)):
+                    results[key] = value
+            self.best_pairs_ = [{"layer_a": pl["layer_a"], "layer_b": pl["layer_b"],
+                                 **self._assemble(pl, results)} for pl in plans]
+            self.groups_ = self._groups(group_plans, results)
         return self
 
-    def _scan_max_statistic(self, X: Mapping[str, list[np.ndarray]], rng: np.random.Generator) -> dict[str, Any]:
+    def _scan_max_statistic(self, X: Mapping[str, list[np.ndarray]], rng: np.random.Generator,
+                            tmap: Any = None) -> dict[str, Any]:
         """Is the best cross-model layer pair better than the best pair of a scan with no correspondence?
 
         The best pair is chosen as the maximum over all pairs, so its null is the maximum over all
@@ -210,7 +245,8 @@ class SimilarityAnalyzer(Analyzer):
         perms = [rng.permutation(m) for _ in range(self.scan_permutations)]
         with step(f"Max-statistic null of the scan: {len(perms)} shuffled pairings x "
                   f"{len(X['a'])} x {len(X['b'])} layer pairs on {m} samples"):
-            obs, maxima = M.cka_scan_max_null([x[sub] for x in X["a"]], [y[sub] for y in X["b"]], perms)
+            obs, maxima = M.cka_scan_max_null([x[sub] for x in X["a"]], [y[sub] for y in X["b"]], perms, map=tmap,
+                                              chunks=self.n_jobs or os.cpu_count() or 1)
         i, j = np.unravel_index(int(np.nanargmax(obs)), obs.shape)
         best = float(obs[i, j])
         return statistic(best, m, nulls={"max_over_pairs_shuffled": null_summary(best, maxima, "greater")},
@@ -221,8 +257,10 @@ class SimilarityAnalyzer(Analyzer):
                                      "layer pairs when the samples of model B are shuffled (one shuffle for "
                                      "every pair)")
 
-    def _pair_detail(self, Xa: np.ndarray, Xb: np.ndarray, ra: np.ndarray | None, rb: np.ndarray | None,
-                     rng: np.random.Generator, names: Sequence[str]) -> dict[str, Any]:
+    def _pair_plan(self, Xa: np.ndarray, Xb: np.ndarray, rb: np.ndarray | None, rng: np.random.Generator,
+                   names: Sequence[str], tag: tuple) -> dict[str, Any]:
+        """The draws for one layer pair's metrics (taken from ``rng`` now, in a fixed order) and the
+        independent tasks that compute them: ``(key, fn, cost)``, ``key`` starting with ``tag``."""
         n = len(Xa)
         if n > self.detail_max_samples:
             keep = np.sort(rng.choice(n, self.detail_max_samples, replace=False))
@@ -231,46 +269,31 @@ class SimilarityAnalyzer(Analyzer):
             n = len(Xa)
         k = min(self.k, n - 1)
         perms = [rng.permutation(n) for _ in range(self.n_permutations)]
-        out: dict[str, Any] = {"n": n, "k": k}
-        fast: dict[str, Any] = {}
+        plan: dict[str, Any] = {"n": n, "k": k, "names": list(names), "tag": tag, "Xa": Xa, "Xb": Xb, "rb": rb,
+                                "perms": perms, "tasks": []}
         if any(x in FAST_METRICS for x in names):
             m = min(n, PERMUTATION_MAX_SAMPLES)
             sub = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
             sperms = [rng.permutation(m) for _ in range(self.n_permutations)]
-            try:
-                fast = M.linear_cka_permutations(Xa[sub], Xb[sub], sperms)
-            except DataError as e:
-                fast = {"error": str(e)}
-            km = min(self.k, m - 1)
-            na, nb = M.knn_indices(Xa[sub], km), M.knn_indices(Xb[sub], km)
-            fast["mutual_knn"] = float(M.mutual_knn_matrix([na], [nb])[0, 0])
-            fast["mutual_knn_null"] = np.array([M.mutual_knn_matrix([na], [nb], permutation=pp)[0, 0]
-                                                for pp in sperms])
-            fast["permutation_samples"] = m
-        random_model: dict[str, float] = {}
+            plan["tasks"].append((tag + ("fast",), lambda: _fast_nulls(Xa[sub], Xb[sub], sperms, min(self.k, m - 1)),
+                                  m * m * len(sperms) / 4e5))
         for name in names:
+            cost = {"rbf_cka": 3, "cknna": 4, "rsa": 4, "svcca": 3, "procrustes": 3}.get(name, 1) * (n / 3000) ** 2
+            plan["tasks"].append((tag + (name,), lambda name=name: _metric(name, Xa, Xb, rb, perms, k), cost))
+        return plan
+
+    def _assemble(self, plan: Mapping[str, Any], results: Mapping[tuple, Any]) -> dict[str, Any]:
+        """One layer pair's entries (score, permutation null, random model, statistic) from its tasks' results."""
+        n, k, Xa, Xb, perms = plan["n"], plan["k"], plan["Xa"], plan["Xb"], plan["perms"]
+        out: dict[str, Any] = {"n": n, "k": k}
+        fast = results.get(plan["tag"] + ("fast",), {})
+        for name in plan["names"]:
             fn, higher = DETAIL_METRICS[name]
-            cap = MAX_GRAM_SHUFFLES if name in GRAM_METRICS else MAX_OTHER_SHUFFLES
-            null = None
-            try:
-                # the metrics whose permutation path reuses the decompositions of the observed value
-                if name == "svcca":  # both sides' reductions are shared by every draw
-                    both = M.svcca_permutations(Xa, Xb, [None, *perms[:cap]])
-                    obs, null = float(both[0]), both[1:]
-                elif name == "rsa":  # the ranks are taken once; every draw permutes the rank matrix
-                    ranks_a = M.rank_dissimilarities(Xa)
-                    obs, null = M.rsa_permutations(Xa, Xb, perms[:cap], ranks_x=ranks_a)
-                    if rb is not None:  # the re-randomized model against the same ranks of A
-                        random_model[name] = M.rsa_permutations(Xa, rb, [], ranks_x=ranks_a)[0]
-                elif name == "rbf_cka":  # both kernels once; every draw permutes L
-                    obs, null = M.rbf_cka_permutations(Xa, Xb, perms[:cap])
-                elif name == "cknna":  # kernels and neighbour masks once; every draw permutes Y's
-                    obs, null = M.cknna_permutations(Xa, Xb, perms[:cap], k)
-                else:
-                    obs = fn(Xa, Xb, k)
-            except DataError as e:
-                out[name] = {"score": None, "error": str(e)}
+            r = results[plan["tag"] + (name,)]
+            if "error" in r:
+                out[name] = {"score": None, "error": r["error"]}
                 continue
+            obs, null = r["score"], r["null"]
             if name in FAST_METRICS and f"{name}_null" in fast:
                 null = fast[f"{name}_null"]
                 # the null was drawn on a subsample; compare it with the observed value on the same samples
@@ -279,53 +302,50 @@ class SimilarityAnalyzer(Analyzer):
                 perm["observed_on_permutation_samples"] = float(obs_sub)
                 perm["permutation_samples"] = fast["permutation_samples"]
             else:
-                if null is not None:
-                    pass
-                elif name == "knn_jaccard":  # the neighbour sets are found once; every draw relabels them
-                    null = M.knn_jaccard_permutations(Xa, Xb, perms, k)[1]
-                else:
+                if null is None:  # a fast null that could not be computed: one call per draw
+                    cap = MAX_GRAM_SHUFFLES if name in GRAM_METRICS else MAX_OTHER_SHUFFLES
                     null = np.array([fn(Xa, Xb[pp], k) for pp in perms[:cap]])
                 perm = _summary(obs, null, higher)
             entry = {"score": obs, "higher_is_more_similar": higher, "permutation": perm}
-            if rb is not None:
-                entry["random_model"] = random_model[name] if name in random_model else fn(Xa, rb, k)
+            if plan["rb"] is not None:
+                entry["random_model"] = r["random_model"]
             entry["statistic"] = _stat(entry, n)
             out[name] = entry
         return out
 
-    def _best_pairs(self, X: Mapping[str, list[np.ndarray]], rng: np.random.Generator) -> list[dict[str, Any]]:
+    def _best_pair_plans(self, X: Mapping[str, list[np.ndarray]], rng: np.random.Generator) -> list[dict[str, Any]]:
         if "b" not in X:
             return []
         S = self.scans_["cross"]["linear_cka_debiased"]["score"]
         flat = np.argsort(-S, axis=None)[: self.top_pairs]
-        out = []
+        plans = []
         for idx in flat:
             i, j = np.unravel_index(idx, S.shape)
             rb = X["random_b"][j] if "random_b" in X else None
-            from .._progress import step
+            plan = self._pair_plan(X["a"][i], X["b"][j], rb, rng, list(DETAIL_METRICS), ("pair", int(i), int(j)))
+            plans.append({**plan, "layer_a": self.layers_["a"][i], "layer_b": self.layers_["b"][j]})
+        return plans
 
-            with step(f"All metrics at {self.layers_['a'][i]} x {self.layers_['b'][j]} "
-                      f"({self.n_permutations} shuffled pairings each)"):
-                detail = self._pair_detail(X["a"][i], X["b"][j], None, rb, rng, list(DETAIL_METRICS))
-            out.append({"layer_a": self.layers_["a"][i], "layer_b": self.layers_["b"][j], **detail})
-        return out
-
-    def _groups(self, X: Mapping[str, list[np.ndarray]], groups: Sequence[str],
-                rng: np.random.Generator) -> list[dict[str, Any]]:
-        if not self.best_pairs_:
+    def _group_plans(self, X: Mapping[str, list[np.ndarray]], groups: Sequence[str], rng: np.random.Generator,
+                     best: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        if not best:
             return []
-        best = self.best_pairs_[0]
-        i, j = self.layers_["a"].index(best["layer_a"]), self.layers_["b"].index(best["layer_b"])
+        i, j = self.layers_["a"].index(best[0]["layer_a"]), self.layers_["b"].index(best[0]["layer_b"])
         g = np.asarray(groups, dtype=object)
-        out = []
+        plans = []
         for name in sorted(set(g.tolist()) - {""}):
             idx = np.flatnonzero(g == name)
             if len(idx) < self.min_group:
                 continue
             rb = X["random_b"][j][idx] if "random_b" in X else None
-            d = self._pair_detail(X["a"][i][idx], X["b"][j][idx], None, rb, rng,
-                                  ["linear_cka_debiased", "mutual_knn", "svcca"])
-            out.append({"group": name, "layer_a": best["layer_a"], "layer_b": best["layer_b"], **d})
+            plan = self._pair_plan(X["a"][i][idx], X["b"][j][idx], rb, rng,
+                                   ["linear_cka_debiased", "mutual_knn", "svcca"], ("group", name))
+            plans.append({**plan, "group": name, "layer_a": best[0]["layer_a"], "layer_b": best[0]["layer_b"]})
+        return plans
+
+    def _groups(self, plans: Sequence[Mapping[str, Any]], results: Mapping[tuple, Any]) -> list[dict[str, Any]]:
+        out = [{"group": pl["group"], "layer_a": pl["layer_a"], "layer_b": pl["layer_b"], **self._assemble(pl, results)}
+               for pl in plans]
         # several groups are tested at once: Benjamini-Hochberg across groups, per metric
         from ..stats import benjamini_hochberg
 
@@ -367,6 +387,60 @@ class SimilarityAnalyzer(Analyzer):
             tables={"best_layer_per_layer_a": rows, "best_pairs": self.best_pairs_, "groups": self.groups_},
             artifacts={"scans": self.scans_},
         )
+
+
+def _ordered(tmap: Any, tasks: Sequence[tuple]) -> Any:
+    """``(key, result)`` of each ``(key, fn, cost)`` task, computed by ``tmap`` (yielded as they come back)."""
+    return zip([t[0] for t in tasks], tmap.imap(lambda t: t[1](), tasks))
+
+
+def _fast_nulls(Xa: np.ndarray, Xb: np.ndarray, perms: Sequence[np.ndarray], k: int) -> dict[str, Any]:
+    """Linear CKA (both forms) and mutual k-NN on a subsample, with their permutation nulls from
+    the two Gram matrices and the two neighbour searches."""
+    try:
+        fast = M.linear_cka_permutations(Xa, Xb, perms)
+    except DataError as e:
+        fast = {"error": str(e)}
+    na, nb = M.knn_indices(Xa, k), M.knn_indices(Xb, k)
+    fast["mutual_knn"] = float(M.mutual_knn_matrix([na], [nb])[0, 0])
+    fast["mutual_knn_null"] = np.array([M.mutual_knn_matrix([na], [nb], permutation=pp)[0, 0] for pp in perms])
+    fast["permutation_samples"] = len(Xa)
+    return fast
+
+
+def _metric(name: str, Xa: np.ndarray, Xb: np.ndarray, rb: np.ndarray | None, perms: Sequence[np.ndarray],
+            k: int) -> dict[str, Any]:
+    """One metric at one layer pair: its score, its null where the metric has its own permutation
+    path (``None`` for the fast metrics, whose null comes from :func:`_fast_nulls`), and the
+    re-randomized model's score; ``{"error": ...}`` when the metric is undefined on these data."""
+    fn, _ = DETAIL_METRICS[name]
+    cap = MAX_GRAM_SHUFFLES if name in GRAM_METRICS else MAX_OTHER_SHUFFLES
+    null = random_model = None
+    try:
+        # the metrics whose permutation path reuses the decompositions of the observed value
+        if name == "svcca":  # both sides' reductions are shared by every draw
+            both = M.svcca_permutations(Xa, Xb, [None, *perms[:cap]])
+            obs, null = float(both[0]), both[1:]
+        elif name == "rsa":  # the ranks are taken once; every draw permutes the rank matrix
+            ranks_a = M.rank_dissimilarities(Xa)
+            obs, null = M.rsa_permutations(Xa, Xb, perms[:cap], ranks_x=ranks_a)
+            if rb is not None:  # the re-randomized model against the same ranks of A
+                random_model = M.rsa_permutations(Xa, rb, [], ranks_x=ranks_a)[0]
+        elif name == "rbf_cka":  # both kernels once; every draw permutes L
+            obs, null = M.rbf_cka_permutations(Xa, Xb, perms[:cap])
+        elif name == "cknna":  # kernels and neighbour masks once; every draw permutes Y's
+            obs, null = M.cknna_permutations(Xa, Xb, perms[:cap], k)
+        else:
+            obs = fn(Xa, Xb, k)
+    except DataError as e:
+        return {"error": str(e)}
+    if name == "knn_jaccard":  # the neighbour sets are found once; every draw relabels them
+        null = M.knn_jaccard_permutations(Xa, Xb, perms, k)[1]
+    elif null is None and name not in FAST_METRICS:
+        null = np.array([fn(Xa, Xb[pp], k) for pp in perms[:cap]])
+    if rb is not None and random_model is None:
+        random_model = fn(Xa, rb, k)
+    return {"score": obs, "null": null, "random_model": random_model}
 
 
 class FeatureMatcher(Analyzer):

@@ -277,7 +277,7 @@ def _centred_gram(X) -> np.ndarray:
     1e-7 with the float64 product, and a float32 Gram is what is stored either way)."""
     A = np.asarray(X, dtype=np.float64)
     C = np.ascontiguousarray((A - A.mean(0)).astype(np.float32))
-    return C @ np.ascontiguousarray(C.T)
+    return C @ C.T  # numpy takes C @ C.T as one symmetric product (syrk): half the work of a general one
 
 
 def _cka_terms(K: np.ndarray) -> dict[str, Any]:
@@ -337,7 +337,10 @@ class GramSide:
     centred rows; row sums, diagonals and self-HSICs are float64.
     """
 
-    def __init__(self, Xs: Sequence[np.ndarray]) -> None:
+    def __init__(self, Xs: Sequence[np.ndarray], map: Any = None) -> None:
+        """``map(fn, items) -> list``: how the layers' Grams are computed (e.g. on threads; default in turn)."""
+        from .._threads import serial_map
+
         Xs = [np.asarray(x) for x in Xs]
         if not Xs:
             raise DataError("a Gram side needs at least one representation")
@@ -350,14 +353,18 @@ class GramSide:
         self.R = np.empty((len(Xs), n))
         self.S = np.empty(len(Xs))
         self.U = np.empty(len(Xs))
-        for i, x in enumerate(Xs):
+        for x in Xs:
             if len(x) != n:
                 raise DataError(f"every representation must have the same number of rows (one per sample), got {n} "
                                 f"and {len(x)}; align the samples first")
-            K = _centred_gram(x)
+
+        def one(i: int) -> None:
+            K = _centred_gram(Xs[i])
             t = _cka_terms(K)
             self.F[i] = K.ravel()
             self.D[i], self.R[i], self.S[i], self.U[i] = t["diag"], t["r"], t["s"], t["self_u"]
+
+        (map or serial_map)(one, range(len(Xs)))
 
     def __len__(self) -> int:
         return len(self.F)
@@ -399,14 +406,25 @@ def debiased_cka_scan(A: GramSide, B: GramSide, permutation: np.ndarray | None =
         return np.where(den > 0, U / den, np.nan)
 
 
-def cka_scan_max_null(As: Sequence[np.ndarray], Bs: Sequence[np.ndarray], permutations: Sequence[np.ndarray]
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def cka_scan_max_null(As: Sequence[np.ndarray], Bs: Sequence[np.ndarray], permutations: Sequence[np.ndarray],
+                      map: Any = None, chunks: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Debiased linear CKA of every layer pair, and for each permutation (the same re-pairing of
     the samples for every pair) the largest debiased CKA over all pairs: the max-statistic null
     for choosing the best pair of a scan. Returns (scan (len(As), len(Bs)), maxima (n_perms,)).
+    ``map``/``chunks``: the permutations are cut into ``chunks`` runs handed to ``map`` (each with
+    its own buffer; the maxima do not depend on it).
     """
-    A, B = GramSide(As), GramSide(Bs)
-    buf = np.empty_like(A.F if len(A) < len(B) else B.F)  # one reused buffer for the gathered Grams
+    from .._threads import serial_map
+
+    map = map or serial_map
+    A, B = GramSide(As, map), GramSide(Bs, map)
     obs = debiased_cka_scan(A, B)
-    maxima = np.array([np.nanmax(debiased_cka_scan(A, B, np.asarray(p), buf)) for p in permutations])
+    perms = [np.asarray(p) for p in permutations]
+    step = -(-len(perms) // max(1, chunks)) if perms else 1
+
+    def run(c: int) -> list[float]:
+        buf = np.empty_like(A.F if len(A) < len(B) else B.F)  # one reused buffer for the gathered Grams
+        return [float(np.nanmax(debiased_cka_scan(A, B, p, buf))) for p in perms[c : c + step]]
+
+    maxima = np.array([m for part in map(run, range(0, len(perms), step)) for m in part])
     return obs, maxima
