@@ -6,6 +6,7 @@ import torch
 from conftest import tiny_model
 
 from geomsteer import steering as S
+from geomsteer.steering.evaluate import length_buckets
 from geomsteer.analyzers.steering import (
     SteeringDecomposition,
     SteeringPropagation,
@@ -281,14 +282,30 @@ def test_covariance_directions_follow_the_activations_and_keep_the_norm():
 @pytest.mark.parametrize("hook", ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.1.hook_resid_pre"])
 def test_steered_targets_fast_path_agrees_with_steering_hooks(wide, hook):
     V = np.random.default_rng(2).standard_normal((5, 64)).astype(np.float32)
-    ev = S.SteeredTargets(wide, ITEMS, hook, max_rows=4)  # several chunks
+    items = ITEMS + [S.EvalPrompt("After a long day of travel through the rain and the cold, the hotel was", (" good",),
+                                  (" bad",))]  # a long prompt: the short ones run in their own, less padded group
+    ev = S.SteeredTargets(wide, items, hook, max_rows=4)  # several chunks
     assert ev.fast == hook.endswith("resid_post")
+    assert len(length_buckets(ev.lengths.tolist() if ev.fast else [4, 5, 5, 16])) == 2
     got = ev(V, 3.0)
     for v, g in zip(V, got):
         with S.steering(wide, v, 3.0, hook, start=1):
-            np.testing.assert_allclose(g, S.target_logodds(wide, ITEMS), atol=2e-4)
-    np.testing.assert_allclose(ev(V[:2], 0.0)[1], S.target_logodds(wide, ITEMS), atol=1e-6)
-    assert ev.X.shape == (sum(len(wide.tokenizer(i.prompt, add_special_tokens=False)["input_ids"]) for i in ITEMS), 64)
+            np.testing.assert_allclose(g, S.target_logodds(wide, items), atol=2e-4)
+    np.testing.assert_allclose(ev(V[:2], 0.0)[1], S.target_logodds(wide, items), atol=1e-6)
+    bare = ev(V, 3.0, normalized=False)  # the log-odds without the vocabulary's normalizer: the same column 0
+    np.testing.assert_allclose(bare[..., 0], got[..., 0], atol=1e-9 if ev.fast else 0)
+    assert np.isnan(bare[..., 1:]).all() if ev.fast else np.array_equal(bare, got)
+    assert ev.X.shape == (sum(len(wide.tokenizer(i.prompt, add_special_tokens=False)["input_ids"]) for i in items), 64)
+
+
+def test_length_buckets_pad_less_and_keep_every_row_once():
+    L = [12, 11, 10, 9, 10, 8, 7, 8, 8, 8, 6, 10, 9, 6, 10, 8]  # the sentiment_eval prompts on Gemma 3
+    groups = length_buckets(L)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(16)) and all(np.all(np.diff(g) > 0) for g in groups)
+    padded = sum(len(g) * max(L[i] for i in g) for g in groups)
+    assert padded == 160 < 16 * 12 and max(L[i] for i in groups[0]) < min(L[i] for i in groups[1]) + 1
+    assert [g.tolist() for g in length_buckets([6, 5, 6])] == [[0, 1, 2]]  # saves under a tenth: one group
+    assert [g.tolist() for g in length_buckets([7])] == [[0]]
 
 
 def _tied(seed=3):

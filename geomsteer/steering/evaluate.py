@@ -273,7 +273,10 @@ class SteeredTargets:
         self.pos, self.pos_off = padded([p for p, _ in self.ids])
         self.neg, self.neg_off = padded([q for _, q in self.ids])
 
-    def __call__(self, vectors: np.ndarray, alpha: float) -> np.ndarray:
+    def __call__(self, vectors: np.ndarray, alpha: float, normalized: bool = True) -> np.ndarray:
+        """``normalized=False``: the log-odds alone (column 0), columns 1 and 2 NaN. The log-odds
+        needs only the target tokens' logits (the log-normalizer cancels), so on the fast path the
+        vocabulary is not read; null draws that only count their log-odds save that product."""
         V = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if not self.fast or alpha == 0:
             if alpha == 0:
@@ -284,28 +287,54 @@ class SteeredTargets:
                 with steering(self.model, v, alpha, self.hook, start=len(self.head)):
                     out.append(target_logodds(self.model, self.items, self.batch_size, self.ids))
             return np.stack(out)
-        return self._fast(V, float(alpha))
+        return self._fast(V, float(alpha), normalized)
 
-    def _fast(self, V: np.ndarray, alpha: float) -> np.ndarray:
+    def _fast(self, V: np.ndarray, alpha: float, normalized: bool = True) -> np.ndarray:
         import torch
 
         model, n = self.model, len(self.rows)
         out = np.empty((len(V), n, 3))
-        per = max(1, self.max_rows // n)
         start = len(self.head)
-        rows = torch.arange(n)
         with torch.no_grad():
-            for c in range(0, len(V), per):
-                Vc = torch.as_tensor(alpha * V[c : c + per]).to(self.resid.dtype)
-                mc = len(Vc)
-                r = self.resid.unsqueeze(0).repeat(mc, 1, 1, 1)
-                r[:, :, start:, :] += Vc[:, None, None, :]
-                r = r.reshape(mc * n, *self.resid.shape[1:])
-                res = model(r, start_at_layer=self.layer + 1, stop_at_layer=model.cfg.n_layers,
-                            attention_mask=self.mask.repeat(mc, 1))
-                last = res.reshape(mc, n, *res.shape[1:])[:, rows, self.lengths - 1]  # (mc, n, d)
-                lse = log_normalizer(model, last.reshape(mc * n, -1))[0].reshape(mc, n)
-                lp = torch.logsumexp(logits_of(model, last, self.pos).double() + self.pos_off, -1) - lse
-                ln = torch.logsumexp(logits_of(model, last, self.neg).double() + self.neg_off, -1) - lse
-                out[c : c + mc] = torch.stack([lp - ln, lp, ln], -1).numpy()
+            for idx in length_buckets(self.lengths.tolist()):  # prompts of like length together: less padding
+                nb, L = len(idx), int(self.lengths[idx].max())
+                resid, mask, lengths = self.resid[idx, :L], self.mask[idx, :L], self.lengths[idx]
+                pos, pos_off, neg, neg_off = self.pos[idx], self.pos_off[idx], self.neg[idx], self.neg_off[idx]
+                per = max(1, self.max_rows // nb)
+                for c in range(0, len(V), per):
+                    Vc = torch.as_tensor(alpha * V[c : c + per]).to(resid.dtype)
+                    mc = len(Vc)
+                    r = resid.unsqueeze(0).repeat(mc, 1, 1, 1)
+                    r[:, :, start:, :] += Vc[:, None, None, :]
+                    res = model(r.reshape(mc * nb, L, -1), start_at_layer=self.layer + 1,
+                                stop_at_layer=model.cfg.n_layers, attention_mask=mask.repeat(mc, 1))
+                    last = res.reshape(mc, nb, L, -1)[:, torch.arange(nb), lengths - 1]  # (mc, nb, d)
+                    lp = torch.logsumexp(logits_of(model, last, pos).double() + pos_off, -1)
+                    ln = torch.logsumexp(logits_of(model, last, neg).double() + neg_off, -1)
+                    if normalized:
+                        lse = log_normalizer(model, last.reshape(mc * nb, -1))[0].reshape(mc, nb)
+                        lp, ln = lp - lse, ln - lse
+                        out[c : c + mc, idx] = torch.stack([lp - ln, lp, ln], -1).numpy()
+                    else:
+                        out[c : c + mc, idx, 0] = (lp - ln).numpy()
+                        out[c : c + mc, idx, 1:] = np.nan
         return out
+
+
+def length_buckets(lengths: Sequence[int]) -> list[np.ndarray]:
+    """Indices of rows grouped so that padding each group to its longest row pads less: the split
+    of the rows sorted by length into a shorter and a longer run that pads least, used when it
+    saves at least a tenth of the padded tokens (else one group of all rows). Each group in order."""
+    L = np.asarray(lengths)
+    order = np.argsort(L, kind="stable")
+    s = L[order]
+    n = len(s)
+    full = n * int(s[-1]) if n else 0
+    cost, cut = full, n
+    for k in range(1, n):
+        c = k * int(s[k - 1]) + (n - k) * int(s[-1])
+        if c < cost:
+            cost, cut = c, k
+    if n < 2 or cost > 0.9 * full:
+        return [np.arange(n)]
+    return [np.sort(order[:cut]), np.sort(order[cut:])]

@@ -45,7 +45,9 @@ def null_vectors(sv: Any, v: np.ndarray, X: np.ndarray, n_cov: int, n_shuffled: 
 @dataclass(frozen=True)
 class SweepCell:
     """One hook and multiplier: per-prompt shifts (steered minus unsteered) of [log-odds, log p(positive),
-    log p(negative)] for the vector, the covariance directions and (at tested multipliers) shuffled-label vectors."""
+    log p(negative)] for the vector, the covariance directions and (at tested multipliers) shuffled-label vectors.
+    The null draws beyond the first ``n_random`` covariance directions and the shuffled-label draws
+    carry the log-odds alone (the other two columns NaN: their tests read only the log-odds)."""
 
     hook: str
     alpha: float
@@ -124,10 +126,12 @@ def measure_sweep(model: Any, vectors: Mapping[str, Any], items: Sequence[Any], 
         for a in alphas:
             is_tested = a in tested
             shift = ev(v, a)[0] - base
-            band = ev(cov if is_tested else cov[:n_random], a) - base[None]
+            band = ev(cov[:n_random], a) - base[None]
+            if is_tested and len(cov) > n_random:  # beyond the figure's band only the log-odds is read
+                band = np.concatenate([band, ev(cov[n_random:], a, normalized=False) - base[None]])
             shuffled = None
             if is_tested and nulls["shuffled_labels"] is not None:
-                shuffled = ev(nulls["shuffled_labels"], a) - base[None]
+                shuffled = ev(nulls["shuffled_labels"], a, normalized=False) - base[None]
             kl = rkl = 0.0 if a == 0 else None
             if a != 0 and neutral is not None:  # one covariance draw: KL is the costly part
                 kl, rkl = neutral.kl_steered(model, np.stack([v, cov[0]]), a, hook)
