@@ -129,8 +129,10 @@ class NeutralText:
         self.batches = []
         self.n_positions = 0
         self._prefix: dict[int, list[Any]] = {}  # layer -> residual after that block, per batch
-        for b in range(0, len(texts), batch_size):
-            rows = [head + tok(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts[b : b + batch_size]]
+        every = [head + tok(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
+        every.sort(key=len)  # rows of like length share a batch: less padding (the KL is a mean over positions)
+        for b in range(0, len(every), batch_size):
+            rows = every[b : b + batch_size]
             lengths = torch.as_tensor([len(r) for r in rows])
             ids = torch.full((len(rows), int(lengths.max())), tok.pad_token_id or 0, dtype=torch.long)
             for i, r in enumerate(rows):
