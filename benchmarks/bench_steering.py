@@ -22,6 +22,7 @@
 6. One forward pass of 16 x 25 tokens and one key-value-cached step of 4 tokens, with the weights
    in TransformerLens's own layout against the layout ``load_model`` stores (``_store_as_read``);
    prints the times, the ratios and whether the outputs are bit-identical.
+With 3.: the log-odds alone (no normalizer, what the sweep's null draws read) against the normalized call.
 
 Printed, not asserted: these machines are noisy.
 """
@@ -116,6 +117,11 @@ def bench_null_vectors() -> None:
     print(f"target log-odds of {len(items)} prompts under {len(V)} vectors at {hook}: SteeredTargets {t_fast:.2f} s, "
           f"a steering hook per vector {t_ref:.2f} s, ratio {t_fast / t_ref:.2f}; largest difference "
           f"{np.abs(fast - ref).max():.2e}")
+    t = time.perf_counter()
+    bare = ev(V, 4.0, normalized=False)
+    t_bare = time.perf_counter() - t
+    print(f"  the log-odds alone (no normalizer, as the sweep's null draws read it): {t_bare:.2f} s, ratio "
+          f"{t_bare / t_fast:.2f} of the normalized call; largest difference {np.abs(bare[..., 0] - fast[..., 0]).max():.2e}")
 
 
 def bench_generation() -> None:

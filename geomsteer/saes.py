@@ -328,7 +328,7 @@ def ce_loss_recovered(model: Any, sae: Any, hook: str, token_batches: list[tuple
             m &= ids != int(bos_id)
         return m
 
-    from .steering.apply import logsumexp, unembed_rows, unembeds_itself
+    from .steering.apply import unembed_rows, unembeds_itself
 
     fast = unembeds_itself(model)
 
@@ -345,7 +345,7 @@ def ce_loss_recovered(model: Any, sae: Any, hook: str, token_batches: list[tuple
         for i in range(0, len(r), 256):
             rr, cc = r[i : i + 256], c[i : i + 256]
             lg = unembed_rows(model, resid[rr, cc])
-            out[rr, cc] = (logsumexp(lg, -1) - lg.gather(-1, t[rr, cc + 1][:, None])[:, 0]).float()
+            out[rr, cc] = torch.logsumexp(lg, -1) - lg.gather(-1, t[rr, cc + 1][:, None])[:, 0]
         return out
 
     def run(fwd_hooks) -> tuple[np.ndarray, np.ndarray]:

@@ -384,8 +384,6 @@ class WordEffects:
         per text."""
         import torch
 
-        from .steering.apply import logsumexp
-
         sae, W, start = self.sae, self._W, self.start
         out = np.full((len(jobs), self.n_words), np.nan)
         fired = np.zeros((len(self.rows), W.shape[0]), dtype=bool) if mode is None else None
@@ -431,7 +429,7 @@ class WordEffects:
             with self.model.hooks(fwd_hooks=hooks):
                 logits = self.model(ids, attention_mask=mask)
             logits = logits[:, :-1].float()
-            lp = (logits.gather(-1, ids[:, 1:, None])[..., 0].double() - logsumexp(logits, -1)).numpy()
+            lp = (logits.gather(-1, ids[:, 1:, None])[..., 0] - torch.logsumexp(logits, -1)).double().numpy()
             del logits
             for i, (r, _) in enumerate(chunk):
                 words = np.flatnonzero((self.text_of_word == r) & self.ok)

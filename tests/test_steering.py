@@ -323,19 +323,6 @@ def test_neutral_kl_from_the_stored_prefix_equals_the_plain_path(tiny):
     assert neutral.kl_steered(tiny, np.zeros((1, 16)), 1.0, "blocks.0.hook_resid_post")[0] == pytest.approx(0, abs=1e-6)
 
 
-def test_logsumexp_of_logits_spanning_hundreds_of_nats_equals_the_plain_float64_one():
-    from geomsteer.steering.apply import logsumexp
-
-    g = torch.Generator().manual_seed(0)
-    z = torch.randn(4, 262_144, generator=g) * torch.tensor([[1.0], [20.0], [60.0], [200.0]])  # real logits: ~20-60
-    z[3, 7] = 1e4  # one term dominates: the others lie thousands of nats below it
-    want = torch.logsumexp(z.double(), -1)
-    # float32 exponentials (rounded at 6e-8 each) summed in float64
-    torch.testing.assert_close(logsumexp(z, -1), want, rtol=0, atol=1e-7)
-    torch.testing.assert_close(logsumexp(z.T.contiguous(), 0), want, rtol=0, atol=1e-7)
-    assert logsumexp(z, -1).dtype == torch.float64
-
-
 @pytest.mark.parametrize("cap", [0.0, 5.0])
 def test_chunked_log_normalizer_and_target_logits_equal_the_full_logits(tiny, cap):
     from geomsteer.steering.apply import log_normalizer, logits_of, unembed_rows
