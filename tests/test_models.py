@@ -148,6 +148,17 @@ def test_gemma_loads_into_transformer_lens_with_hf_residuals(gemma_unembedding):
     assert own.vocab == gemma_unembedding.vocab
     # weights stored in the order TransformerLens's forward reads them (the HF agreement above holds with it)
     assert tl.blocks[0].mlp.W_gate.T.is_contiguous() and tl.W_U.T.is_contiguous()
+    # TransformerLens's tokenizer is a copy of the cached one (not loaded again from disk) that encodes
+    # like the tokenizer it would have loaded (add_bos_token=True), and the cached one is left as it was
+    from transformers import AutoTokenizer
+
+    reloaded = AutoTokenizer.from_pretrained(str(r.path), add_bos_token=True)
+    assert tl.tokenizer is not tok and tok.padding_side == AutoTokenizer.from_pretrained(str(r.path)).padding_side
+    for text in ["", "The cat sat on the mat.", " kitten\n\tpurrs"]:
+        for special in (True, False):
+            assert tl.tokenizer(text, add_special_tokens=special)["input_ids"] == \
+                reloaded(text, add_special_tokens=special)["input_ids"]
+    assert tl.to_tokens("a b").tolist() == [reloaded("a b")["input_ids"]]
     # generation with the key-value cache gives the tokens of the cache-free path, steered and not
     from geomsteer.steering import generate
 

@@ -247,10 +247,27 @@ def test_generation_steers_new_tokens_handles_padding_and_removes_its_hook(tiny)
     assert not tiny.hook_dict[hook].fwd_hooks  # also after an error
 
 
-def test_neutral_kl_is_zero_unsteered_and_matches_a_plain_computation(tiny):
+@pytest.mark.parametrize("cap", [0.0, 5.0])  # without a soft cap the cross term is taken through W_U p
+def test_neutral_kl_is_zero_unsteered_and_matches_a_plain_computation(tiny, cap):
+    old = tiny.cfg.output_logits_soft_cap
+    tiny.cfg.output_logits_soft_cap = cap
+    try:
+        _neutral_kl_against_the_plain_formula(tiny, linear=cap == 0)
+    finally:
+        tiny.cfg.output_logits_soft_cap = old
+
+
+def _neutral_kl_against_the_plain_formula(tiny, linear):
     texts = ["a small dog that barks", "the theory of everything and more"]
     neutral = S.NeutralText(tiny, texts, max_tokens=8, batch_size=2)
+    assert neutral.linear == linear
     assert neutral.kl(tiny) == pytest.approx(0.0, abs=1e-6)
+    V = np.random.default_rng(4).normal(size=(2, 16)).astype(np.float32)
+    one_by_one = []
+    for v in V:
+        with S.steering(tiny, v, 1.5, "blocks.0.hook_resid_post", start=1):
+            one_by_one.append(neutral.kl(tiny))
+    assert neutral.kl_steered(tiny, V, 1.5, "blocks.0.hook_resid_post") == pytest.approx(one_by_one, rel=1e-4)
     hook = "blocks.0.hook_resid_post"
     v = np.random.default_rng(2).normal(size=16).astype(np.float32)
     with S.steering(tiny, v, 2.0, hook, start=1):

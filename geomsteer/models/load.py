@@ -94,7 +94,7 @@ def load_model(model: str | ResolvedModel, device: str = "cpu", dtype: str = "fl
             hf = load_hf_model(r, dtype=dtype)
             try:
                 tl = HookedTransformer.from_pretrained_no_processing(
-                    r.tl_name, hf_model=hf, tokenizer=tok, device=device, dtype=dtype
+                    r.tl_name, hf_model=hf, tokenizer=_for_transformer_lens(tok), device=device, dtype=dtype
                 )
             except (RuntimeError, ValueError, KeyError, AssertionError, IndexError) as e:
                 raise DataError(_mismatch_message(r, hf, e)) from None
@@ -109,6 +109,20 @@ def load_model(model: str | ResolvedModel, device: str = "cpu", dtype: str = "fl
     if os.environ.get("GEOMSTEER_KEEP_MODELS"):
         _KEPT[key] = tl
     return tl
+
+
+def _for_transformer_lens(tok: Any) -> Any:
+    """The tokenizer to hand to TransformerLens, which loads it again from disk with
+    ``add_bos_token=True`` unless it says it adds the BOS itself (2.4 s for Gemma 3's). A tokenizer
+    that already starts every encoding with its BOS encodes the same either way (tested), so it gets
+    a shallow copy marked as adding it (TransformerLens sets its padding side on the copy)."""
+    import copy
+
+    if tok.bos_token_id is None or tok("")["input_ids"][:1] != [tok.bos_token_id]:
+        return tok
+    marked = copy.copy(tok)
+    marked.init_kwargs = {**tok.init_kwargs, "add_bos_token": True}
+    return marked
 
 
 def _store_as_read(tl: Any) -> None:

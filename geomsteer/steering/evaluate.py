@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import DataError
-from .apply import (logits_at, logits_at_last, logits_of, log_normalizer, steering, unembed_rows,
+from .apply import (final_normed, logits_at, logits_at_last, logits_of, log_normalizer, steering, unembed_rows,
                     unembeds_itself)
 
 
@@ -109,11 +109,33 @@ def target_logodds(model: Any, items: Sequence[EvalPrompt], batch_size: int = 16
     return out
 
 
+def _pulled_back(model: Any, p: Any, chunk: int = 8192) -> tuple[Any, float]:
+    """(W_U p per row (rows, d_model), sum over rows of b_U . p): each vocabulary chunk's product in
+    float32, the chunks summed in float64 (the same numbers enter the unsteered and the steered
+    cross terms, so an unchanged model still gives a KL of exactly 0)."""
+    import torch
+
+    with torch.no_grad():
+        Wt, b = model.W_U.T, model.b_U  # (vocab, d)
+        up = torch.zeros(len(p), Wt.shape[1], dtype=torch.float64)
+        pb = 0.0
+        for i in range(0, Wt.shape[0], chunk):
+            pc = p[:, i : i + chunk].float()
+            up += (pc @ Wt[i : i + chunk].float()).double()
+            pb += float((pc.double() @ b[i : i + chunk].double()).sum())
+    return up, pb
+
+
 class NeutralText:
     """Token rows of neutral texts and the unsteered model's next-token log-probabilities on them.
 
     :meth:`kl` is the mean over real positions after the start token of KL(unsteered || current),
     where "current" is the model under whatever hooks are active: the side effect of steering.
+
+    On a HookedTransformer without a logit soft cap, sum_v p_v z_v (p the unsteered distribution, z
+    the current logits) is linear in the final-normed residual h: h . (W_U p) + b_U . p, so W_U p is
+    taken once per position (float64) and only the log-normalizer of the current logits reads the
+    vocabulary, for many vectors' rows at once.
     """
 
     def __init__(self, model: Any, texts: Sequence[str], max_tokens: int = 32, batch_size: int = 8) -> None:
@@ -129,6 +151,7 @@ class NeutralText:
         self.batches = []
         self.n_positions = 0
         self._prefix: dict[int, list[Any]] = {}  # layer -> residual after that block, per batch
+        self.linear = unembeds_itself(model) and not (getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0) > 0
         every = [head + tok(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
         every.sort(key=len)  # rows of like length share a batch: less padding (the KL is a mean over positions)
         for b in range(0, len(every), batch_size):
@@ -144,14 +167,16 @@ class NeutralText:
             # forward pass as p), with the formula of the second (:meth:`_cross`), so that an unchanged model gives 0
             final = self._final(model, ids, mask, valid)
             p_ref = torch.softmax(unembed_rows(model, final) if unembeds_itself(model) else final, -1)
-            self.batches.append((ids, mask, valid, p_ref, self._cross_of(model, final, p_ref)))
+            ref = _pulled_back(model, p_ref) if self.linear else p_ref
+            batch = (ids, mask, valid, ref)
+            self.batches.append((*batch, self._cross_of(model, final, ref)))
             self.n_positions += int(valid.sum())
 
     def kl(self, model: Any) -> float:
 
         total = 0.0
-        for ids, mask, valid, p_ref, neg_entropy in self.batches:
-            total += neg_entropy - self._cross(model, (ids, mask, valid, p_ref))
+        for ids, mask, valid, ref, neg_entropy in self.batches:
+            total += neg_entropy - self._cross(model, (ids, mask, valid, ref))
         return total / max(self.n_positions, 1)
 
     @staticmethod
@@ -164,20 +189,27 @@ class NeutralText:
         with torch.no_grad():
             return model(ids, attention_mask=mask.long(), stop_at_layer=model.cfg.n_layers)[valid]
 
-    @staticmethod
-    def _cross_of(model: Any, final: Any, p_ref: Any) -> float:
-        """sum over positions of sum_v p_v log q_v, q from :meth:`_final`'s rows."""
+    def _cross_of(self, model: Any, final: Any, ref: Any, lse: Any = None) -> float:
+        """sum over positions of sum_v p_v log q_v, q from :meth:`_final`'s rows; ``ref`` is p, or
+        (W_U p, b_U . p summed) when :attr:`linear`; ``lse``: the rows' log-normalizers if known."""
         import torch
 
-        if unembeds_itself(model):
-            lse, pz = log_normalizer(model, final, p_ref)
+        if self.linear:
+            Up, pb = ref
+            with torch.no_grad():
+                pz = float((final_normed(model, final).double() * Up).sum()) + pb
+            if lse is None:
+                lse = log_normalizer(model, final)[0]
             return pz - float(lse.sum())
-        return float((p_ref * torch.log_softmax(final, -1)).sum(dtype=torch.float64))
+        if unembeds_itself(model):
+            lse, pz = log_normalizer(model, final, ref)
+            return pz - float(lse.sum())
+        return float((ref * torch.log_softmax(final, -1)).sum(dtype=torch.float64))
 
     def _cross(self, model: Any, batch: Sequence[Any]) -> float:
         """sum over the batch's positions of sum_v p_v log q_v under the model as it runs now."""
-        ids, mask, valid, p_ref = batch[:4]
-        return self._cross_of(model, self._final(model, ids, mask, valid), p_ref)
+        ids, mask, valid, ref = batch[:4]
+        return self._cross_of(model, self._final(model, ids, mask, valid), ref)
 
     def kl_steered(self, model: Any, vectors: np.ndarray, alpha: float, hook: str) -> list[float]:
         """:meth:`kl` under ``steering(model, v, alpha, hook, start=<after the start token>)`` for each
@@ -185,7 +217,8 @@ class NeutralText:
 
         For a HookedTransformer and a ``blocks.<k>.hook_resid_post`` hook the texts run up to block k
         once per k (kept for later calls; run with no hooks active), each vector is added to that
-        residual and only the later blocks run. Other models and hooks take the plain path.
+        residual and only the later blocks run; the log-normalizers of every vector's rows are then
+        taken in one pass over the vocabulary. Other models and hooks take the plain path.
         """
         import re
 
@@ -204,18 +237,25 @@ class NeutralText:
             with torch.no_grad():
                 self._prefix[layer] = [model(ids, attention_mask=mask.long(), stop_at_layer=layer + 1)
                                        for ids, mask, *_ in self.batches]
-        out = []
+        finals = []  # (vector, batch) -> final residual rows at the valid positions
         with torch.no_grad():
             for v in V:
-                total = 0.0
-                for resid, (ids, mask, valid, p_ref, neg_entropy) in zip(self._prefix[layer], self.batches):
+                for resid, (ids, mask, valid, *_) in zip(self._prefix[layer], self.batches):
                     r = resid.clone()
                     r[:, self.start:] += torch.as_tensor(alpha * v).to(r.dtype)
                     res = model(r, start_at_layer=layer + 1, stop_at_layer=model.cfg.n_layers,
                                 attention_mask=mask.long())
-                    lse, pz = log_normalizer(model, res[valid], p_ref)
-                    total += neg_entropy - (pz - float(lse.sum()))
-                out.append(total / max(self.n_positions, 1))
+                    finals.append(res[valid])
+            lses = None
+            if self.linear:  # one pass over the vocabulary for every vector's rows
+                lses = torch.split(log_normalizer(model, torch.cat(finals))[0], [len(f) for f in finals])
+        out, k = [], 0
+        for _ in V:
+            total = 0.0
+            for ids, mask, valid, ref, neg_entropy in self.batches:
+                total += neg_entropy - self._cross_of(model, finals[k], ref, None if lses is None else lses[k])
+                k += 1
+            out.append(total / max(self.n_positions, 1))
         return out
 
 
@@ -297,6 +337,7 @@ class SteeredTargets:
         model, n = self.model, len(self.rows)
         out = np.empty((len(V), n, 3))
         start = len(self.head)
+        pending = []  # rows whose log-normalizer is taken at the end, in one pass over the vocabulary
         with torch.no_grad():
             for idx in length_buckets(self.lengths.tolist()):  # prompts of like length together: less padding
                 nb, L = len(idx), int(self.lengths[idx].max())
@@ -313,13 +354,21 @@ class SteeredTargets:
                     last = res.reshape(mc, nb, L, -1)[:, torch.arange(nb), lengths - 1]  # (mc, nb, d)
                     lp = torch.logsumexp(logits_of(model, last, pos).double() + pos_off, -1)
                     ln = torch.logsumexp(logits_of(model, last, neg).double() + neg_off, -1)
+                    out[c : c + mc, idx, 0] = (lp - ln).numpy()
                     if normalized:
-                        lse = log_normalizer(model, last.reshape(mc * nb, -1))[0].reshape(mc, nb)
-                        lp, ln = lp - lse, ln - lse
-                        out[c : c + mc, idx] = torch.stack([lp - ln, lp, ln], -1).numpy()
+                        out[c : c + mc, idx, 1] = lp.numpy()
+                        out[c : c + mc, idx, 2] = ln.numpy()
+                        pending.append((slice(c, c + mc), idx, last.reshape(mc * nb, -1)))
                     else:
-                        out[c : c + mc, idx, 0] = (lp - ln).numpy()
                         out[c : c + mc, idx, 1:] = np.nan
+            if pending:
+                lse = log_normalizer(model, torch.cat([h for *_, h in pending]))[0].numpy()
+                k = 0
+                for rows, idx, h in pending:
+                    part = lse[k : k + len(h)].reshape(rows.stop - rows.start, len(idx))
+                    k += len(h)
+                    out[rows, idx, 1] -= part
+                    out[rows, idx, 2] -= part
         return out
 
 

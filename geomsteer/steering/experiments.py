@@ -125,8 +125,8 @@ def measure_sweep(model: Any, vectors: Mapping[str, Any], items: Sequence[Any], 
         norms[hook], notes[hook] = float(np.linalg.norm(v)), nulls["note"]
         for a in alphas:
             is_tested = a in tested
-            shift = ev(v, a)[0] - base
-            band = ev(cov[:n_random], a) - base[None]
+            both = ev(np.vstack([v[None], cov[:n_random]]), a) - base[None]  # one pass over the vocabulary
+            shift, band = both[0], both[1:]
             if is_tested and len(cov) > n_random:  # beyond the figure's band only the log-odds is read
                 band = np.concatenate([band, ev(cov[n_random:], a, normalized=False) - base[None]])
             shuffled = None
