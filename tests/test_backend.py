@@ -92,6 +92,32 @@ def test_similarity_on_ray_equals_local(tiny_gemma, ray_backend, tmp_path, capsy
         assert json.dumps(a[key], sort_keys=True) == json.dumps(b[key], sort_keys=True), key
 
 
+def test_similarity_metric_tasks_on_ray_equal_local(ray_backend, monkeypatch):
+    """Every metric of the best pairs and the groups, with its permutation null, as Ray tasks."""
+    from threadpoolctl import threadpool_limits
+
+    from geomsteer.analyzers.similarity import SimilarityAnalyzer
+    from geomsteer.types import Activations
+
+    rng = np.random.default_rng(0)
+    n, base = 160, rng.normal(size=(160, 4))
+    side = lambda d, name: [Activations(base @ rng.normal(size=(4, d)) + rng.normal(size=(n, d)), [str(i) for i in range(n)],
+                                        name, f"blocks.{i}.hook_resid_post", {}) for i in range(2)]  # noqa: E731
+    a, b, rb = side(6, "A"), side(7, "B"), side(7, "rB")
+    groups = ["g1" if i % 2 else "g2" for i in range(n)]
+    calls = []
+    real_map = ray_backend.map
+    monkeypatch.setattr(ray_backend, "map", lambda fn, items, shared=None, description=None: calls.append(len(items))
+                        or real_map(fn, items, shared, description))
+    kw = dict(k=5, n_permutations=12, top_pairs=2, min_group=60, seed=2)
+    with threadpool_limits(1):
+        local = SimilarityAnalyzer(**kw).fit(a, b, random_b=rb, groups=groups).result().to_dict()
+        on_ray = SimilarityAnalyzer(**kw).fit(a, b, random_b=rb, groups=groups, backend=ray_backend).result().to_dict()
+    assert calls == [2 * 10 + 2 * 4]  # 2 pairs x (9 metrics + their fast nulls), 2 groups x (3 metrics + fast nulls)
+    for key in ("metrics", "tables"):
+        assert json.dumps(local[key], sort_keys=True) == json.dumps(on_ray[key], sort_keys=True), key
+
+
 def test_hierarchy_on_ray_equals_local(ray_backend):
     from conftest import planted
 

@@ -134,11 +134,13 @@ class SimilarityAnalyzer(Analyzer):
 
     def fit(self, a: Sequence[Activations], b: Sequence[Activations] | None = None,
             random_a: Sequence[Activations] | None = None, random_b: Sequence[Activations] | None = None,
-            groups: Sequence[str] | None = None) -> "SimilarityAnalyzer":
+            groups: Sequence[str] | None = None, backend: Any = None) -> "SimilarityAnalyzer":
         """Compare the layers of ``a`` with those of ``b`` (and each with itself).
 
         ``random_a``/``random_b`` are the same samples through the re-randomized models (same
-        layers); ``groups`` gives each sample's semantic group ("" for none).
+        layers); ``groups`` gives each sample's semantic group ("" for none). ``backend``: a
+        :class:`geomsteer.backend.RayBackend` runs every metric of the best pairs and the groups
+        (each with its permutation null) as Ray tasks; the numbers equal a local run's.
         """
         if self.k < 1 or self.n_permutations < 1 or self.top_pairs < 1 or self.scan_permutations < 1:
             raise ConfigError(f"k, n_permutations, scan_permutations and top_pairs must be positive, got {self.k}, "
@@ -213,15 +215,19 @@ class SimilarityAnalyzer(Analyzer):
             plans = self._best_pair_plans(X, rng)
             group_plans = self._group_plans(X, groups, rng, plans) if groups is not None and "b" in X else []
             tasks = [t for plan in plans + group_plans for t in plan["tasks"]]
-            tasks.sort(key=lambda t: -t[2])  # the longest first: the threads finish together
-            from .._progress import track
-
+            tasks.sort(key=lambda t: -t[1])  # the longest first: the workers finish together
+            keys = [key for key, _ in tasks]
+            shared = {plan["tag"]: {f: plan[f] for f in _TASK_FIELDS if f in plan} for plan in plans + group_plans}
             label = (f"All metrics at the {len(plans)} best layer pair(s) and {len(group_plans)} group(s) "
                      f"({self.n_permutations} shuffled pairings each)")
             results = {}
-            if tasks:
-                it = _ordered(tmap, tasks)
-                for key, value in track(it, label, total=len(tasks)):
+            if keys and backend is not None and getattr(backend, "name", "local") != "local":
+                results = dict(zip(keys, backend.map(_run_task, keys, shared, label)))
+            elif keys:
+                from .._progress import track
+
+                it = tmap.imap(lambda key: _run_task(shared, key), keys)
+                for key, value in zip(keys, track(it, label, total=len(keys))):
                     results[key] = value
             self.best_pairs_ = [{"layer_a": pl["layer_a"], "layer_b": pl["layer_b"],
                                  **self._assemble(pl, results)} for pl in plans]
@@ -274,12 +280,12 @@ class SimilarityAnalyzer(Analyzer):
         if any(x in FAST_METRICS for x in names):
             m = min(n, PERMUTATION_MAX_SAMPLES)
             sub = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
-            sperms = [rng.permutation(m) for _ in range(self.n_permutations)]
-            plan["tasks"].append((tag + ("fast",), lambda: _fast_nulls(Xa[sub], Xb[sub], sperms, min(self.k, m - 1)),
-                                  m * m * len(sperms) / 4e5))
+            plan["sub"], plan["sperms"] = sub, [rng.permutation(m) for _ in range(self.n_permutations)]
+            plan["km"] = min(self.k, m - 1)
+            plan["tasks"].append((tag + ("fast",), m * m * len(plan["sperms"]) / 4e5))
         for name in names:
             cost = {"rbf_cka": 3, "cknna": 4, "rsa": 4, "svcca": 3, "procrustes": 3}.get(name, 1) * (n / 3000) ** 2
-            plan["tasks"].append((tag + (name,), lambda name=name: _metric(name, Xa, Xb, rb, perms, k), cost))
+            plan["tasks"].append((tag + (name,), cost))
         return plan
 
     def _assemble(self, plan: Mapping[str, Any], results: Mapping[tuple, Any]) -> dict[str, Any]:
@@ -389,9 +395,16 @@ class SimilarityAnalyzer(Analyzer):
         )
 
 
-def _ordered(tmap: Any, tasks: Sequence[tuple]) -> Any:
-    """``(key, result)`` of each ``(key, fn, cost)`` task, computed by ``tmap`` (yielded as they come back)."""
-    return zip([t[0] for t in tasks], tmap.imap(lambda t: t[1](), tasks))
+# what a best-pair or group task reads of its plan (shipped once to Ray workers)
+_TASK_FIELDS = ("Xa", "Xb", "rb", "perms", "k", "sub", "sperms", "km")
+
+
+def _run_task(shared: Mapping[tuple, Mapping[str, Any]], key: tuple) -> Any:
+    """One task of a layer pair or group: ``key`` is the plan's tag and ``"fast"`` or a metric name."""
+    d = shared[key[:-1]]
+    if key[-1] == "fast":
+        return _fast_nulls(d["Xa"][d["sub"]], d["Xb"][d["sub"]], d["sperms"], d["km"])
+    return _metric(key[-1], d["Xa"], d["Xb"], d["rb"], d["perms"], d["k"])
 
 
 def _fast_nulls(Xa: np.ndarray, Xb: np.ndarray, perms: Sequence[np.ndarray], k: int) -> dict[str, Any]:

@@ -56,7 +56,8 @@ def similarity(models: Sequence[Any], *, n_words: int = 4000, rule: str = "last"
     result) per model. ``device``/``dtype``: where and in what precision the models run (the statistics
     are computed in float64 whatever the dtype). ``backend="ray"`` (``address``: a running cluster)
     reads the words on Ray workers that load each model by name, a batch-aligned share of the
-    words each; the results equal a local run's.
+    words each, and computes every metric of the best pairs and the groups (with its permutation
+    null) as Ray tasks; the results equal a local run's.
     """
     from .. import activations, corpus, saes
     from .. import models as M
@@ -181,7 +182,7 @@ def similarity(models: Sequence[Any], *, n_words: int = 4000, rule: str = "last"
     with step("Layer x layer scans, best pairs and semantic groups"):
         analyzer = SimilarityAnalyzer(k=k, n_permutations=n_permutations, scan_permutations=scan_permutations,
                                       seed=seed).fit(
-            a, b, random_a=ra, random_b=rb, groups=groups)
+            a, b, random_a=ra, random_b=rb, groups=groups, backend=be)
     seconds["scans and comparisons"] = round(time.perf_counter() - t_fit, 1)
     matcher = None
     if sae_info:
