@@ -115,10 +115,13 @@ def _for_transformer_lens(tok: Any) -> Any:
     """The tokenizer to hand to TransformerLens, which loads it again from disk with
     ``add_bos_token=True`` unless it says it adds the BOS itself (2.4 s for Gemma 3's). A tokenizer
     that already starts every encoding with its BOS encodes the same either way (tested), so it gets
-    a shallow copy marked as adding it (TransformerLens sets its padding side on the copy)."""
+    a shallow copy marked as adding it. The copy shares the original's state, so only a tokenizer
+    that TransformerLens will not change (it sets a missing pad or EOS token) is handed over this way."""
     import copy
 
     if tok.bos_token_id is None or tok("")["input_ids"][:1] != [tok.bos_token_id]:
+        return tok
+    if tok.pad_token is None or tok.eos_token is None:
         return tok
     marked = copy.copy(tok)
     marked.init_kwargs = {**tok.init_kwargs, "add_bos_token": True}
