@@ -29,16 +29,18 @@ serial_map = Mapper()
 
 
 @contextlib.contextmanager
-def thread_map(n_jobs: int | None = None) -> Iterator[Mapper]:
+def thread_map(n_jobs: int | None = None, one_blas_thread: bool = False) -> Iterator[Mapper]:
     """A :class:`Mapper` over ``n_jobs`` threads (default: every core), BLAS limited to one thread
-    while the block runs; ``n_jobs=1`` maps in this thread and leaves BLAS as it is."""
+    while the block runs; ``n_jobs=1`` maps in this thread and leaves BLAS as it is, unless
+    ``one_blas_thread`` (then every piece runs on one BLAS thread whatever ``n_jobs``)."""
+    from threadpoolctl import threadpool_limits
+
     n = int(n_jobs or os.cpu_count() or 1)
     if n <= 1:
-        yield serial_map
+        with threadpool_limits(1) if one_blas_thread else contextlib.nullcontext():
+            yield serial_map
         return
     from concurrent.futures import ThreadPoolExecutor
-
-    from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1), ThreadPoolExecutor(n) as ex:
         yield Mapper(ex)

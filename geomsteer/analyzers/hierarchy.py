@@ -211,12 +211,10 @@ class HierarchyAnalyzer(Analyzer):
             else:
                 # Draws run side by side, each on one BLAS thread: the measuring is partly Python, and
                 # two draws at once keep both cores busy where one draw's threads would not.
-                from concurrent.futures import ThreadPoolExecutor
+                from .._threads import thread_map
 
-                from threadpoolctl import threadpool_limits
-
-                with threadpool_limits(1), ThreadPoolExecutor(max(1, n_jobs)) as ex:
-                    it = ex.map(lambda job: _null_draw_job(ctx, job), jobs)
+                with thread_map(max(1, n_jobs), one_blas_thread=True) as tmap:
+                    it = tmap.imap(lambda job: _null_draw_job(ctx, job), jobs)
                     results = list(it if quiet else track(it, label, total=len(jobs)))
             for (k, null, b), res in zip(jobs, results):
                 null_draws.setdefault(null, []).append(res)

@@ -283,16 +283,13 @@ def measure_statistics(L_train: np.ndarray, g: Callable[[np.ndarray], np.ndarray
 def map_categories(fn: Callable[[int], np.ndarray], n: int, n_jobs: int, label: str | None,
                     sizes: Sequence[int]) -> np.ndarray:
     """``np.stack([fn(i) for i in range(n)])``, largest categories first, on ``n_jobs`` threads."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from threadpoolctl import threadpool_limits
-
     from .._progress import track
+    from .._threads import thread_map
 
     order = sorted(range(n), key=lambda i: -sizes[i])
     out: list[np.ndarray | None] = [None] * n
-    with threadpool_limits(1), ThreadPoolExecutor(max(1, n_jobs)) as ex:
-        results = ex.map(lambda i: (i, fn(i)), order)
+    with thread_map(max(1, n_jobs), one_blas_thread=True) as tmap:
+        results = tmap.imap(lambda i: (i, fn(i)), order)
         for i, v in (results if label is None else track(results, label, total=n)):
             out[i] = v
     return np.stack(out)  # type: ignore[arg-type]

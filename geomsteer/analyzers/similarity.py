@@ -266,7 +266,8 @@ class SimilarityAnalyzer(Analyzer):
     def _pair_plan(self, Xa: np.ndarray, Xb: np.ndarray, rb: np.ndarray | None, rng: np.random.Generator,
                    names: Sequence[str], tag: tuple) -> dict[str, Any]:
         """The draws for one layer pair's metrics (taken from ``rng`` now, in a fixed order) and the
-        independent tasks that compute them: ``(key, fn, cost)``, ``key`` starting with ``tag``."""
+        independent tasks that compute them: ``(key, cost)``, ``key`` the ``tag`` and ``"fast"`` or a metric
+        name (run by :func:`_run_task` on the plan's arrays)."""
         n = len(Xa)
         if n > self.detail_max_samples:
             keep = np.sort(rng.choice(n, self.detail_max_samples, replace=False))

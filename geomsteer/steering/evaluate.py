@@ -134,7 +134,7 @@ class NeutralText:
 
     On a HookedTransformer without a logit soft cap, sum_v p_v z_v (p the unsteered distribution, z
     the current logits) is linear in the final-normed residual h: h . (W_U p) + b_U . p, so W_U p is
-    taken once per position (float64) and only the log-normalizer of the current logits reads the
+    taken once per position (vocabulary chunks summed in float64) and only the log-normalizer of the current logits reads the
     vocabulary, for many vectors' rows at once.
     """
 
